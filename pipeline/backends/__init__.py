@@ -1,0 +1,1 @@
+"""OCR backends: one interface, a chunk in, a Mistral-shaped OCRResponse dict out."""

@@ -1,0 +1,275 @@
+"""Configuration: YAML file, `${VAR}` interpolation, flags over file over defaults, validation.
+
+Validation names the bad key and the file it came from. Secrets are resolved from the environment
+and kept only in memory; `Settings.redacted()` is what may be shown to anyone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+BACKENDS = ("local", "mistral", "azure")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+# Per-backend defaults: the real API's limits (50 MB / 1,000 pages per request on Mistral;
+# some Azure deployments are reported at 30 MB / 30 pages). Chunks stay well below both so a
+# crash or a retry never costs more than one chunk's worth of pages.
+BACKEND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mistral": {
+        "endpoint": "https://api.mistral.ai",
+        "model": "mistral-ocr-latest",
+        "max_pages_per_request": 50,
+        "max_bytes_per_request": 45_000_000,
+        "api_key_env": "MISTRAL_API_KEY",
+    },
+    "azure": {
+        "endpoint": "",
+        "model": "mistral-document-ai-2512",
+        "max_pages_per_request": 30,
+        "max_bytes_per_request": 25_000_000,
+        "api_key_env": "AZURE_API_KEY",
+    },
+    "local": {
+        "endpoint": "",
+        "model": "local-tesseract",
+        "max_pages_per_request": 10,
+        "max_bytes_per_request": 200_000_000,
+        "api_key_env": "",
+    },
+}
+
+
+@dataclass
+class LocalSettings:
+    """Settings of the embedded offline engine."""
+
+    language: str = "eng"
+    dpi: int = 300
+    force_ocr: bool = False  # OCR every page even when it has a usable text layer
+    processes: int = 0  # 0 = one per core
+    max_pixels: int = 200_000_000  # a page above this many pixels is refused as too_large
+    tessdata_path: str | None = None
+
+
+@dataclass
+class Settings:
+    backend: str = "local"
+    input: Path | None = None
+    output: Path | None = None
+    endpoint: str = ""
+    model: str = ""
+    api_key: str | None = field(default=None, repr=False)
+    auth_header: str = "bearer"  # bearer | api-key (some Azure deployments)
+    azure_api_version: str | None = None
+    workers: int = 4
+    rps: float = 5.0  # requests per second for all workers together; 0 = unlimited
+    max_in_flight: int = 8
+    connect_timeout: float = 10.0
+    request_timeout: float = 300.0
+    document_timeout: float = 3600.0
+    retry_attempts: int = 6
+    retry_initial: float = 1.0
+    retry_max: float = 60.0
+    endpoint_deadline: float = 600.0  # a service down longer than this aborts the run (exit 3)
+    max_pages_per_request: int = 0
+    max_bytes_per_request: int = 0
+    include: list[str] = field(default_factory=lambda: ["**/*"])
+    exclude: list[str] = field(default_factory=list)
+    follow_symlinks: bool = False
+    include_images: bool = True
+    extra_request: dict[str, Any] = field(default_factory=dict)  # e.g. table_format
+    shutdown_grace: float = 30.0
+    verify_tls: bool = True
+    local: LocalSettings = field(default_factory=LocalSettings)
+    # Command-line-only switches
+    dry_run: bool = False
+    retry_failed: bool = False
+    force: bool = False
+    log_level: str = "info"
+
+    def redacted(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if data.get("api_key"):
+            data["api_key"] = "***"
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_LOCAL_FIELDS = {f.name: f for f in dataclasses.fields(LocalSettings)}
+_CLI_ONLY = {"dry_run", "retry_failed", "force"}
+
+
+def interpolate(value: Any, env: dict[str, str], missing: list[str]) -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string of a YAML tree."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            missing.append(name)
+            return ""
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, list):
+        return [interpolate(v, env, missing) for v in value]
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, missing) for k, v in value.items()}
+    return value
+
+
+def _coerce(name: str, value: Any, ftype: Any, where: str) -> Any:
+    type_name = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
+    try:
+        if value is None:
+            return None
+        if "bool" in type_name:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "no", "0", "off", ""):
+                return False
+            raise ValueError("expected true or false")
+        if type_name.startswith("int"):
+            if isinstance(value, bool):
+                raise ValueError("expected a whole number")
+            return int(value)
+        if type_name.startswith("float"):
+            return float(value)
+        if "Path" in type_name:
+            return Path(str(value)).expanduser()
+        if type_name.startswith("list"):
+            if isinstance(value, str):
+                return [value]
+            if not isinstance(value, list):
+                raise ValueError("expected a list")
+            return [str(v) for v in value]
+        if type_name.startswith("dict"):
+            if not isinstance(value, dict):
+                raise ValueError("expected a mapping")
+            return value
+        if type_name.startswith("str"):
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: key '{name}': {exc} (got {value!r})") from None
+    return value
+
+
+def _apply(target: Any, fields: dict[str, Any], data: dict[str, Any], where: str) -> None:
+    for key, value in data.items():
+        norm = key.replace("-", "_")
+        if norm not in fields or norm in _CLI_ONLY:
+            known = ", ".join(sorted(k for k in fields if k not in _CLI_ONLY))
+            raise ConfigError(f"{where}: unknown key '{key}' (known keys: {known})")
+        if norm == "local":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: key 'local' must be a mapping")
+            _apply(target.local, _LOCAL_FIELDS, value, f"{where}: local")
+            continue
+        setattr(target, norm, _coerce(norm, value, fields[norm].type, where))
+
+
+def load_yaml(path: Path, env: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Read a config file; return its interpolated mapping and the env vars it needs but lacks."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    missing: list[str] = []
+    return interpolate(raw, env, missing), missing
+
+
+def load_settings(
+    config_path: Path | None,
+    overrides: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> Settings:
+    """Build Settings from defaults, then the YAML file, then command-line overrides."""
+    env = dict(os.environ) if env is None else env
+    settings = Settings()
+    file_data: dict[str, Any] = {}
+    where = "defaults"
+    if config_path is not None:
+        file_data, _missing = load_yaml(config_path, env)
+        where = str(config_path)
+    backend = str((overrides or {}).get("backend") or file_data.get("backend") or "local")
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"{where}: key 'backend': unknown backend {backend!r} (use one of {', '.join(BACKENDS)})"
+        )
+    defaults = BACKEND_DEFAULTS[backend]
+    settings.backend = backend
+    settings.endpoint = defaults["endpoint"]
+    settings.model = defaults["model"]
+    settings.max_pages_per_request = defaults["max_pages_per_request"]
+    settings.max_bytes_per_request = defaults["max_bytes_per_request"]
+    _apply(settings, _FIELDS, file_data, where)
+    cli = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key, value in cli.items():
+        if key == "local":
+            _apply(settings.local, _LOCAL_FIELDS, value, "command line")
+        elif key in _FIELDS:
+            setattr(settings, key, _coerce(key, value, _FIELDS[key].type, "command line"))
+        else:
+            raise ConfigError(f"command line: unknown option '{key}'")
+    if settings.api_key is None and defaults["api_key_env"]:
+        settings.api_key = env.get(defaults["api_key_env"]) or None
+    if settings.api_key == "":
+        settings.api_key = None
+    validate(settings, where, defaults["api_key_env"])
+    return settings
+
+
+def validate(s: Settings, where: str, key_env: str) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{where}: key '{key}': {why}")
+
+    if s.workers < 1:
+        raise bad("workers", "must be at least 1")
+    if s.rps < 0:
+        raise bad("rps", "must be 0 (unlimited) or more")
+    if s.max_in_flight < 1:
+        raise bad("max_in_flight", "must be at least 1")
+    if s.max_pages_per_request < 1:
+        raise bad("max_pages_per_request", "must be at least 1")
+    if s.max_bytes_per_request < 10_000:
+        raise bad("max_bytes_per_request", "must be at least 10000")
+    for key in ("connect_timeout", "request_timeout", "document_timeout", "endpoint_deadline"):
+        if getattr(s, key) <= 0:
+            raise bad(key, "must be more than 0 seconds")
+    if s.retry_attempts < 1:
+        raise bad("retry_attempts", "must be at least 1")
+    if s.auth_header not in ("bearer", "api-key"):
+        raise bad("auth_header", "must be 'bearer' or 'api-key'")
+    if s.backend != "local":
+        if not s.endpoint or not re.match(r"^https?://", s.endpoint):
+            raise bad("endpoint", f"needs an http(s) URL for backend '{s.backend}'")
+        if not s.api_key:
+            raise ConfigError(
+                f"{where}: no API key for backend '{s.backend}': set {key_env} in the environment "
+                f"(or api_key: ${{{key_env}}} in the config)"
+            )
+        if not s.model:
+            raise bad("model", "must name a model")
+    if s.local.dpi < 50 or s.local.dpi > 1200:
+        raise bad("local.dpi", "must be between 50 and 1200")
