@@ -1,0 +1,209 @@
+"""The aiohttp application: the OCR route (auth, rate limit, faults, validation, answer) and
+the control routes `/_stats`, `/_reset`, `/health`."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import random
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from pipeline.fakeserver import documents, faults
+from pipeline.fakeserver.answers import ocr_response
+from pipeline.fakeserver.documents import DocumentError, Page
+from pipeline.fakeserver.options import FakeServerOptions, is_status_fault
+from pipeline.fakeserver.ratelimit import RateLimiter, retry_after_headers
+from pipeline.fakeserver.replies import Rejected, Reply, error, unauthorized
+from pipeline.fakeserver.stats import Stats
+from pipeline.fakeserver.validation import OCRCall, parse_request
+
+#: Largest accepted body: a 50 MB document grows by a third in base64, plus the JSON around it.
+MAX_BODY_BYTES = 80 * 1024 * 1024
+#: Bodies above this are parsed in a worker thread so the event loop keeps serving.
+THREAD_PARSE_BYTES = 64 * 1024
+OCR_ROUTES = ("/v1/ocr", "/providers/mistral/azure/ocr")
+
+
+@dataclass
+class ServerState:
+    """Everything the handlers share; one per running server."""
+
+    options: FakeServerOptions
+    stats: Stats = field(default_factory=Stats)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    limiter: RateLimiter = field(init=False)
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.options.rps_limit)
+        self.rng = random.Random(self.options.seed)
+
+    def reset(self) -> None:
+        """Zero the counters, refill the rate-limit bucket, restart the fail_auth_after count."""
+        self.stats.reset()
+        self.limiter.reset()
+
+    def auth_revoked(self) -> bool:
+        limit = self.options.fail_auth_after
+        return limit is not None and self.stats.answered_ok >= limit
+
+
+STATE_KEY = web.AppKey("fakeserver_state", ServerState)
+
+
+def make_app(state: ServerState) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[STATE_KEY] = state
+    for path in OCR_ROUTES:
+        app.router.add_post(path, handle_ocr)
+    app.router.add_get("/_stats", handle_stats)
+    app.router.add_post("/_reset", handle_reset)
+    app.router.add_get("/health", handle_health)
+    return app
+
+
+async def handle_stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE_KEY].stats.to_dict())
+
+
+async def handle_reset(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    state.reset()
+    return web.json_response(state.stats.to_dict())
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def handle_ocr(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    state.stats.enter()
+    try:
+        return await _handle_ocr(request, state)
+    finally:
+        state.stats.leave()
+
+
+async def _handle_ocr(request: web.Request, state: ServerState) -> web.StreamResponse:
+    """Decide in the real service's order: auth, rate limit, faults, validation, answer."""
+    stats, options = state.stats, state.options
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        stats.bytes_received += request.content_length or 0
+        return _reply(state, error(413, f"request body is larger than {MAX_BODY_BYTES} bytes"))
+    stats.bytes_received += len(body)
+
+    if not _authorized(request, options.api_key) or state.auth_revoked():
+        return _reply(state, unauthorized())
+
+    decision = state.limiter.acquire()
+    if not decision.allowed:
+        headers = retry_after_headers(decision.wait, options.retry_after)
+        return _reply(state, error(429, "Requests rate limit exceeded", headers=headers))
+
+    fault = faults.draw_fault(options, state.rng)
+    if fault is not None:
+        return await _inject(request, state, fault)
+
+    try:
+        call = await _parse(body)
+        pages = await _pages(call, options.cheap)
+    except Rejected as exc:
+        return _reply(state, exc.reply)
+    except DocumentError as exc:
+        return _reply(state, error(400, str(exc)))
+
+    answer = ocr_response(
+        pages,
+        model=call.model + options.model_suffix,
+        doc_size=len(call.data),
+        images_per_page=options.images_per_page,
+        image_id_style=options.image_id_style,
+        include_image_base64=call.include_image_base64,
+        image_limit=call.image_limit,
+    )
+    await _latency(state)
+    if state.auth_revoked():  # another request used up the last allowed answer meanwhile
+        return _reply(state, unauthorized())
+    response = web.json_response(answer, headers=state.limiter.minute_headers())
+    # Written here, not by aiohttp after we return, so only answers that reached the
+    # connection are counted as paid for.
+    await response.prepare(request)
+    await response.write_eof()
+    stats.count_status("200")
+    stats.count_ok(call.sha256, len(pages))
+    return response
+
+
+def _authorized(request: web.Request, api_key: str | None) -> bool:
+    if api_key is None:
+        return True
+    expected = api_key.encode()
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected):
+        return True
+    return hmac.compare_digest(request.headers.get("api-key", "").encode(), expected)
+
+
+async def _parse(body: bytes) -> OCRCall:
+    """Validate and decode the body; in a worker thread when it is big (JSON, base64, sha256)."""
+    if len(body) > THREAD_PARSE_BYTES:
+        return await asyncio.to_thread(parse_request, body)
+    return parse_request(body)
+
+
+async def _pages(call: OCRCall, cheap: bool) -> list[Page]:
+    """The pages to answer; pypdf runs in a worker thread, cheap mode skips it."""
+    if call.kind == "image":
+        return [documents.image_page(call.data, call.sha256)]
+    if not cheap:
+        return await asyncio.to_thread(documents.pdf_pages, call.data, call.pages)
+    count = documents.cheap_pdf_page_count(call.data)
+    if count is None:
+        count = await asyncio.to_thread(documents.pdf_page_count, call.data)
+    return documents.cheap_pages(count, call.pages)
+
+
+async def _latency(state: ServerState) -> None:
+    low, high = state.options.latency, state.options.latency_max
+    delay = state.rng.uniform(low, high) if high is not None else low
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def _inject(request: web.Request, state: ServerState, kind: str) -> web.StreamResponse:
+    stats = state.stats
+    stats.count_fault(kind)
+    if kind == "hang":
+        stats.count_status("hang")
+        await faults.hang(request, state.stopping)
+        return web.Response()  # never reaches the client: the connection is gone
+    await _latency(state)
+    if kind == "reset":
+        stats.count_status("reset")
+        faults.reset_connection(request)
+        return web.Response()
+    if kind == "malformed":
+        stats.count_status("200")
+        return web.Response(body=faults.MALFORMED_BODY, content_type="application/json")
+    if kind == "wrong_shape":
+        stats.count_status("200")
+        return web.json_response(faults.wrong_shape_body(state.options))
+    assert is_status_fault(kind), kind
+    return _reply(state, faults.status_reply(kind, state.options))
+
+
+def _reply(state: ServerState, reply: Reply) -> web.Response:
+    state.stats.count_status(str(reply.status))
+    if reply.is_text:
+        headers = dict(reply.headers)
+        content_type = headers.pop("Content-Type", "text/plain")
+        return web.Response(status=reply.status, text=reply.body, headers=headers,
+                            content_type=content_type)
+    return web.Response(status=reply.status, text=json.dumps(reply.body),
+                        headers=reply.headers, content_type="application/json")

@@ -1,0 +1,110 @@
+"""`ocr-pipeline fake-server`: serve the fake Mistral OCR endpoint until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+from pipeline.errors import ExitCode
+from pipeline.fakeserver.options import FakeServerOptions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocr-pipeline fake-server",
+        description=(
+            "A fake Mistral OCR endpoint (POST /v1/ocr and the Azure path "
+            "/providers/mistral/azure/ocr) for testing configs without spending money. "
+            "When MISTRAL_API_KEY is set, requests must carry 'Authorization: Bearer <key>' "
+            "or 'api-key: <key>'. Counters: GET /_stats, POST /_reset."
+        ),
+    )
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    add("--port", type=int, default=8000, help="port to bind; 0 picks a free one (default 8000)")
+    add("--latency", type=float, default=0.0, metavar="S", help="seconds added to each answer")
+    add("--latency-max", type=float, default=None, metavar="S",
+        help="if set, latency is uniform in [--latency, --latency-max]")
+    add("--rps-limit", type=float, default=0.0, metavar="R",
+        help="requests per second before 429 (0 = no limit)")
+    add("--retry-after", type=float, default=None, metavar="S",
+        help="Retry-After sent with 429 instead of the computed wait")
+    add("--fault-rate", type=float, default=0.0, metavar="P",
+        help="probability (0-1) that a request gets a fault instead of an answer")
+    add("--faults", default=",".join(FakeServerOptions.faults), metavar="KINDS",
+        help="comma-separated fault kinds: HTTP statuses (408,500,502,503,504,...), "
+             "reset, malformed, hang, wrong_shape (default: %(default)s)")
+    add("--fail-auth-after", type=int, default=None, metavar="N",
+        help="after N successful answers every request gets 401 (key revoked)")
+    add("--cheap", action="store_true",
+        help="do not parse documents: canned text per page (for benchmarks)")
+    add("--images-per-page", type=int, default=0, metavar="N",
+        help="synthetic images added to each page")
+    add("--image-id-style", choices=("normal", "hostile"), default="normal",
+        help="'hostile' ids try to escape the output folder (../, absolute paths)")
+    add("--model-suffix", default="", metavar="X", help="appended to the model in answers")
+    add("--seed", type=int, default=None, help="random seed for faults and latency")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> FakeServerOptions:
+    return FakeServerOptions(
+        api_key=os.environ.get("MISTRAL_API_KEY") or None,
+        latency=args.latency,
+        latency_max=args.latency_max,
+        rps_limit=args.rps_limit,
+        retry_after=args.retry_after,
+        fault_rate=args.fault_rate,
+        faults=tuple(k for k in args.faults.split(",") if k.strip()),
+        fail_auth_after=args.fail_auth_after,
+        cheap=args.cheap,
+        images_per_page=args.images_per_page,
+        image_id_style=args.image_id_style,
+        model_suffix=args.model_suffix,
+        seed=args.seed,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the fake server; returns the exit code (also for --help and usage errors)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        try:
+            options = options_from_args(args)
+        except ValueError as exc:
+            parser.error(str(exc))
+    except SystemExit as exc:  # argparse exits on --help (0) and on usage errors (2)
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+    try:
+        asyncio.run(_serve(options, args.host, args.port))
+    except OSError as exc:  # e.g. address already in use
+        print(f"fake-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    return ExitCode.OK
+
+
+async def _serve(options: FakeServerOptions, host: str, port: int) -> None:
+    from pipeline.fakeserver.server import start_fake_server
+
+    server = await start_fake_server(options, host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"fake-server listening on {server.url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await server.stop()
+    s = server.stats
+    print(
+        f"fake-server stopped: {s.requests} requests, {s.answered_ok} answered, "
+        f"{s.pages_answered} pages, by status {s.by_status}",
+        file=sys.stderr,
+    )
