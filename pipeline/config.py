@@ -87,12 +87,15 @@ class Settings:
     follow_symlinks: bool = False
     include_images: bool = True
     extra_request: dict[str, Any] = field(default_factory=dict)  # e.g. table_format
+    pdf_passwords: list[str] = field(default_factory=list, repr=False)
+    price_per_1000_pages: float | None = None  # default: the model's published price
     shutdown_grace: float = 30.0
     verify_tls: bool = True
     local: LocalSettings = field(default_factory=LocalSettings)
     # Command-line-only switches
     dry_run: bool = False
     retry_failed: bool = False
+    retry_categories: list[str] = field(default_factory=list)
     force: bool = False
     log_level: str = "info"
 
@@ -100,12 +103,14 @@ class Settings:
         data = dataclasses.asdict(self)
         if data.get("api_key"):
             data["api_key"] = "***"
+        if data.get("pdf_passwords"):
+            data["pdf_passwords"] = ["***"] * len(data["pdf_passwords"])
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _LOCAL_FIELDS = {f.name: f for f in dataclasses.fields(LocalSettings)}
-_CLI_ONLY = {"dry_run", "retry_failed", "force"}
+_CLI_ONLY = {"dry_run", "retry_failed", "retry_categories", "force"}
 
 
 def interpolate(value: Any, env: dict[str, str], missing: list[str]) -> Any:
@@ -215,7 +220,8 @@ def load_settings(
     backend = str((overrides or {}).get("backend") or file_data.get("backend") or "local")
     if backend not in BACKENDS:
         raise ConfigError(
-            f"{where}: key 'backend': unknown backend {backend!r} (use one of {', '.join(BACKENDS)})"
+            f"{where}: key 'backend': unknown backend {backend!r}"
+            f" (use one of {', '.join(BACKENDS)})"
         )
     defaults = BACKEND_DEFAULTS[backend]
     settings.backend = backend

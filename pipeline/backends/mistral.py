@@ -1,0 +1,174 @@
+"""The Mistral OCR protocol over HTTP, for Mistral's platform and Azure AI Foundry deployments.
+
+One pooled aiohttp session. Each call is a single attempt; `pipeline.retry` decides what to do
+with its errors. The decision is made on the status code, never on the body, as the body of an
+error varies between the platform, Azure and the gateways in front of them.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from pipeline import __version__
+from pipeline.backends.base import OCRResponse
+from pipeline.config import Settings
+from pipeline.encode import document_field
+from pipeline.errors import Category, FatalError, RejectedError, RetryableError
+from pipeline.models import Chunk
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+FATAL_STATUS = {401, 403}
+
+
+def ocr_url(settings: Settings) -> str:
+    """`{endpoint}/v1/ocr`, unless the endpoint already names the OCR route (Azure Foundry)."""
+    parts = urlsplit(settings.endpoint)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/ocr"):
+        path = path + "/v1/ocr"
+    query = parts.query
+    if settings.azure_api_version and "api-version=" not in query:
+        query = (query + "&" if query else "") + f"api-version={settings.azure_api_version}"
+    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
+def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def error_detail(body: str) -> str:
+    """A readable line from whatever error body the service or a gateway sent."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return _short(body) or "(empty body)"
+    if isinstance(data, dict):
+        detail = data.get("message") or data.get("detail") or data.get("error") or data
+        if isinstance(detail, list):
+            detail = "; ".join(
+                f"{'.'.join(str(x) for x in d.get('loc', []))}: {d.get('msg')}"
+                if isinstance(d, dict) else str(d)
+                for d in detail
+            )
+        return _short(str(detail))
+    return _short(str(data))
+
+
+class MistralBackend:
+    """`POST /v1/ocr` with Bearer (or Azure's `api-key`) authentication."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.name = settings.backend
+        self.model = settings.model
+        self.settings = settings
+        self.url = ocr_url(settings)
+        self._session: aiohttp.ClientSession | None = None
+        self.bytes_sent = 0
+
+    def _headers(self) -> dict[str, str]:
+        key = self.settings.api_key or ""
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"ocr-pipeline/{__version__}",
+        }
+        if self.settings.auth_header == "api-key":
+            headers["api-key"] = key
+        else:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _session_for_loop(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            s = self.settings
+            connector = aiohttp.TCPConnector(
+                limit=max(s.max_in_flight, 1) * 2, ssl=None if s.verify_tls else False
+            )
+            timeout = aiohttp.ClientTimeout(
+                total=s.request_timeout, sock_connect=s.connect_timeout, connect=None
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=timeout, headers=self._headers()
+            )
+        return self._session
+
+    def request_body(self, chunk: Chunk) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "document": document_field(chunk)}
+        if self.settings.include_images:
+            body["include_image_base64"] = True
+        body.update(self.settings.extra_request)
+        return body
+
+    async def ocr(self, chunk: Chunk) -> OCRResponse:
+        session = self._session_for_loop()
+        payload = json.dumps(self.request_body(chunk)).encode("ascii")
+        self.bytes_sent += len(payload)
+        where = f"{chunk.doc_rel} pages {chunk.first_page + 1}-{chunk.first_page + chunk.page_count}"
+        try:
+            async with session.post(self.url, data=payload) as resp:
+                body = await resp.read()
+                status = resp.status
+                retry_after = parse_retry_after(resp.headers)
+        except TimeoutError:
+            raise RetryableError(
+                f"{where}: no complete answer within {self.settings.request_timeout:g} s",
+                category=Category.TIMEOUT,
+            ) from None
+        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+            raise RetryableError(
+                f"{where}: connection to {urlsplit(self.url).netloc} failed:"
+                f" {type(exc).__name__}: {exc}"
+            ) from None
+        text = body.decode("utf-8", "replace")
+        if status == 200:
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise RetryableError(f"{where}: service answered 200 with invalid JSON") from None
+        detail = error_detail(text)
+        if status in FATAL_STATUS:
+            raise FatalError(
+                f"the OCR service refused the API key (HTTP {status}: {detail})",
+                hint="check MISTRAL_API_KEY / AZURE_API_KEY and that the key may use this model",
+            )
+        if status in RETRYABLE_STATUS:
+            raise RetryableError(
+                f"{where}: HTTP {status}: {detail}",
+                retry_after=retry_after,
+                status=status,
+                category=Category.TIMEOUT if status in (408, 504) else Category.BACKEND,
+            )
+        raise RejectedError(f"{where}: the service rejected the document (HTTP {status}: {detail})")
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()

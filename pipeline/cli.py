@@ -1,0 +1,139 @@
+"""Command line: `ocr-pipeline run | status | fake-server` (also `python -m pipeline`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.config import BACKENDS, Settings, load_settings
+from pipeline.errors import ConfigError, ExitCode, LockedError, PipelineError
+from pipeline.logsetup import configure_logging, redact, register_secret
+
+DEFAULT_CONFIG = Path("config/default.yaml")
+
+
+def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="OCR every new or changed document of a tree",
+        description="Walk --input, OCR every new or changed document and write JSON + markdown"
+        " into the mirrored --output tree. Flags override the config file, which overrides"
+        " defaults. API keys come from the environment (MISTRAL_API_KEY, AZURE_API_KEY).",
+    )
+    p.add_argument("--config", type=Path, help="YAML config file (default: none)")
+    p.add_argument("--input", type=Path, help="folder to digitize")
+    p.add_argument("--output", type=Path, help="folder for the mirrored output tree")
+    p.add_argument("--backend", choices=BACKENDS)
+    p.add_argument("--endpoint", help="service base URL, e.g. https://api.mistral.ai")
+    p.add_argument("--model")
+    p.add_argument("--workers", type=int, help="documents processed at once")
+    p.add_argument("--rps", type=float, help="requests per second for all workers (0: no limit)")
+    p.add_argument("--max-in-flight", type=int, help="requests under way at once")
+    p.add_argument("--dry-run", action="store_true", help="plan and estimate; call nothing")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="try again the documents that failed in earlier runs")
+    p.add_argument("--only-failed-category", action="append", metavar="CAT",
+                   dest="retry_categories",
+                   help="with --retry-failed: only failures of this category (repeatable)")
+    p.add_argument("--force", action="store_true", help="redo every document, even unchanged")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("status", help="what the output's manifest holds",
+                       description="Counts by state, recent runs, failures with their reasons.")
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocr-pipeline",
+        description="Batch OCR of PDF and image trees into JSON + markdown.",
+    )
+    parser.add_argument("--version", action="version", version=f"ocr-pipeline {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    _status_parser(sub)
+    sub.add_parser("fake-server", help="a fake Mistral OCR endpoint on loopback (see --help)",
+                   add_help=False)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("input", "output", "backend", "endpoint", "model", "workers", "rps",
+            "max_in_flight", "log_level", "retry_categories")
+    out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    for flag in ("dry_run", "retry_failed", "force"):
+        if getattr(args, flag, False):
+            out[flag] = True
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.runner import Run
+
+    config = args.config
+    if config is None and DEFAULT_CONFIG.exists() and args.backend is None:
+        config = DEFAULT_CONFIG
+    settings: Settings = load_settings(config, _overrides(args))
+    register_secret(settings.api_key)
+    for password in settings.pdf_passwords:
+        register_secret(password)
+    if settings.input is None or settings.output is None:
+        raise ConfigError("both an input and an output folder are needed (--input, --output)")
+    if not settings.input.is_dir():
+        raise ConfigError(f"input folder not found: {settings.input}")
+    configure_logging(settings.log_level)
+    run = Run(settings)
+    report = asyncio.run(run.execute())
+    for line in report.summary_lines():
+        print(redact(line))
+    sys.stdout.flush()
+    return report.exit_code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.status import status
+
+    data = status(args.output)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    from pipeline.status import render_status
+
+    print("\n".join(render_status(data)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "fake-server":
+        from pipeline.fakeserver import main as fake_main
+
+        return fake_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "status":
+            return cmd_status(args)
+    except ConfigError as exc:
+        print(f"ocr-pipeline: config error: {redact(str(exc))}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    except LockedError as exc:
+        print(f"ocr-pipeline: {exc}", file=sys.stderr)
+        return int(ExitCode.LOCKED)
+    except PipelineError as exc:
+        print(f"ocr-pipeline: {redact(str(exc))}", file=sys.stderr)
+        return int(ExitCode.FATAL)
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
+    parser.error(f"unknown command {args.command}")
+    return int(ExitCode.USAGE)

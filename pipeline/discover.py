@@ -1,0 +1,144 @@
+"""Walk the input tree: recursive, include/exclude globs, type from content, symlinks opt-in.
+
+Files that cannot be opened or are of no supported type are still reported (as `Skipped` with a
+reason), so the run report accounts for every file it saw.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from pipeline.models import SourceFile
+from pipeline.sniff import SNIFF_BYTES, sniff
+
+STATE_DIR = ".ocr-pipeline"
+DOCUMENT_SUFFIXES = {
+    ".pdf", ".png", ".jpg", ".jpeg", ".jpe", ".tif", ".tiff", ".webp", ".gif", ".bmp",
+}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file discovery saw but will not process, and why."""
+
+    rel: str
+    reason: str
+    category: str = "input"
+    failure: bool = True  # False: ignored (e.g. notes.txt), listed in the report but not failed
+    size: int = 0
+    mtime_ns: int = 0
+
+
+def _matches(rel: str, patterns: list[str]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        if fnmatchcase(rel, pattern) or fnmatchcase(name, pattern):
+            return True
+        # "**/x" should also match "x" at the top level.
+        if pattern.startswith("**/") and fnmatchcase(rel, pattern[3:]):
+            return True
+    return False
+
+
+def discover(
+    root: Path,
+    *,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    follow_symlinks: bool = False,
+    skip_dirs: list[Path] | None = None,
+) -> Iterator[SourceFile | Skipped]:
+    """Yield every candidate file under `root` in a stable (sorted) order.
+
+    Hidden entries (dot-files and dot-folders) and `skip_dirs` (e.g. the output tree when it lies
+    inside the input) are not entered. Symlinks are not followed unless asked; even then, a link
+    that leads outside `root` or back into a folder already walked is skipped.
+    """
+    root = root.resolve()
+    include = include or ["**/*"]
+    exclude = exclude or []
+    skip = {p.resolve() for p in (skip_dirs or [])}
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def walk(folder: Path, rel_prefix: str) -> Iterator[SourceFile | Skipped]:
+        try:
+            st = folder.stat()
+        except OSError:
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:
+            return
+        seen_dirs.add(key)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            yield Skipped(rel_prefix.rstrip("/") or ".", f"cannot list folder: {exc.strerror}")
+            return
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            rel = rel_prefix + name
+            path = Path(entry.path)
+            try:
+                is_link = entry.is_symlink()
+                if is_link and not follow_symlinks:
+                    continue
+                if is_link:
+                    target = path.resolve()
+                    if not target.is_relative_to(root):
+                        why = "symlink points outside the input folder; not followed"
+                        yield Skipped(rel, why, failure=False)
+                        continue
+                if entry.is_dir(follow_symlinks=follow_symlinks):
+                    if path.resolve() in skip:
+                        continue
+                    yield from walk(path, rel + "/")
+                    continue
+                st = entry.stat(follow_symlinks=follow_symlinks)
+            except OSError as exc:
+                yield Skipped(rel, f"cannot read file information: {exc.strerror}")
+                continue
+            if not _matches(rel, include) or _matches(rel, exclude):
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                yield Skipped(
+                    rel, "not a regular file (FIFO, socket or device); skipped", failure=False
+                )
+                continue
+            yield _sniff_file(path, rel, st)
+
+    yield from walk(root, "")
+
+
+def _sniff_file(path: Path, rel: str, st: os.stat_result) -> SourceFile | Skipped:
+    # A file named like a document that is not one is a failure the operator must see;
+    # any other file (notes.txt, Thumbs.db) is only listed as ignored.
+    claims_document = path.suffix.lower() in DOCUMENT_SUFFIXES
+    if st.st_size == 0:
+        return Skipped(rel, "empty file (0 bytes)", failure=claims_document,
+                       size=0, mtime_ns=st.st_mtime_ns)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError as exc:
+        return Skipped(rel, f"cannot open file: {exc.strerror}; check its permissions",
+                       size=st.st_size, mtime_ns=st.st_mtime_ns)
+    media_type = sniff(head)
+    if media_type is None:
+        return Skipped(
+            rel,
+            "content is not a PDF or a supported image (PNG, JPEG, TIFF, WebP, GIF, BMP)"
+            + (f" although it is named {path.suffix}" if claims_document else ""),
+            failure=claims_document,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+        )
+    return SourceFile(
+        path=path, rel=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, media_type=media_type
+    )

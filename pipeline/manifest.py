@@ -1,0 +1,233 @@
+"""The resumable manifest: one SQLite (WAL) file, one row per document and one per chunk.
+
+All SQL of the project lives here, behind a small interface (record the plan, claim, checkpoint a
+chunk, finish, fail, query), so that another store (a shared PostgreSQL) can replace it.
+A chunk's response is committed the moment it arrives: a resumed run reuses it instead of paying
+for it again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    path TEXT PRIMARY KEY,
+    sha256 TEXT,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    media_type TEXT,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error_category TEXT,
+    error_message TEXT,
+    pages INTEGER,
+    cost REAL,
+    run_id TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_state ON documents (state);
+CREATE TABLE IF NOT EXISTS chunks (
+    path TEXT NOT NULL,
+    doc_sha256 TEXT NOT NULL,
+    first_page INTEGER NOT NULL,
+    page_count INTEGER NOT NULL,
+    chunk_sha256 TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('done', 'merged')),
+    response TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (path, doc_sha256, first_page, page_count)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    exit_code INTEGER,
+    summary TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    path: str
+    sha256: str | None
+    size: int
+    mtime_ns: int
+    state: str
+    attempts: int
+    error_category: str | None
+    error_message: str | None
+    pages: int | None
+
+
+@dataclass(frozen=True)
+class PlannedDocument:
+    path: str
+    size: int
+    mtime_ns: int
+    media_type: str | None
+
+
+class Manifest:
+    """The run's memory. Single-threaded: use it from the event loop's thread only."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _tx(self, sql: str, params: Iterable[Any] = ()) -> None:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(sql, tuple(params))
+
+    # ---- planning ---------------------------------------------------------------------------
+    def all_documents(self) -> dict[str, DocumentRow]:
+        rows = self._db.execute(
+            "SELECT path, sha256, size, mtime_ns, state, attempts, error_category,"
+            " error_message, pages FROM documents"
+        )
+        return {r[0]: DocumentRow(*r) for r in rows}
+
+    def record_plan(self, todo: list[PlannedDocument], run_id: str) -> None:
+        """Mark every document this run will work on as pending, in one transaction."""
+        now = time.time()
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO documents (path, size, mtime_ns, media_type, state, run_id,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)"
+                " ON CONFLICT (path) DO UPDATE SET size=excluded.size,"
+                " mtime_ns=excluded.mtime_ns, media_type=excluded.media_type, state='pending',"
+                " run_id=excluded.run_id, updated_at=excluded.updated_at",
+                [(d.path, d.size, d.mtime_ns, d.media_type, run_id, now, now) for d in todo],
+            )
+
+    def touch_unchanged(self, path: str, size: int, mtime_ns: int) -> None:
+        """A file whose mtime moved but whose content hash did not: remember the new stat."""
+        self._tx(
+            "UPDATE documents SET size=?, mtime_ns=?, updated_at=? WHERE path=?",
+            (size, mtime_ns, time.time(), path),
+        )
+
+    # ---- one document's life ----------------------------------------------------------------
+    def claim(self, path: str, sha256: str, run_id: str) -> None:
+        self._tx(
+            "UPDATE documents SET state='running', sha256=?, attempts=attempts+1, run_id=?,"
+            " updated_at=? WHERE path=?",
+            (sha256, run_id, time.time(), path),
+        )
+
+    def chunk_response(
+        self, path: str, doc_sha256: str, first_page: int, page_count: int
+    ) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT response FROM chunks WHERE path=? AND doc_sha256=? AND first_page=?"
+            " AND page_count=? AND response IS NOT NULL",
+            (path, doc_sha256, first_page, page_count),
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def checkpoint_chunk(
+        self,
+        path: str,
+        doc_sha256: str,
+        first_page: int,
+        page_count: int,
+        chunk_sha256: str,
+        response: dict[str, Any],
+    ) -> None:
+        self._tx(
+            "INSERT OR REPLACE INTO chunks (path, doc_sha256, first_page, page_count,"
+            " chunk_sha256, state, response, updated_at) VALUES (?, ?, ?, ?, ?, 'done', ?, ?)",
+            (path, doc_sha256, first_page, page_count, chunk_sha256,
+             json.dumps(response, ensure_ascii=False), time.time()),
+        )
+
+    def finish(self, path: str, pages: int, cost: float) -> None:
+        """The document's outputs are in place: mark it done and drop its chunk bodies."""
+        now = time.time()
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "UPDATE documents SET state='done', pages=?, cost=?, error_category=NULL,"
+                " error_message=NULL, updated_at=? WHERE path=?",
+                (pages, cost, now, path),
+            )
+            self._db.execute(
+                "UPDATE chunks SET state='merged', response=NULL, updated_at=? WHERE path=?",
+                (now, path),
+            )
+
+    def fail(self, path: str, category: str, message: str, *, size: int = 0,
+             mtime_ns: int = 0) -> None:
+        now = time.time()
+        self._tx(
+            "INSERT INTO documents (path, size, mtime_ns, state, attempts, error_category,"
+            " error_message, created_at, updated_at) VALUES (?, ?, ?, 'failed', 1, ?, ?, ?, ?)"
+            " ON CONFLICT (path) DO UPDATE SET state='failed', error_category=excluded.error_category,"
+            " error_message=excluded.error_message, updated_at=excluded.updated_at",
+            (path, size, mtime_ns, category, message, now, now),
+        )
+
+    def release(self, path: str) -> None:
+        """An interrupted document goes back to pending: the next run resumes it."""
+        self._tx(
+            "UPDATE documents SET state='pending', updated_at=? WHERE path=? AND state='running'",
+            (time.time(), path),
+        )
+
+    # ---- runs and queries -------------------------------------------------------------------
+    def start_run(self, run_id: str) -> None:
+        self._tx("INSERT INTO runs (run_id, started_at) VALUES (?, ?)", (run_id, time.time()))
+        # A crash leaves rows 'running': they are resumable work, not in progress.
+        self._tx("UPDATE documents SET state='pending' WHERE state='running'")
+
+    def finish_run(self, run_id: str, exit_code: int, summary: dict[str, Any]) -> None:
+        self._tx(
+            "UPDATE runs SET finished_at=?, exit_code=?, summary=? WHERE run_id=?",
+            (time.time(), exit_code, json.dumps(summary), run_id),
+        )
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT state, COUNT(*) FROM documents GROUP BY state"))
+
+    def failures(self, limit: int = 1000) -> list[DocumentRow]:
+        rows = self._db.execute(
+            "SELECT path, sha256, size, mtime_ns, state, attempts, error_category,"
+            " error_message, pages FROM documents WHERE state='failed' ORDER BY path LIMIT ?",
+            (limit,),
+        )
+        return [DocumentRow(*r) for r in rows]
+
+    def recent_runs(self, limit: int = 5) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT run_id, started_at, finished_at, exit_code FROM runs"
+            " ORDER BY started_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            {"run_id": r[0], "started_at": r[1], "finished_at": r[2], "exit_code": r[3]}
+            for r in rows
+        ]
+
+    def totals(self) -> dict[str, float]:
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(pages), 0), COALESCE(SUM(cost), 0) FROM documents"
+            " WHERE state='done'"
+        ).fetchone()
+        return {"pages": row[0], "cost": row[1]}

@@ -1,0 +1,107 @@
+"""One rate limiter shared by every worker: requests per second, a concurrency cap, and a pause.
+
+Requests are spaced evenly at the current rate (no bursts that a server-side window would
+reject). A 429 pauses every worker until its Retry-After has passed and lowers the rate; each
+success raises it again slowly, never above the configured ceiling (additive increase,
+multiplicative decrease), so the pipeline settles just under the server's real limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from pipeline.errors import StopRequested
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        rps: float,
+        max_in_flight: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        decrease: float = 0.85,
+        min_rps: float = 0.2,
+    ) -> None:
+        self.ceiling = rps if rps > 0 else 0.0  # 0: no configured limit
+        self.rate = self.ceiling  # current target; 0 means unlimited
+        self.decrease = decrease
+        self.min_rps = min_rps
+        self._clock = clock
+        self._sem = asyncio.Semaphore(max_in_flight)
+        self._next_slot = 0.0
+        self._paused_until = 0.0
+        self._recent: deque[float] = deque(maxlen=512)  # send times, to estimate the real rate
+        self._decreased_at = -1e9
+        self.throttled = 0  # 429s seen
+        self.in_flight = 0
+        self.closed = False  # set when the run stops dispatching: no new request may start
+
+    def close(self) -> None:
+        self.closed = True
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one request's place: waits for the concurrency cap, any pause, and the rate."""
+        async with self._sem:
+            await self._wait_turn()
+            self.in_flight += 1
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
+
+    async def _wait_turn(self) -> None:
+        while True:
+            if self.closed:
+                raise StopRequested()
+            now = self._clock()
+            if self._paused_until > now:
+                await asyncio.sleep(self._paused_until - now)
+                continue
+            if self.rate <= 0:
+                self._recent.append(now)
+                return
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + 1.0 / self.rate
+            if slot > now:
+                await asyncio.sleep(slot - now)
+            if self._paused_until > self._clock() or self.closed:
+                continue  # a 429 (or a stop) arrived while we waited
+            self._recent.append(self._clock())
+            return
+
+    def observed_rate(self, window: float = 5.0) -> float:
+        now = self._clock()
+        recent = [t for t in self._recent if now - t <= window]
+        if len(recent) < 2:
+            return 0.0
+        return len(recent) / max(now - recent[0], 1e-3)
+
+    def throttle(self, retry_after: float | None) -> None:
+        """A 429: pause everyone for `retry_after` seconds and lower the rate."""
+        self.throttled += 1
+        now = self._clock()
+        pause = retry_after if retry_after is not None and retry_after > 0 else 1.0
+        self._paused_until = max(self._paused_until, now + pause)
+        self._next_slot = 0.0
+        if now - self._decreased_at < 1.0:
+            return  # the other 429s of one burst answer requests sent at the old rate
+        self._decreased_at = now
+        current = self.rate if self.rate > 0 else self.observed_rate()
+        if current > 0:
+            self.rate = max(self.min_rps, current * self.decrease)
+
+    def succeeded(self) -> None:
+        """A request went through: creep back up towards the ceiling."""
+        if self.rate <= 0:
+            return
+        step = max(0.01, self.rate * 0.002)
+        if self.ceiling > 0:
+            self.rate = min(self.ceiling, self.rate + step)
+        else:
+            self.rate += step

@@ -1,0 +1,105 @@
+"""The run report: data first (a JSON file per run), then rendered as a summary for people."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.store import atomic_write
+
+REPORT_VERSION = 1
+
+
+@dataclass
+class Failure:
+    path: str
+    category: str
+    message: str
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    started_at: str
+    backend: str
+    model: str
+    input: str
+    output: str
+    dry_run: bool = False
+    finished_at: str | None = None
+    duration_s: float = 0.0
+    exit_code: int = 0
+    outcome: str = "ok"  # ok | some_failed | fatal | interrupted | budget
+    message: str | None = None
+    plan: dict[str, int] = field(default_factory=dict)  # decision -> documents
+    documents_done: int = 0
+    documents_failed: int = 0
+    documents_interrupted: int = 0
+    pages_done: int = 0
+    pages_from_checkpoints: int = 0  # pages reused from an earlier run's persisted responses
+    cost: float = 0.0
+    requests: dict[str, Any] = field(default_factory=dict)
+    bytes_sent: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    ignored: list[Failure] = field(default_factory=list)  # files seen but not documents
+    failed_earlier: int = 0  # failed in an earlier run, left alone (see --retry-failed)
+    estimate: dict[str, Any] | None = None
+    version: int = REPORT_VERSION
+
+    def failures_by_category(self) -> dict[str, list[dict[str, str]]]:
+        grouped: dict[str, list[dict[str, str]]] = {}
+        for f in self.failures:
+            grouped.setdefault(f.category, []).append({"path": f.path, "message": f.message})
+        return grouped
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["failures_by_category"] = self.failures_by_category()
+        return data
+
+    def write(self, runs_dir: Path) -> Path:
+        path = runs_dir / f"{self.run_id}.json"
+        atomic_write(path, json.dumps(self.to_dict(), indent=2).encode("utf-8"))
+        return path
+
+    def summary_lines(self) -> list[str]:
+        head = "dry run" if self.dry_run else "run"
+        lines = [
+            f"ocr-pipeline {head} {self.run_id}: {self.outcome} (exit {self.exit_code})"
+            + (f": {self.message}" if self.message else ""),
+            "  plan: " + (", ".join(f"{k} {v}" for k, v in sorted(self.plan.items())) or "nothing"),
+        ]
+        if self.estimate:
+            e = self.estimate
+            lines.append(
+                f"  estimate: {e['documents']} documents, {e['pages']} pages, {e['requests']}"
+                f" requests, ${e['cost']:.2f}, about {e['seconds']:.0f} s at {e['rps']:g} req/s"
+            )
+        if not self.dry_run:
+            lines.append(
+                f"  documents: {self.documents_done} done, {self.documents_failed} failed,"
+                f" {self.documents_interrupted} interrupted; pages: {self.pages_done};"
+                f" cost: ${self.cost:.4f}; {self.duration_s:.1f} s"
+            )
+            req = self.requests
+            if req:
+                lines.append(
+                    f"  requests: {req.get('attempts', 0)} sent, {req.get('retries', 0)} retries,"
+                    f" {req.get('throttled', 0)} rate-limited (429)"
+                )
+        for category, items in sorted(self.failures_by_category().items()):
+            lines.append(f"  failed ({category}): {len(items)}")
+            for item in items[:20]:
+                lines.append(f"    {item['path']}: {item['message']}")
+            if len(items) > 20:
+                lines.append(f"    … and {len(items) - 20} more (see the run report)")
+        if self.ignored:
+            lines.append(f"  ignored (not documents): {len(self.ignored)}")
+        if self.failed_earlier:
+            lines.append(
+                f"  failed in earlier runs and left alone: {self.failed_earlier}"
+                " (ocr-pipeline status; --retry-failed to try them again)"
+            )
+        return lines

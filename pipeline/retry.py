@@ -1,0 +1,121 @@
+"""The retry policy: tenacity around one OCR call, through the shared rate limiter.
+
+- Transient failures (408, 5xx, connection trouble, malformed answers) are retried with
+  exponential backoff and full jitter, up to `retry_attempts` tries per chunk.
+- 429s are not failures of the document: they pause every worker (the limiter) and are retried
+  without spending the chunk's tries, so a long 429 storm is waited out.
+- When the service has failed continuously for longer than `endpoint_deadline`, the run stops
+  (FatalError, exit 3) instead of retrying forever.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from pipeline.backends.base import Backend, OCRResponse
+from pipeline.errors import FatalError, RetryableError
+from pipeline.merge import check_response
+from pipeline.models import Chunk
+from pipeline.ratelimit import RateLimiter
+
+
+class EndpointHealth:
+    """How long has the service been failing? Past the deadline, every call is fatal."""
+
+    def __init__(self, deadline: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.deadline = deadline
+        self._clock = clock
+        self.failing_since: float | None = None
+
+    def ok(self) -> None:
+        self.failing_since = None
+
+    def failed(self, error: RetryableError) -> None:
+        now = self._clock()
+        if self.failing_since is None:
+            self.failing_since = now
+        elif now - self.failing_since > self.deadline:
+            raise FatalError(
+                f"the OCR service has been failing for {now - self.failing_since:.0f} s"
+                f" (deadline {self.deadline:g} s); last error: {error.message}",
+                hint="check the endpoint and the service status; the run is resumable",
+            )
+
+
+@dataclass
+class RetryStats:
+    attempts: int = 0
+    retries: int = 0
+    throttled: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+    def count(self, status: str) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int
+    initial: float
+    maximum: float
+    rng: random.Random = field(default_factory=random.Random)
+
+    def backoff(self, failures: int) -> float:
+        """Full jitter: uniform in [0, min(max, initial * 2^(n-1))], at least 50 ms."""
+        cap = min(self.maximum, self.initial * (2 ** max(failures - 1, 0)))
+        return max(0.05, self.rng.uniform(0, cap))
+
+
+async def call_with_retry(
+    backend: Backend,
+    chunk: Chunk,
+    limiter: RateLimiter,
+    policy: RetryPolicy,
+    health: EndpointHealth,
+    stats: RetryStats,
+) -> OCRResponse:
+    """One chunk's OCR answer, checked, after as many tries as the policy allows."""
+    failures = 0
+
+    def stop(state: RetryCallState) -> bool:
+        return failures >= policy.attempts
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetryableError) and exc.status == 429:
+            return 0.0  # the limiter holds every worker until Retry-After has passed
+        return policy.backoff(failures)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(RetryableError), stop=stop, wait=wait, reraise=True
+    )
+    async for attempt in retrying:
+        with attempt:
+            if attempt.retry_state.attempt_number > 1:
+                stats.retries += 1
+            async with limiter.slot():
+                stats.attempts += 1
+                try:
+                    response = check_response(chunk, await backend.ocr(chunk))
+                except RetryableError as exc:
+                    stats.count(str(exc.status) if exc.status else "error")
+                    if exc.status == 429:
+                        stats.throttled += 1
+                        limiter.throttle(exc.retry_after)
+                    else:
+                        failures += 1
+                        health.failed(exc)
+                    raise
+                except FatalError:
+                    stats.count("fatal")
+                    raise
+            stats.count("200")
+            health.ok()
+            limiter.succeeded()
+            return response
+    raise AssertionError("unreachable: tenacity either returns or re-raises")

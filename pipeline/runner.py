@@ -1,0 +1,496 @@
+"""The run: lock, discover, plan, then an asyncio worker pool over documents; report at the end.
+
+Documents flow through a bounded queue to `workers` tasks. Inside a document, chunks are cut one
+at a time (in a thread: pypdf is CPU work) and sent concurrently up to `chunks_per_document`, so
+memory holds at most workers x chunks_per_document chunks whatever the tree's or a PDF's size.
+Every answer is checkpointed in the manifest before anything else happens with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__, crashpoints
+from pipeline.backends.base import Backend
+from pipeline.config import Settings
+from pipeline.discover import STATE_DIR, Skipped, discover
+from pipeline.errors import (
+    Category,
+    DocumentError,
+    ExitCode,
+    FatalError,
+    PipelineError,
+    RetryableError,
+    StopRequested,
+)
+from pipeline.logsetup import get_logger, redact
+from pipeline.manifest import Manifest, PlannedDocument
+from pipeline.merge import merge_responses
+from pipeline.models import Chunk
+from pipeline.plan import TODO, Decision, PlanItem, decide, file_sha256
+from pipeline.pricing import cost, price_per_1000_pages
+from pipeline.ratelimit import RateLimiter
+from pipeline.report import Failure, RunReport
+from pipeline.retry import EndpointHealth, RetryPolicy, RetryStats, call_with_retry
+from pipeline.split import iter_chunks, pdf_page_count
+from pipeline.store import remove_outputs, write_document
+
+MANIFEST_NAME = "manifest.sqlite3"
+
+
+def state_dir(output: Path) -> Path:
+    return output / STATE_DIR
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def build_backend(settings: Settings) -> Backend:
+    if settings.backend == "local":
+        from pipeline.backends.local import LocalBackend
+
+        return LocalBackend(settings.local, model=settings.model)
+    from pipeline.backends.mistral import MistralBackend
+
+    return MistralBackend(settings)
+
+
+@dataclass
+class PlanResult:
+    todo: list[PlanItem]
+    counts: dict[str, int]
+    skipped_failures: list[Skipped]
+    ignored: list[Skipped]
+    failed_earlier: int
+
+
+class Run:
+    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
+        if settings.input is None or settings.output is None:
+            raise ValueError("settings.input and settings.output are required")
+        self.s = settings
+        self.input = settings.input.resolve()
+        self.output = settings.output.resolve()
+        self.state = state_dir(self.output)
+        self.run_id = new_run_id()
+        self.log = get_logger().bind(run_id=self.run_id)
+        self._backend = backend
+        self.price = price_per_1000_pages(settings.backend, settings.model, settings.price_per_1000_pages)
+        self.stopping = False
+        self.fatal: FatalError | None = None
+        self.stats = RetryStats()
+        self.limiter = RateLimiter(settings.rps, settings.max_in_flight)
+        self.health = EndpointHealth(settings.endpoint_deadline)
+        self.policy = RetryPolicy(settings.retry_attempts, settings.retry_initial, settings.retry_max)
+        self.chunks_per_document = max(1, settings.max_in_flight // settings.workers)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._grace_handle: asyncio.TimerHandle | None = None
+        self.started = time.time()
+        self.report = RunReport(
+            run_id=self.run_id,
+            started_at=_iso(self.started),
+            backend=settings.backend,
+            model=settings.model,
+            input=str(self.input),
+            output=str(self.output),
+            dry_run=settings.dry_run,
+        )
+
+    # ---- planning ---------------------------------------------------------------------------
+    def plan(self, manifest: Manifest) -> PlanResult:
+        rows = manifest.all_documents()
+        skip_dirs = [self.output] if self.output.is_relative_to(self.input) else []
+        todo: list[PlanItem] = []
+        counts: dict[str, int] = {}
+        skipped_failures: list[Skipped] = []
+        ignored: list[Skipped] = []
+        failed_earlier = 0
+        retry_categories = set(self.s.retry_categories) if self.s.retry_categories else None
+        for found in discover(
+            self.input,
+            include=self.s.include,
+            exclude=self.s.exclude,
+            follow_symlinks=self.s.follow_symlinks,
+            skip_dirs=skip_dirs,
+        ):
+            if isinstance(found, Skipped):
+                if not found.failure:
+                    ignored.append(found)
+                    continue
+                row = rows.get(found.rel)
+                if (row and row.state == "failed" and row.size == found.size
+                        and row.mtime_ns == found.mtime_ns and not self.s.retry_failed):
+                    failed_earlier += 1
+                    counts[Decision.FAILED_BEFORE] = counts.get(Decision.FAILED_BEFORE, 0) + 1
+                    continue
+                skipped_failures.append(found)
+                counts["bad_input"] = counts.get("bad_input", 0) + 1
+                continue
+            item = decide(
+                found,
+                rows.get(found.rel),
+                force=self.s.force,
+                retry_failed=self.s.retry_failed,
+                retry_categories=retry_categories,
+            )
+            counts[item.decision.value] = counts.get(item.decision.value, 0) + 1
+            if item.decision in TODO:
+                todo.append(item)
+            elif item.decision == Decision.FAILED_BEFORE:
+                failed_earlier += 1
+            elif item.decision == Decision.UNCHANGED and item.sha256 is not None:
+                manifest.touch_unchanged(found.rel, found.size, found.mtime_ns)
+        return PlanResult(todo, counts, skipped_failures, ignored, failed_earlier)
+
+    def estimate(self, todo: list[PlanItem]) -> dict[str, Any]:
+        pages = requests = 0
+        unreadable = 0
+        for item in todo:
+            src = item.source
+            if src.media_type == "application/pdf":
+                try:
+                    n = pdf_page_count(src.path.read_bytes(), src.rel, self.s.pdf_passwords)
+                except (PipelineError, OSError):
+                    unreadable += 1
+                    continue
+            else:
+                n = 1
+            pages += n
+            requests += -(-n // self.s.max_pages_per_request)
+        rate = self.s.rps if self.s.rps > 0 else 0.0
+        seconds = requests / rate if rate else 0.0
+        return {
+            "documents": len(todo),
+            "pages": pages,
+            "requests": requests,
+            "cost": cost(pages, self.price),
+            "price_per_1000_pages": self.price,
+            "rps": rate,
+            "seconds": seconds,
+            "unreadable": unreadable,
+        }
+
+    # ---- the run ----------------------------------------------------------------------------
+    async def execute(self) -> RunReport:
+        from pipeline.lock import RunLock
+
+        self.output.mkdir(parents=True, exist_ok=True)
+        with RunLock(self.state):
+            manifest = Manifest(self.state / MANIFEST_NAME)
+            try:
+                await self._execute(manifest)
+            finally:
+                manifest.close()
+        return self.report
+
+    async def _execute(self, manifest: Manifest) -> None:
+        if not self.s.dry_run:
+            manifest.start_run(self.run_id)
+        planned = self.plan(manifest)
+        self.report.plan = dict(planned.counts)
+        self.report.failed_earlier = planned.failed_earlier
+        self.report.ignored = [Failure(i.rel, i.category, i.reason) for i in planned.ignored]
+        self.log.info(
+            "plan", todo=len(planned.todo), **{k: v for k, v in planned.counts.items()}
+        )
+        if self.s.dry_run:
+            self.report.estimate = await asyncio.to_thread(self.estimate, planned.todo)
+            for bad in planned.skipped_failures:
+                self.report.failures.append(Failure(bad.rel, bad.category, bad.reason))
+            self._finish(manifest, record=False)
+            return
+        for bad in planned.skipped_failures:
+            manifest.fail(bad.rel, bad.category, bad.reason, size=bad.size, mtime_ns=bad.mtime_ns)
+            self._record_failure(bad.rel, bad.category, bad.reason)
+        manifest.record_plan(
+            [
+                PlannedDocument(i.source.rel, i.source.size, i.source.mtime_ns, i.source.media_type)
+                for i in planned.todo
+            ],
+            self.run_id,
+        )
+        backend = self._backend or build_backend(self.s)
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.request_stop, sig.name)
+                installed.append(sig)
+        try:
+            await self._pool(planned.todo, backend, manifest)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            if self._grace_handle:
+                self._grace_handle.cancel()
+            await backend.close()
+        self.report.bytes_sent = int(getattr(backend, "bytes_sent", 0))
+        self._finish(manifest, record=True)
+
+    async def _pool(self, todo: list[PlanItem], backend: Backend, manifest: Manifest) -> None:
+        queue: asyncio.Queue[PlanItem | None] = asyncio.Queue(maxsize=self.s.workers * 2)
+
+        async def produce() -> None:
+            for item in todo:
+                if self.stopping:
+                    break
+                await queue.put(item)
+            for _ in range(self.s.workers):
+                await queue.put(None)
+
+        async def work() -> None:
+            while True:
+                item = await queue.get()
+                if item is None or self.stopping:
+                    return
+                await self._document(item, backend, manifest)
+
+        producer = asyncio.create_task(produce())
+        self._tasks = [asyncio.create_task(work()) for _ in range(self.s.workers)]
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producer
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(
+                result, asyncio.CancelledError | FatalError
+            ):
+                raise result
+
+    def request_stop(self, reason: str) -> None:
+        """Stop dispatching; in-flight requests get `shutdown_grace` seconds to finish."""
+        if self.stopping:
+            if reason in ("SIGINT", "SIGTERM"):
+                self.log.warning("second signal: stopping now", signal=reason)
+                self._cancel_all()
+            return
+        self.stopping = True
+        self.limiter.close()
+        self.report.message = self.report.message or f"stopped by {reason}"
+        self.log.warning("stopping", reason=reason, grace_s=self.s.shutdown_grace)
+        if reason in ("SIGINT", "SIGTERM"):
+            self.report.outcome = "interrupted"
+        loop = asyncio.get_running_loop()
+        self._grace_handle = loop.call_later(self.s.shutdown_grace, self._cancel_all)
+
+    def _cancel_all(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    def _abort(self, error: FatalError) -> None:
+        if self.fatal is None:
+            self.fatal = error
+            self.log.error("fatal", error=redact(str(error)))
+        self.stopping = True
+        self.limiter.close()
+        self._cancel_all()
+
+    # ---- one document -----------------------------------------------------------------------
+    async def _document(self, item: PlanItem, backend: Backend, manifest: Manifest) -> None:
+        src = item.source
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.s.document_timeout):
+                pages = await self._document_inner(item, backend, manifest, started)
+        except StopRequested:
+            manifest.release(src.rel)
+            self.report.documents_interrupted += 1
+            return
+        except asyncio.CancelledError:
+            manifest.release(src.rel)
+            self.report.documents_interrupted += 1
+            raise
+        except FatalError as exc:
+            manifest.release(src.rel)
+            self.report.documents_interrupted += 1
+            self._abort(exc)
+            raise
+        except TimeoutError:
+            self._fail(manifest, src.rel, Category.TIMEOUT,
+                       f"{src.rel}: not finished within {self.s.document_timeout:g} s"
+                       " (document_timeout); its answered chunks are kept for the next try")
+            return
+        except RetryableError as exc:
+            self._fail(manifest, src.rel, exc.category,
+                       f"{exc.message} (gave up after {self.s.retry_attempts} tries;"
+                       " answered chunks are kept, --retry-failed resumes it)")
+            return
+        except DocumentError as exc:
+            self._fail(manifest, src.rel, exc.category, str(exc))
+            return
+        except Exception as exc:  # a bug: record it against the document, keep the run going
+            self.log.exception("internal error", path=src.rel)
+            self._fail(manifest, src.rel, Category.INTERNAL,
+                       f"{src.rel}: unexpected {type(exc).__name__}: {exc}"
+                       " (a bug in ocr-pipeline: please report it with this message)")
+            return
+        self.report.documents_done += 1
+        self.report.pages_done += pages
+        self.log.info("document", path=src.rel, state="done", pages=pages,
+                      seconds=round(time.monotonic() - started, 3))
+
+    def _fail(self, manifest: Manifest, rel: str, category: str, message: str) -> None:
+        message = redact(message)
+        manifest.fail(rel, str(category), message)
+        self._record_failure(rel, str(category), message)
+
+    def _record_failure(self, rel: str, category: str, message: str) -> None:
+        self.report.failures.append(Failure(rel, category, message))
+        self.report.documents_failed += 1
+        self.log.warning("document", path=rel, state="failed", category=category, error=message)
+
+    async def _document_inner(
+        self, item: PlanItem, backend: Backend, manifest: Manifest, started: float
+    ) -> int:
+        src = item.source
+        try:
+            st = os.stat(src.path)
+            data = await asyncio.to_thread(src.path.read_bytes)
+        except FileNotFoundError:
+            raise DocumentError(Category.INPUT, f"{src.rel}: file vanished before it was read")\
+                from None
+        except OSError as exc:
+            raise DocumentError(Category.INPUT, f"{src.rel}: cannot read: {exc.strerror}",
+                                hint="check its permissions") from None
+        if st.st_size != len(data):
+            raise DocumentError(Category.INPUT, f"{src.rel}: file changed while it was being read",
+                                hint="it will be picked up by the next run")
+        sha = item.sha256 or await asyncio.to_thread(_sha256_bytes, data)
+        manifest.claim(src.rel, sha, self.run_id)
+        if item.decision == Decision.CHANGED:
+            remove_outputs(self.output, src.rel)
+        chunks = iter_chunks(
+            src.path, src.rel, src.media_type,
+            max_pages=self.s.max_pages_per_request,
+            max_bytes=self.s.max_bytes_per_request,
+            passwords=self.s.pdf_passwords,
+            data=data,
+        )
+        del data
+        answers: list[tuple[Chunk, dict[str, Any] | None]] = []
+        sizes: list[int] = []
+        gate = asyncio.Semaphore(self.chunks_per_document)
+        tasks: list[asyncio.Task[None]] = []
+        reused_pages = 0
+
+        async def send(position: int, chunk: Chunk) -> None:
+            try:
+                crashpoints.reached("request")
+                response = await call_with_retry(
+                    backend, chunk, self.limiter, self.policy, self.health, self.stats
+                )
+                manifest.checkpoint_chunk(src.rel, sha, chunk.first_page, chunk.page_count,
+                                          chunk.sha256, response)
+                crashpoints.reached("chunk_persisted")
+                answers[position] = (answers[position][0], response)
+            finally:
+                gate.release()
+
+        try:
+            while True:
+                await gate.acquire()
+                if self.stopping:
+                    gate.release()
+                    raise StopRequested()
+                chunk = await asyncio.to_thread(next, chunks, None)
+                if chunk is None:
+                    gate.release()
+                    break
+                light = dataclasses.replace(chunk, data=b"")
+                sizes.append(len(chunk.data))
+                saved = manifest.chunk_response(src.rel, sha, chunk.first_page, chunk.page_count)
+                answers.append((light, saved))
+                if saved is not None:
+                    reused_pages += chunk.page_count
+                    gate.release()
+                    continue
+                tasks.append(asyncio.create_task(send(len(answers) - 1, chunk)))
+                del chunk
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        if self.stopping and any(resp is None for _, resp in answers):
+            raise StopRequested()
+        merged = merge_responses([(c, r) for c, r in answers if r is not None])
+        page_count = len(merged["pages"])
+        doc_cost = cost(page_count, self.price)
+        source = {
+            "path": src.rel,
+            "sha256": sha,
+            "bytes": src.size,
+            "media_type": src.media_type,
+            "pages": page_count,
+            "backend": self.s.backend,
+            "model": self.s.model,
+            "chunks": [
+                {"first_page": c.first_page, "pages": c.page_count, "bytes": size,
+                 "sha256": c.sha256}
+                for (c, _), size in zip(answers, sizes, strict=True)
+            ],
+            "pages_from_checkpoint": reused_pages,
+            "run_id": self.run_id,
+            "seconds": round(time.monotonic() - started, 3),
+            "pipeline_version": __version__,
+            "processed_at": _iso(time.time()),
+        }
+        crashpoints.reached("before_store")
+        await asyncio.to_thread(write_document, self.output, src.rel, merged, source)
+        crashpoints.reached("after_store")
+        manifest.finish(src.rel, page_count, doc_cost)
+        crashpoints.reached("document_done")
+        self.report.pages_from_checkpoints += reused_pages
+        self.report.cost += cost(page_count - reused_pages, self.price)
+        return page_count
+
+    # ---- the end ----------------------------------------------------------------------------
+    def _finish(self, manifest: Manifest, *, record: bool) -> None:
+        r = self.report
+        now = time.time()
+        r.finished_at = _iso(now)
+        r.duration_s = round(now - self.started, 3)
+        r.cost = round(r.cost, 6)
+        r.requests = {
+            "attempts": self.stats.attempts,
+            "retries": self.stats.retries,
+            "throttled": self.stats.throttled,
+            "by_status": dict(self.stats.by_status),
+        }
+        if self.fatal is not None:
+            r.exit_code, r.outcome = int(ExitCode.FATAL), "fatal"
+            r.message = redact(str(self.fatal))
+        elif self.stopping and r.outcome == "interrupted":
+            r.exit_code = int(ExitCode.INTERRUPTED)
+        elif r.documents_failed:
+            r.exit_code, r.outcome = int(ExitCode.SOME_FAILED), "some_failed"
+        else:
+            r.exit_code, r.outcome = int(ExitCode.OK), "ok"
+        if record:
+            manifest.finish_run(self.run_id, r.exit_code, r.to_dict())
+            r.write(self.state / "runs")
+
+
+def _sha256_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+__all__ = ["Run", "state_dir", "file_sha256", "MANIFEST_NAME"]

@@ -1,0 +1,37 @@
+"""Tell a file's type from its first bytes, never from its name."""
+
+from __future__ import annotations
+
+PDF = "application/pdf"
+
+SUPPORTED = (
+    PDF,
+    "image/png",
+    "image/jpeg",
+    "image/tiff",
+    "image/webp",
+    "image/gif",
+    "image/bmp",
+)
+
+SNIFF_BYTES = 1024
+
+
+def sniff(head: bytes) -> str | None:
+    """Return the media type for these leading bytes, or None when it is no supported type."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "image/tiff"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head.startswith(b"BM") and len(head) >= 14:
+        return "image/bmp"
+    # PDF readers accept a header anywhere in the first 1024 bytes (after junk such as a BOM).
+    if b"%PDF-" in head[:SNIFF_BYTES]:
+        return PDF
+    return None

@@ -1,0 +1,60 @@
+"""`ocr-pipeline status`: what the output's manifest holds, as data and as text."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+from pipeline.manifest import Manifest
+from pipeline.runner import MANIFEST_NAME, state_dir
+
+
+def status(output: Path) -> dict[str, Any]:
+    path = state_dir(output) / MANIFEST_NAME
+    if not path.exists():
+        raise ConfigError(f"no manifest at {path}: has a run written to {output} yet?")
+    manifest = Manifest(path)
+    try:
+        counts = manifest.counts()
+        return {
+            "output": str(output),
+            "manifest": str(path),
+            "documents": {state: counts.get(state, 0)
+                          for state in ("done", "failed", "pending", "running")},
+            "totals": manifest.totals(),
+            "recent_runs": manifest.recent_runs(),
+            "failures": [
+                {"path": f.path, "category": f.error_category, "message": f.error_message,
+                 "attempts": f.attempts}
+                for f in manifest.failures()
+            ],
+        }
+    finally:
+        manifest.close()
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def render_status(data: dict[str, Any]) -> list[str]:
+    docs = data["documents"]
+    lines = [
+        f"output: {data['output']}",
+        "documents: " + ", ".join(f"{k} {v}" for k, v in docs.items()),
+        f"pages done: {data['totals']['pages']}, cost so far: ${data['totals']['cost']:.4f}",
+    ]
+    if data["recent_runs"]:
+        lines.append("recent runs:")
+        for run in data["recent_runs"]:
+            code = "running or killed" if run["exit_code"] is None else f"exit {run['exit_code']}"
+            lines.append(f"  {run['run_id']}  started {_when(run['started_at'])}  {code}")
+    if data["failures"]:
+        lines.append(f"failures ({len(data['failures'])}):")
+        for f in data["failures"]:
+            lines.append(f"  [{f['category']}] {f['path']}: {f['message']}")
+    return lines

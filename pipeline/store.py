@@ -1,0 +1,144 @@
+"""Write a document's outputs into the mirrored output tree, atomically, never outside it.
+
+`<out>/<rel>.json`, `<out>/<rel>.md` and, when the service returned image data,
+`<out>/<rel>.images/<id>`. Every file is written to a temporary name in its own folder, fsynced and
+renamed into place; the JSON goes last, so its presence means the document's outputs are complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipeline import crashpoints
+from pipeline.encode import decode_data_url
+from pipeline.errors import Category, DocumentError
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_component(name: str, fallback: str = "item") -> str:
+    """Reduce a server-supplied name to one harmless path component."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = _SAFE_NAME.sub("_", name).lstrip(".")[:100]
+    return name or fallback
+
+
+def output_base(out_root: Path, rel: str) -> Path:
+    """`<out>/<rel>`: the stem every output of the document starts with. Refuses escapes."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise DocumentError(Category.INPUT, f"{rel}: path cannot be mirrored safely")
+    base = out_root.joinpath(*parts)
+    ensure_inside(out_root, base)
+    return base
+
+
+def ensure_inside(root: Path, path: Path) -> None:
+    root_abs = os.path.abspath(root)
+    if os.path.commonpath([root_abs, os.path.abspath(path)]) != root_abs:
+        raise DocumentError(Category.INTERNAL, f"refused to write outside the output tree: {path}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash leaves either the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:80]}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def render_markdown(response: dict[str, Any], image_links: dict[str, str]) -> str:
+    """The pages' markdown in page order, each after a marker line naming its page number."""
+    out: list[str] = []
+    for page in response["pages"]:
+        text = page.get("markdown") or ""
+        for image_id, link in image_links.items():
+            text = text.replace(f"]({image_id})", f"]({link})")
+        out.append(f"<!-- page {page['index'] + 1} -->\n\n{text.strip()}\n")
+    return "\n".join(out)
+
+
+def write_document(
+    out_root: Path, rel: str, response: dict[str, Any], source: dict[str, Any]
+) -> dict[str, Path]:
+    """Write JSON, markdown and images for one document; return the paths written.
+
+    Raises DocumentError(storage) when the disk refuses (full, read-only, permissions).
+    """
+    base = output_base(out_root, rel)
+    images_dir = base.with_name(base.name + ".images")
+    json_path = base.with_name(base.name + ".json")
+    md_path = base.with_name(base.name + ".md")
+    written: dict[str, Path] = {}
+    image_links: dict[str, str] = {}
+    try:
+        for page in response["pages"]:
+            for image in page.get("images") or []:
+                payload = image.get("image_base64")
+                if not isinstance(payload, str) or not payload:
+                    continue
+                try:
+                    _mime, blob = decode_data_url(payload)
+                except ValueError:
+                    image["image_base64"] = None
+                    image["image_error"] = "service sent image data that is not a base64 data URL"
+                    continue
+                name = safe_component(str(image.get("id", "")), "image.bin")
+                target = images_dir / name
+                ensure_inside(out_root, target)
+                atomic_write(target, blob)
+                link = f"{images_dir.name}/{name}"
+                image["image_base64"] = None
+                image["image_path"] = link
+                image_links[str(image.get("id"))] = link
+                written[f"image:{name}"] = target
+        document = dict(response)
+        document["source"] = source
+        md = render_markdown(response, image_links)
+        atomic_write(md_path, md.encode("utf-8"))
+        written["markdown"] = md_path
+        crashpoints.reached("mid_store")
+        body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
+        atomic_write(json_path, body)
+        written["json"] = json_path
+    except OSError as exc:
+        raise DocumentError(
+            Category.STORAGE,
+            f"{rel}: cannot write output: {exc.strerror or exc}",
+            hint="free disk space or fix the output folder's permissions, then run again",
+        ) from None
+    return written
+
+
+def remove_outputs(out_root: Path, rel: str) -> None:
+    """Remove a document's previous outputs (before a changed document is redone)."""
+    base = output_base(out_root, rel)
+    for suffix in (".json", ".md"):
+        with contextlib.suppress(FileNotFoundError):
+            base.with_name(base.name + suffix).unlink()
