@@ -1,0 +1,183 @@
+"""Markdown from page structure: paragraphs, headings by type size, simple tables by alignment.
+
+Both the OCR engine and the PDF text layer describe a page as blocks of paragraphs of lines with
+boxes (pixels, origin top-left); this module turns that into markdown. Reading order is the
+order of the blocks as given: Tesseract's own layout analysis orders columns correctly (checked
+by tests on two-column pages), and a born-digital text layer is in content-stream order.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1
+
+
+@dataclass
+class Word:
+    text: str
+    box: Box
+    conf: float | None = None
+
+
+@dataclass
+class Line:
+    words: list[Word]
+    box: Box
+    size: float  # type size in pixels: Tesseract's row height, or the text-run height
+
+    @property
+    def text(self) -> str:
+        return " ".join(w.text for w in self.words)
+
+
+@dataclass
+class Paragraph:
+    lines: list[Line] = field(default_factory=list)
+
+
+@dataclass
+class Block:
+    paragraphs: list[Paragraph] = field(default_factory=list)
+
+
+# A gap between two words wider than this many line heights separates table cells; ordinary
+# word spacing is about a quarter of the line height, stretched justification under one.
+CELL_GAP = 1.2
+H1_RATIO = 1.6  # a paragraph whose type is this much larger than the body text is a '#'
+H2_RATIO = 1.25  # ... and this much larger a '##'
+MAX_HEADING_WORDS = 20
+
+
+def body_size(blocks: list[Block]) -> float:
+    """Median type size weighted by characters: the size of the running text."""
+    sizes: list[float] = []
+    for block in blocks:
+        for para in block.paragraphs:
+            for line in para.lines:
+                sizes.extend([line.size] * max(1, len(line.text)))
+    return statistics.median(sizes) if sizes else 0.0
+
+
+def split_cells(line: Line) -> list[list[Word]]:
+    """Split a line into runs of words separated by gaps wider than CELL_GAP line heights."""
+    height = max(1, line.box[3] - line.box[1])
+    cells: list[list[Word]] = [[line.words[0]]] if line.words else []
+    for prev, word in zip(line.words, line.words[1:], strict=False):
+        if word.box[0] - prev.box[2] > CELL_GAP * height:
+            cells.append([word])
+        else:
+            cells[-1].append(word)
+    return cells
+
+
+def _columns(rows: list[list[list[Word]]]) -> list[tuple[int, int]]:
+    """Column intervals: the union of overlapping cell spans across all rows."""
+    spans = sorted((c[0].box[0], c[-1].box[2]) for row in rows for c in row)
+    cols: list[list[int]] = []
+    for x0, x1 in spans:
+        if cols and x0 <= cols[-1][1]:
+            cols[-1][1] = max(cols[-1][1], x1)
+        else:
+            cols.append([x0, x1])
+    return [(a, b) for a, b in cols]
+
+
+def table_markdown(lines: list[Line]) -> str | None:
+    """A markdown table from lines whose cells line up in columns, or None if they do not."""
+    rows = [split_cells(line) for line in lines]
+    cols = _columns(rows)
+    if len(cols) < 2 or len(cols) > 12:
+        return None
+    grid: list[list[str]] = []
+    for row in rows:
+        cells = [""] * len(cols)
+        for cell in row:
+            x0, x1 = cell[0].box[0], cell[-1].box[2]
+            idx = next(i for i, (a, b) in enumerate(cols) if x0 <= b and x1 >= a)
+            text = " ".join(w.text for w in cell).replace("|", "\\|")
+            cells[idx] = f"{cells[idx]} {text}".strip()
+        grid.append(cells)
+    # Mostly-empty grids are not tables (e.g. a signature line far from its label).
+    filled = sum(1 for row in grid for c in row if c)
+    if filled < 0.6 * len(grid) * len(cols):
+        return None
+    out = ["| " + " | ".join(grid[0]) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(row) + " |" for row in grid[1:]]
+    return "\n".join(out)
+
+
+def _join_lines(lines: list[Line]) -> str:
+    """Join a paragraph's lines; undo end-of-line hyphenation before a lower-case word."""
+    text = ""
+    for line in lines:
+        part = line.text.strip()
+        if not part:
+            continue
+        if text.endswith("-") and part[:1].islower() and len(text) > 1 and text[-2].isalpha():
+            text = text[:-1] + part
+        else:
+            text = f"{text} {part}" if text else part
+    return text
+
+
+def _heading_level(para: Paragraph, body: float) -> int:
+    if body <= 0 or len(para.lines) > 3:
+        return 0
+    words = sum(len(line.words) for line in para.lines)
+    if words == 0 or words > MAX_HEADING_WORDS:
+        return 0
+    size = statistics.median(line.size for line in para.lines)
+    if size >= H1_RATIO * body:
+        return 1
+    if size >= H2_RATIO * body:
+        return 2
+    return 0
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    """Paragraphs separated by blank lines, '#'/'##' headings, tables as markdown tables."""
+    body = body_size(blocks)
+    # Flatten to paragraphs in reading order, then find runs of table rows across paragraph and
+    # block boundaries (Tesseract often splits one table into several blocks).
+    paras = [p for b in blocks for p in b.paragraphs if any(line.words for line in p.lines)]
+    parts: list[str] = []
+    pending_rows: list[Line] = []
+    pending_paras: list[Paragraph] = []
+
+    def flush_rows() -> None:
+        if not pending_rows:
+            return
+        table = table_markdown(pending_rows) if len(pending_rows) >= 2 else None
+        if table:
+            parts.append(table)
+        else:
+            for para in pending_paras:
+                parts.append(_paragraph_markdown(para, body))
+        pending_rows.clear()
+        pending_paras.clear()
+
+    for para in paras:
+        rows = [line for line in para.lines if line.words]
+        if rows and all(len(split_cells(line)) >= 2 for line in rows):
+            pending_rows.extend(rows)
+            pending_paras.append(para)
+            continue
+        flush_rows()
+        parts.append(_paragraph_markdown(para, body))
+    flush_rows()
+    return "\n\n".join(p for p in parts if p)
+
+
+def _paragraph_markdown(para: Paragraph, body: float) -> str:
+    text = _join_lines(para.lines)
+    if not text:
+        return ""
+    level = _heading_level(para, body)
+    if level:
+        return "#" * level + " " + text
+    # A body paragraph starting with '#' or '>' would become a heading or a quote: keep it literal.
+    if text[0] in "#>":
+        text = "\\" + text
+    return text

@@ -1,0 +1,177 @@
+"""What runs inside the pool's worker processes: one page at a time, in and out as plain data.
+
+Each call opens its input from bytes, handles one page (or, for the text-layer pass, reads every
+page's text without rendering), and returns plain dicts. Failures come back as data too
+(`("error", kind, message, hint)`): the error classes carry keyword arguments that do not
+survive pickling, and a worker must never die of a bad document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.backends.local import images, layout, render, textlayer
+from pipeline.backends.local.engine import Engine
+from pipeline.backends.local.orientation import recognize_upright
+from pipeline.errors import EncryptedError, InputError, PipelineError, TooLargeError
+
+Outcome = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    tessdata: str
+    language: str
+    dpi: int
+    force_ocr: bool
+    max_pixels: int
+
+
+_ENGINE: Engine | None = None
+_ENGINE_KEY: tuple[str, str] | None = None
+
+
+def engine(cfg: WorkerConfig) -> Engine:
+    """This process's Tesseract, created on first use and kept for every later page."""
+    global _ENGINE, _ENGINE_KEY
+    key = (cfg.tessdata, cfg.language)
+    if _ENGINE is None or key != _ENGINE_KEY:
+        if _ENGINE is not None:
+            _ENGINE.close()
+        _ENGINE = Engine(Path(cfg.tessdata), cfg.language)
+        _ENGINE_KEY = key
+    return _ENGINE
+
+
+def warm_up(cfg: WorkerConfig) -> Outcome:
+    engine(cfg)
+    return ("ok", None)
+
+
+def _guard(fn: Any, *args: Any) -> Outcome:
+    try:
+        return ("ok", fn(*args))
+    except PipelineError as exc:
+        return ("error", type(exc).__name__, exc.message, exc.hint)
+
+
+def _page(
+    index: int,
+    markdown: str,
+    width: int,
+    height: int,
+    dpi: int,
+    method: str,
+    confidence: float | None,
+    rotation: int,
+) -> dict[str, Any]:
+    return {
+        "index": index,
+        "markdown": markdown,
+        "images": [],
+        "dimensions": {"dpi": dpi, "height": height, "width": width},
+        "method": method,
+        "confidence": None if confidence is None else round(confidence, 2),
+        "rotation": rotation,
+    }
+
+
+# --- PDF ---------------------------------------------------------------------------------------
+
+
+def scan_pdf(data: bytes, cfg: WorkerConfig) -> Outcome:
+    """Text-layer pass over every page: returns (page count, text pages, pages to OCR)."""
+    return _guard(_scan_pdf, data, cfg)
+
+
+def _scan_pdf(data: bytes, cfg: WorkerConfig) -> tuple[int, list[dict[str, Any]], list[int]]:
+    doc = render.open_pdf(data)
+    try:
+        count = len(doc)
+        if count == 0:
+            raise InputError("the PDF has no pages", hint="check the source file")
+        done: list[dict[str, Any]] = []
+        todo: list[int] = []
+        for i in range(count):
+            page = doc[i]
+            try:
+                width, height = render.page_pixels(page, cfg.dpi)
+                found = None if cfg.force_ocr else textlayer.extract(page, cfg.dpi)
+                if found is not None:
+                    _, blocks = found
+                    md = layout.to_markdown(blocks)
+                    done.append(_page(i, md, width, height, cfg.dpi, "text_layer", None, 0))
+                    continue
+                # Refuse oversized pages now, before any other page is OCR'd for nothing.
+                if width * height > cfg.max_pixels:
+                    raise images.too_large(f"page {i + 1} at {cfg.dpi} dpi", width, height, cfg.max_pixels)
+                todo.append(i)
+            finally:
+                page.close()
+        return count, done, todo
+    finally:
+        doc.close()
+
+
+def ocr_pdf_page(data: bytes, index: int, cfg: WorkerConfig) -> Outcome:
+    return _guard(_ocr_pdf_page, data, index, cfg)
+
+
+def _ocr_pdf_page(data: bytes, index: int, cfg: WorkerConfig) -> dict[str, Any]:
+    doc = render.open_pdf(data)
+    try:
+        page = doc[index]
+        try:
+            image = render.render_page(page, cfg.dpi, cfg.max_pixels)
+        finally:
+            page.close()
+    finally:
+        doc.close()
+    return _ocr_image(image, index, cfg.dpi, cfg.dpi, cfg)
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+def scan_image(data: bytes, media_type: str, cfg: WorkerConfig) -> Outcome:
+    """Header check (size limit, readable) and the number of pages (TIFF frames)."""
+    return _guard(_scan_image, data, media_type, cfg)
+
+
+def _scan_image(data: bytes, media_type: str, cfg: WorkerConfig) -> int:
+    img = images.open_image(data, media_type, cfg.max_pixels)
+    try:
+        return images.frame_count(img)
+    finally:
+        img.close()
+
+
+def ocr_image_page(data: bytes, media_type: str, index: int, cfg: WorkerConfig) -> Outcome:
+    return _guard(_ocr_image_page, data, media_type, index, cfg)
+
+
+def _ocr_image_page(data: bytes, media_type: str, index: int, cfg: WorkerConfig) -> dict[str, Any]:
+    img = images.open_image(data, media_type, cfg.max_pixels)
+    try:
+        frame, dpi = images.load_frame(img, index, media_type, cfg.max_pixels)
+        return _ocr_image(frame, index, dpi, images.header_dpi(img) or 72, cfg)
+    finally:
+        img.close()
+
+
+def _ocr_image(image: Any, index: int, dpi: int | None, report_dpi: int, cfg: WorkerConfig) -> dict[str, Any]:
+    rec, rotation = recognize_upright(engine(cfg), image, dpi)
+    md = layout.to_markdown(rec.blocks)
+    width, height = image.size
+    if rotation in (90, 270):
+        width, height = height, width
+    return _page(index, md, width, height, report_dpi, "ocr", rec.confidence, rotation)
+
+
+ERRORS: dict[str, type[PipelineError]] = {
+    "InputError": InputError,
+    "TooLargeError": TooLargeError,
+    "EncryptedError": EncryptedError,
+}
