@@ -9,6 +9,10 @@ import io
 import re
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pypdf import PageObject
 
 DPI = 200
 #: Size reported for every page in cheap mode: US letter at 200 dpi.
@@ -77,11 +81,11 @@ def pdf_pages(data: bytes, wanted: list[int] | None) -> list[Page]:
     return pages
 
 
-def _page_size(page: object) -> tuple[int | None, int | None]:
+def _page_size(page: PageObject) -> tuple[int | None, int | None]:
     try:
-        box = page.mediabox  # type: ignore[attr-defined]
+        box = page.mediabox
         width, height = float(box.width), float(box.height)
-        if (page.rotation or 0) % 180 == 90:  # type: ignore[attr-defined]
+        if (page.rotation or 0) % 180 == 90:
             width, height = height, width
     except Exception:
         return None, None

@@ -76,7 +76,3 @@ def validation_failed(errors: list[FieldError]) -> Reply:
 
 def bad_request(message: str) -> Rejected:
     return Rejected(error(400, message))
-
-
-def invalid(loc: tuple[str | int, ...], msg: str, type_: str) -> Rejected:
-    return Rejected(validation_failed([FieldError(loc, msg, type_)]))

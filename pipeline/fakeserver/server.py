@@ -35,6 +35,9 @@ class FakeServer:
         self._state.reset()
 
     async def stop(self) -> None:
+        """Release hanging requests, then close; a second call does nothing."""
+        if self._state.stopping.is_set():
+            return
         self._state.stopping.set()
         await self._runner.cleanup()
 
