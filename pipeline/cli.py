@@ -34,6 +34,10 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--workers", type=int, help="documents processed at once")
     p.add_argument("--rps", type=float, help="requests per second for all workers (0: no limit)")
     p.add_argument("--max-in-flight", type=int, help="requests under way at once")
+    p.add_argument("--max-pages-per-request", type=int,
+                   help="split PDFs into requests of at most this many pages")
+    p.add_argument("--max-bytes-per-request", type=int,
+                   help="split PDFs into requests of at most this many bytes")
     p.add_argument("--dry-run", action="store_true", help="plan and estimate; call nothing")
     p.add_argument("--retry-failed", action="store_true",
                    help="try again the documents that failed in earlier runs")
@@ -67,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("input", "output", "backend", "endpoint", "model", "workers", "rps",
-            "max_in_flight", "log_level", "retry_categories")
+            "max_in_flight", "log_level", "retry_categories", "max_pages_per_request",
+            "max_bytes_per_request")
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     for flag in ("dry_run", "retry_failed", "force"):
         if getattr(args, flag, False):

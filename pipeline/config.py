@@ -214,8 +214,9 @@ def load_settings(
     settings = Settings()
     file_data: dict[str, Any] = {}
     where = "defaults"
+    missing: list[str] = []
     if config_path is not None:
-        file_data, _missing = load_yaml(config_path, env)
+        file_data, missing = load_yaml(config_path, env)
         where = str(config_path)
     backend = str((overrides or {}).get("backend") or file_data.get("backend") or "local")
     if backend not in BACKENDS:
@@ -242,7 +243,13 @@ def load_settings(
         settings.api_key = env.get(defaults["api_key_env"]) or None
     if settings.api_key == "":
         settings.api_key = None
-    validate(settings, where, defaults["api_key_env"])
+    try:
+        validate(settings, where, defaults["api_key_env"])
+    except ConfigError as exc:
+        if missing:
+            names = ", ".join(sorted(set(missing)))
+            raise ConfigError(f"{exc} (unset environment variables: {names})") from None
+        raise
     return settings
 
 

@@ -24,7 +24,7 @@ class RateLimiter:
         max_in_flight: int,
         *,
         clock: Callable[[], float] = time.monotonic,
-        decrease: float = 0.85,
+        decrease: float = 0.7,
         min_rps: float = 0.2,
     ) -> None:
         self.ceiling = rps if rps > 0 else 0.0  # 0: no configured limit
@@ -37,6 +37,7 @@ class RateLimiter:
         self._paused_until = 0.0
         self._recent: deque[float] = deque(maxlen=512)  # send times, to estimate the real rate
         self._decreased_at = -1e9
+        self.learned = False  # the server announced its limit
         self.throttled = 0  # 429s seen
         self.in_flight = 0
         self.closed = False  # set when the run stops dispatching: no new request may start
@@ -88,19 +89,34 @@ class RateLimiter:
         now = self._clock()
         pause = retry_after if retry_after is not None and retry_after > 0 else 1.0
         self._paused_until = max(self._paused_until, now + pause)
-        self._next_slot = 0.0
-        if now - self._decreased_at < 1.0:
+        # After the pause, requests resume one interval apart, not all at once.
+        self._next_slot = max(self._next_slot, self._paused_until)
+        if now - self._decreased_at < 0.5:
             return  # the other 429s of one burst answer requests sent at the old rate
         self._decreased_at = now
         current = self.rate if self.rate > 0 else self.observed_rate()
-        if current > 0:
-            self.rate = max(self.min_rps, current * self.decrease)
+        if current <= 0:
+            return
+        # With a limit the server announced, a 429 is timing jitter: step back a little.
+        factor = 0.95 if self.learned else self.decrease
+        self.rate = max(self.min_rps, current * factor)
+
+    def learn_limit(self, server_rps: float, margin: float = 0.98) -> None:
+        """The server told us its limit (x-ratelimit-limit-req-minute): never go above it."""
+        if server_rps <= 0:
+            return
+        self.learned = True
+        target = server_rps * margin
+        if self.ceiling <= 0 or target < self.ceiling:
+            self.ceiling = target
+        if self.rate <= 0 or self.rate > self.ceiling:
+            self.rate = self.ceiling
 
     def succeeded(self) -> None:
         """A request went through: creep back up towards the ceiling."""
         if self.rate <= 0:
             return
-        step = max(0.01, self.rate * 0.002)
+        step = max(0.01, self.rate * 0.01)
         if self.ceiling > 0:
             self.rate = min(self.ceiling, self.rate + step)
         else:

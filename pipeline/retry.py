@@ -103,6 +103,9 @@ async def call_with_retry(
                 try:
                     response = check_response(chunk, await backend.ocr(chunk))
                 except RetryableError as exc:
+                    hint = getattr(backend, "server_rps_limit", None)
+                    if hint:
+                        limiter.learn_limit(hint)
                     stats.count(str(exc.status) if exc.status else "error")
                     if exc.status == 429:
                         stats.throttled += 1
@@ -114,6 +117,9 @@ async def call_with_retry(
                 except FatalError:
                     stats.count("fatal")
                     raise
+            hint = getattr(backend, "server_rps_limit", None)
+            if hint:
+                limiter.learn_limit(hint)
             stats.count("200")
             health.ok()
             limiter.succeeded()

@@ -93,6 +93,7 @@ class MistralBackend:
         self.url = ocr_url(settings)
         self._session: aiohttp.ClientSession | None = None
         self.bytes_sent = 0
+        self.server_rps_limit: float | None = None  # from x-ratelimit-limit-req-minute
 
     def _headers(self) -> dict[str, str]:
         key = self.settings.api_key or ""
@@ -138,6 +139,7 @@ class MistralBackend:
                 body = await resp.read()
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers)
+                self._learn_limit(resp.headers)
         except TimeoutError:
             raise RetryableError(
                 f"{where}: no complete answer within {self.settings.request_timeout:g} s",
@@ -168,6 +170,14 @@ class MistralBackend:
                 category=Category.TIMEOUT if status in (408, 504) else Category.BACKEND,
             )
         raise RejectedError(f"{where}: the service rejected the document (HTTP {status}: {detail})")
+
+    def _learn_limit(self, headers: Any) -> None:
+        value = headers.get("x-ratelimit-limit-req-minute")
+        if value:
+            try:
+                self.server_rps_limit = float(value) / 60.0
+            except ValueError:
+                pass
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
