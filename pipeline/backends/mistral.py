@@ -7,6 +7,7 @@ error varies between the platform, Azure and the gateways in front of them.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import time
@@ -174,10 +175,8 @@ class MistralBackend:
     def _learn_limit(self, headers: Any) -> None:
         value = headers.get("x-ratelimit-limit-req-minute")
         if value:
-            try:
+            with contextlib.suppress(ValueError):
                 self.server_rps_limit = float(value) / 60.0
-            except ValueError:
-                pass
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
