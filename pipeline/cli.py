@@ -25,7 +25,8 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         " into the mirrored --output tree. Flags override the config file, which overrides"
         " defaults. API keys come from the environment (MISTRAL_API_KEY, AZURE_API_KEY).",
     )
-    p.add_argument("--config", type=Path, help="YAML config file (default: none)")
+    p.add_argument("--config", type=Path,
+                   help="YAML config file (default: config/default.yaml when present)")
     p.add_argument("--input", type=Path, help="folder to digitize")
     p.add_argument("--output", type=Path, help="folder for the mirrored output tree")
     p.add_argument("--backend", choices=BACKENDS)
@@ -38,6 +39,22 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="split PDFs into requests of at most this many pages")
     p.add_argument("--max-bytes-per-request", type=int,
                    help="split PDFs into requests of at most this many bytes")
+    p.add_argument("--max-pages-per-document", type=int,
+                   help="documents with more pages fail as too_large (default 5000)")
+    p.add_argument("--allow-large-documents", action="store_true",
+                   help="no cap on pages per document")
+    p.add_argument("--document-timeout", type=float, help="seconds one document may take")
+    budget = p.add_argument_group("budgets (when reached: stop dispatching, exit 3, resumable)")
+    budget.add_argument("--max-pages", type=int, help="pages this run may send")
+    budget.add_argument("--max-cost", type=float, help="US$ this run may spend")
+    budget.add_argument("--max-runtime", type=float,
+                        help="seconds before the run stops dispatching (end before the next cron)")
+    p.add_argument("--metrics-file", type=Path,
+                   help="Prometheus textfile (default <output>/.ocr-pipeline/metrics.prom)")
+    p.add_argument("--progress", choices=["auto", "bar", "json", "off"],
+                   help="bar on a terminal, JSON events otherwise (auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress, warnings and summary only")
+    p.add_argument("--verbose", action="store_true", help="debug logs")
     p.add_argument("--dry-run", action="store_true", help="plan and estimate; call nothing")
     p.add_argument("--retry-failed", action="store_true",
                    help="try again the documents that failed in earlier runs")
@@ -64,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _status_parser(sub)
+    check = sub.add_parser(
+        "check-config", help="validate a config; --ping sends one tiny request",
+        description="Validate a config file, show the environment variables it needs (set or"
+        " missing, never their values) and the effective settings; with --ping, send one"
+        " one-page request to the endpoint. Exit 0 good, 2 config error, 3 ping failed.")
+    check.add_argument("--config", type=Path, help="YAML config file")
+    check.add_argument("--backend", choices=BACKENDS)
+    check.add_argument("--endpoint")
+    check.add_argument("--model")
+    check.add_argument("--ping", action="store_true", help="send one tiny request")
     sub.add_parser("fake-server", help="a fake Mistral OCR endpoint on loopback (see --help)",
                    add_help=False)
     return parser
@@ -72,11 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("input", "output", "backend", "endpoint", "model", "workers", "rps",
             "max_in_flight", "log_level", "retry_categories", "max_pages_per_request",
-            "max_bytes_per_request")
+            "max_bytes_per_request", "max_pages_per_document", "document_timeout", "max_pages",
+            "max_cost", "max_runtime", "metrics_file", "progress")
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
-    for flag in ("dry_run", "retry_failed", "force"):
+    for flag in ("dry_run", "retry_failed", "force", "allow_large_documents"):
         if getattr(args, flag, False):
             out[flag] = True
+    if getattr(args, "quiet", False):
+        out["progress"] = "off"
+        out.setdefault("log_level", "warning")
+    if getattr(args, "verbose", False):
+        out["log_level"] = "debug"
     return out
 
 
@@ -116,6 +149,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from pipeline.checkconfig import check_config
+
+    overrides = {k: getattr(args, k) for k in ("backend", "endpoint", "model")
+                 if getattr(args, k) is not None}
+    code, lines = check_config(args.config, overrides, do_ping=args.ping)
+    print("\n".join(lines))
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "fake-server":
@@ -129,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "check-config":
+            return cmd_check_config(args)
     except ConfigError as exc:
         print(f"ocr-pipeline: config error: {redact(str(exc))}", file=sys.stderr)
         return int(ExitCode.USAGE)

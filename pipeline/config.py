@@ -89,6 +89,11 @@ class Settings:
     extra_request: dict[str, Any] = field(default_factory=dict)  # e.g. table_format
     pdf_passwords: list[str] = field(default_factory=list, repr=False)
     price_per_1000_pages: float | None = None  # default: the model's published price
+    max_pages_per_document: int = 5000  # larger documents fail as too_large ...
+    allow_large_documents: bool = False  # ... unless allowed
+    metrics_file: Path | None = None  # default <out>/.ocr-pipeline/metrics.prom
+    progress: str = "auto"  # auto (bar on a terminal, JSON events otherwise) | bar | json | off
+    progress_interval: float = 10.0  # seconds between JSON progress events and metrics writes
     shutdown_grace: float = 30.0
     verify_tls: bool = True
     local: LocalSettings = field(default_factory=LocalSettings)
@@ -97,6 +102,9 @@ class Settings:
     retry_failed: bool = False
     retry_categories: list[str] = field(default_factory=list)
     force: bool = False
+    max_pages: int | None = None  # budgets: stop dispatching when reached, exit 3
+    max_cost: float | None = None
+    max_runtime: float | None = None
     log_level: str = "info"
 
     def redacted(self) -> dict[str, Any]:
@@ -284,5 +292,15 @@ def validate(s: Settings, where: str, key_env: str) -> None:
             )
         if not s.model:
             raise bad("model", "must name a model")
+    if s.progress not in ("auto", "bar", "json", "off"):
+        raise bad("progress", "must be auto, bar, json or off")
+    if s.progress_interval <= 0:
+        raise bad("progress_interval", "must be more than 0 seconds")
+    if s.max_pages_per_document < 1:
+        raise bad("max_pages_per_document", "must be at least 1")
+    for key in ("max_pages", "max_cost", "max_runtime"):
+        value = getattr(s, key)
+        if value is not None and value <= 0:
+            raise bad(key, f"(--{key.replace('_', '-')}) must be more than 0")
     if s.local.dpi < 50 or s.local.dpi > 1200:
         raise bad("local.dpi", "must be between 50 and 1200")

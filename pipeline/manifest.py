@@ -225,6 +225,10 @@ class Manifest:
             for r in rows
         ]
 
+    def last_success(self) -> float | None:
+        row = self._db.execute("SELECT MAX(updated_at) FROM documents WHERE state='done'").fetchone()
+        return row[0] if row else None
+
     def totals(self) -> dict[str, float]:
         row = self._db.execute(
             "SELECT COALESCE(SUM(pages), 0), COALESCE(SUM(cost), 0) FROM documents"

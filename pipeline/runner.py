@@ -14,6 +14,7 @@ import dataclasses
 import os
 import secrets
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from typing import Any
 
 from pipeline import __version__, crashpoints
 from pipeline.backends.base import Backend
+from pipeline.budget import Budget
 from pipeline.config import Settings
 from pipeline.discover import STATE_DIR, Skipped, discover
 from pipeline.errors import (
@@ -36,9 +38,11 @@ from pipeline.errors import (
 from pipeline.logsetup import get_logger, redact
 from pipeline.manifest import Manifest, PlannedDocument
 from pipeline.merge import merge_responses
+from pipeline.metrics import MetricsSnapshot, write_metrics
 from pipeline.models import Chunk
 from pipeline.plan import TODO, Decision, PlanItem, decide, file_sha256
 from pipeline.pricing import cost, price_per_1000_pages
+from pipeline.progress import ProgressDisplay, ProgressSnapshot
 from pipeline.ratelimit import RateLimiter
 from pipeline.report import Failure, RunReport
 from pipeline.retry import EndpointHealth, RetryPolicy, RetryStats, call_with_retry
@@ -100,6 +104,19 @@ class Run:
         self.chunks_per_document = max(1, settings.max_in_flight // settings.workers)
         self._tasks: list[asyncio.Task[Any]] = []
         self._grace_handle: asyncio.TimerHandle | None = None
+        self._runtime_handle: asyncio.TimerHandle | None = None
+        self.budget = Budget(settings.max_pages, settings.max_cost, self.price)
+        self.metrics_path = settings.metrics_file or self.state / "metrics.prom"
+        mode = settings.progress
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "json"
+        self.progress = ProgressDisplay(mode, sys.stderr, self.log)
+        self.documents_total = 0
+        self.unchanged = 0
+        self.last_success: float | None = None
+        self.manifest_counts: dict[str, int] = {}
+        self.bytes_sent = 0
+        self._backend_in_use: Backend | None = None
         self.started = time.time()
         self.report = RunReport(
             run_id=self.run_id,
@@ -203,6 +220,8 @@ class Run:
             manifest.start_run(self.run_id)
         planned = self.plan(manifest)
         self.report.plan = dict(planned.counts)
+        self.documents_total = len(planned.todo) + len(planned.skipped_failures)
+        self.unchanged = planned.counts.get(Decision.UNCHANGED.value, 0)
         self.report.failed_earlier = planned.failed_earlier
         self.report.ignored = [Failure(i.rel, i.category, i.reason) for i in planned.ignored]
         self.log.info(
@@ -225,22 +244,95 @@ class Run:
             self.run_id,
         )
         backend = self._backend or build_backend(self.s)
+        self._backend_in_use = backend
         loop = asyncio.get_running_loop()
         installed = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
                 installed.append(sig)
+        if self.s.max_runtime:
+            self._runtime_handle = loop.call_later(
+                self.s.max_runtime, self.request_stop, f"budget: --max-runtime {self.s.max_runtime:g} s"
+            )
+        ticker = asyncio.create_task(self._tick_forever(manifest))
         try:
             await self._pool(planned.todo, backend, manifest)
         finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            self.progress.clear()
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            if self._grace_handle:
-                self._grace_handle.cancel()
+            for handle in (self._grace_handle, self._runtime_handle):
+                if handle:
+                    handle.cancel()
             await backend.close()
-        self.report.bytes_sent = int(getattr(backend, "bytes_sent", 0))
+        self.report.bytes_sent = self._bytes_sent()
         self._finish(manifest, record=True)
+
+    # ---- progress and metrics ---------------------------------------------------------------
+    def _bytes_sent(self) -> int:
+        return int(getattr(self._backend_in_use, "bytes_sent", 0) or 0)
+
+    def progress_snapshot(self) -> ProgressSnapshot:
+        r = self.report
+        return ProgressSnapshot(
+            documents_total=self.documents_total,
+            documents_done=r.documents_done,
+            documents_failed=r.documents_failed,
+            pages_done=r.pages_done,
+            retries=self.stats.retries,
+            throttled=self.stats.throttled,
+            elapsed_s=time.time() - self.started,
+        )
+
+    def metrics_snapshot(self, *, in_progress: bool) -> MetricsSnapshot:
+        r = self.report
+        return MetricsSnapshot(
+            documents={
+                "done": r.documents_done,
+                "failed": r.documents_failed,
+                "interrupted": r.documents_interrupted,
+                "unchanged": self.unchanged,
+                "todo": self.documents_total,
+            },
+            pages={"done": r.pages_done, "from_checkpoint": r.pages_from_checkpoints},
+            requests_by_status=dict(self.stats.by_status),
+            retries=self.stats.retries,
+            throttled=self.stats.throttled,
+            bytes_sent=self._bytes_sent(),
+            cost=round(r.cost, 6),
+            duration_s=round(time.time() - self.started, 3),
+            in_progress=in_progress,
+            exit_code=None if in_progress else r.exit_code,
+            last_success=self.last_success,
+            manifest_documents=self.manifest_counts,
+        )
+
+    def _write_metrics(self, manifest: Manifest, *, in_progress: bool) -> None:
+        try:
+            self.last_success = manifest.last_success()
+            self.manifest_counts = manifest.counts()
+            write_metrics(self.metrics_path, self.metrics_snapshot(in_progress=in_progress))
+        except OSError as exc:
+            self.log.warning("metrics file not written", path=str(self.metrics_path),
+                             error=str(exc))
+
+    async def _tick_forever(self, manifest: Manifest) -> None:
+        """Progress display and metrics file, refreshed while the pool works."""
+        bar = self.progress.mode == "bar"
+        interval = 0.5 if bar else self.s.progress_interval
+        since_metrics = 0.0
+        self._write_metrics(manifest, in_progress=True)
+        while True:
+            await asyncio.sleep(interval)
+            self.progress.show(self.progress_snapshot())
+            since_metrics += interval
+            if since_metrics >= self.s.progress_interval:
+                since_metrics = 0.0
+                self._write_metrics(manifest, in_progress=True)
 
     async def _pool(self, todo: list[PlanItem], backend: Backend, manifest: Manifest) -> None:
         queue: asyncio.Queue[PlanItem | None] = asyncio.Queue(maxsize=self.s.workers * 2)
@@ -285,6 +377,9 @@ class Run:
         self.log.warning("stopping", reason=reason, grace_s=self.s.shutdown_grace)
         if reason in ("SIGINT", "SIGTERM"):
             self.report.outcome = "interrupted"
+        elif reason.startswith("budget"):
+            self.report.outcome = "budget"
+            self.report.message = f"budget reached ({reason.removeprefix('budget: ')})"
         loop = asyncio.get_running_loop()
         self._grace_handle = loop.call_later(self.s.shutdown_grace, self._cancel_all)
 
@@ -341,8 +436,9 @@ class Run:
             return
         self.report.documents_done += 1
         self.report.pages_done += pages
-        self.log.info("document", path=src.rel, state="done", pages=pages,
-                      seconds=round(time.monotonic() - started, 3))
+        log = self.log.debug if self.progress.mode == "bar" else self.log.info
+        log("document", path=src.rel, state="done", pages=pages,
+            seconds=round(time.monotonic() - started, 3))
 
     def _fail(self, manifest: Manifest, rel: str, category: str, message: str) -> None:
         message = redact(message)
@@ -380,6 +476,8 @@ class Run:
             max_bytes=self.s.max_bytes_per_request,
             passwords=self.s.pdf_passwords,
             data=data,
+            max_document_pages=None if self.s.allow_large_documents
+            else self.s.max_pages_per_document,
         )
         del data
         answers: list[tuple[Chunk, dict[str, Any] | None]] = []
@@ -389,16 +487,19 @@ class Run:
         reused_pages = 0
 
         async def send(position: int, chunk: Chunk) -> None:
+            paid = False
             try:
                 crashpoints.reached("request")
                 response = await call_with_retry(
                     backend, chunk, self.limiter, self.policy, self.health, self.stats
                 )
+                paid = True
                 manifest.checkpoint_chunk(src.rel, sha, chunk.first_page, chunk.page_count,
                                           chunk.sha256, response)
                 crashpoints.reached("chunk_persisted")
                 answers[position] = (answers[position][0], response)
             finally:
+                self.budget.settle(chunk.page_count, paid=paid)
                 gate.release()
 
         try:
@@ -407,6 +508,9 @@ class Run:
                 if self.stopping:
                     gate.release()
                     raise StopRequested()
+                if any(t.done() and not t.cancelled() and t.exception() for t in tasks):
+                    gate.release()
+                    break  # a chunk failed for good: send no more of this document
                 chunk = await asyncio.to_thread(next, chunks, None)
                 if chunk is None:
                     gate.release()
@@ -419,14 +523,27 @@ class Run:
                     reused_pages += chunk.page_count
                     gate.release()
                     continue
+                if not self.budget.reserve(chunk.page_count):
+                    gate.release()
+                    self.request_stop(f"budget: {self.budget.page_limit} pages"
+                                      f" (--max-pages/--max-cost)")
+                    raise StopRequested()
                 tasks.append(asyncio.create_task(send(len(answers) - 1, chunk)))
                 del chunk
-            await asyncio.gather(*tasks)
+        except (StopRequested, DocumentError):
+            # Requests already sent are paid for: let their answers land in the manifest.
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         except BaseException:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            fatal = [e for e in errors if isinstance(e, FatalError | asyncio.CancelledError)]
+            raise (fatal or errors)[0]
         if self.stopping and any(resp is None for _, resp in answers):
             raise StopRequested()
         merged = merge_responses([(c, r) for c, r in answers if r is not None])
@@ -478,6 +595,8 @@ class Run:
             r.message = redact(str(self.fatal))
         elif self.stopping and r.outcome == "interrupted":
             r.exit_code = int(ExitCode.INTERRUPTED)
+        elif self.stopping and r.outcome == "budget":
+            r.exit_code = int(ExitCode.FATAL)
         elif r.documents_failed:
             r.exit_code, r.outcome = int(ExitCode.SOME_FAILED), "some_failed"
         else:
@@ -485,6 +604,7 @@ class Run:
         if record:
             manifest.finish_run(self.run_id, r.exit_code, r.to_dict())
             r.write(self.state / "runs")
+            self._write_metrics(manifest, in_progress=False)
 
 
 def _sha256_bytes(data: bytes) -> str:

@@ -75,8 +75,12 @@ def iter_chunks(
     max_bytes: int,
     passwords: list[str] | None = None,
     data: bytes | None = None,
+    max_document_pages: int | None = None,
 ) -> Iterator[Chunk]:
-    """Yield the chunks of one document in page order, building each only when asked for."""
+    """Yield the chunks of one document in page order, building each only when asked for.
+
+    A PDF of more than `max_document_pages` pages fails as too_large before any chunk is made.
+    """
     if data is None:
         data = path.read_bytes()
     if media_type != PDF:
@@ -89,6 +93,11 @@ def iter_chunks(
         return
     reader = open_pdf(data, rel, passwords)
     total = len(reader.pages)
+    if max_document_pages is not None and total > max_document_pages:
+        raise TooLargeError(
+            f"{rel}: {total:,} pages, above max_pages_per_document ({max_document_pages:,})",
+            hint="raise max_pages_per_document or run with --allow-large-documents",
+        )
     if total <= max_pages and len(data) <= max_bytes and not reader.is_encrypted:
         # Small enough as it is: send the original bytes untouched.
         yield Chunk(rel, 0, 0, total, PDF, data, hashlib.sha256(data).hexdigest())

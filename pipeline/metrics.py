@@ -1,0 +1,89 @@
+"""Prometheus text-format metrics for node_exporter's textfile collector.
+
+Written atomically (temp file + rename, by prometheus_client) during the run and at its end, to
+`<out>/.ocr-pipeline/metrics.prom` unless `--metrics-file` moves it. Figures are this run's, except
+`ocr_pipeline_last_success_timestamp_seconds` and the `ocr_pipeline_manifest_documents` gauge,
+which come from the manifest and so survive runs that had nothing to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
+
+if hasattr(prometheus_client, "disable_created_metrics"):
+    prometheus_client.disable_created_metrics()
+
+METRIC_NAMES = (
+    "ocr_pipeline_documents",
+    "ocr_pipeline_pages",
+    "ocr_pipeline_requests_total",
+    "ocr_pipeline_retries_total",
+    "ocr_pipeline_throttled_total",
+    "ocr_pipeline_bytes_sent_total",
+    "ocr_pipeline_cost_dollars",
+    "ocr_pipeline_last_success_timestamp_seconds",
+    "ocr_pipeline_run_duration_seconds",
+    "ocr_pipeline_run_in_progress",
+    "ocr_pipeline_run_exit_code",
+    "ocr_pipeline_manifest_documents",
+)
+
+
+@dataclass
+class MetricsSnapshot:
+    documents: dict[str, int]  # this run: done, failed, interrupted, unchanged, todo
+    pages: dict[str, int]  # this run: done, from_checkpoint
+    requests_by_status: dict[str, int]
+    retries: int
+    throttled: int
+    bytes_sent: int
+    cost: float
+    duration_s: float
+    in_progress: bool
+    exit_code: int | None = None
+    last_success: float | None = None
+    manifest_documents: dict[str, int] = field(default_factory=dict)
+
+
+def render_registry(snap: MetricsSnapshot) -> CollectorRegistry:
+    reg = CollectorRegistry()
+    docs = Gauge("ocr_pipeline_documents", "Documents of this run by state", ["state"],
+                 registry=reg)
+    for state, n in snap.documents.items():
+        docs.labels(state=state).set(n)
+    pages = Gauge("ocr_pipeline_pages", "Pages of this run by state", ["state"], registry=reg)
+    for state, n in snap.pages.items():
+        pages.labels(state=state).set(n)
+    requests = Counter("ocr_pipeline_requests", "OCR requests of this run by HTTP status",
+                       ["status"], registry=reg)
+    for status, n in snap.requests_by_status.items():
+        requests.labels(status=status).inc(n)
+    Counter("ocr_pipeline_retries", "Retried requests", registry=reg).inc(snap.retries)
+    Counter("ocr_pipeline_throttled", "Requests answered 429", registry=reg).inc(snap.throttled)
+    Counter("ocr_pipeline_bytes_sent", "Request bytes sent", registry=reg).inc(snap.bytes_sent)
+    Gauge("ocr_pipeline_cost_dollars", "Estimated cost of this run in US$",
+          registry=reg).set(snap.cost)
+    last = Gauge("ocr_pipeline_last_success_timestamp_seconds",
+                 "Unix time a document was last completed (any run)", registry=reg)
+    last.set(snap.last_success or 0)
+    Gauge("ocr_pipeline_run_duration_seconds", "Seconds since this run started",
+          registry=reg).set(snap.duration_s)
+    Gauge("ocr_pipeline_run_in_progress", "1 while the run is going", registry=reg).set(
+        1 if snap.in_progress else 0
+    )
+    Gauge("ocr_pipeline_run_exit_code", "Exit code of the finished run (-1 while running)",
+          registry=reg).set(-1 if snap.exit_code is None else snap.exit_code)
+    manifest = Gauge("ocr_pipeline_manifest_documents", "Documents in the manifest by state",
+                     ["state"], registry=reg)
+    for state, n in snap.manifest_documents.items():
+        manifest.labels(state=state).set(n)
+    return reg
+
+
+def write_metrics(path: Path, snap: MetricsSnapshot) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), render_registry(snap))
