@@ -150,8 +150,11 @@ class Run:
                     ignored.append(found)
                     continue
                 row = rows.get(found.rel)
+                retry = self.s.retry_failed and (
+                    not retry_categories or (row and row.error_category in retry_categories)
+                )
                 if (row and row.state == "failed" and row.size == found.size
-                        and row.mtime_ns == found.mtime_ns and not self.s.retry_failed):
+                        and row.mtime_ns == found.mtime_ns and not retry):
                     failed_earlier += 1
                     counts[Decision.FAILED_BEFORE] = counts.get(Decision.FAILED_BEFORE, 0) + 1
                     continue
@@ -372,7 +375,9 @@ class Run:
                 self._cancel_all()
             return
         self.stopping = True
-        self.limiter.close()
+        if not reason.startswith("budget"):
+            # Requests not sent yet stay unsent; within a budget, reserved ones may go.
+            self.limiter.close()
         self.report.message = self.report.message or f"stopped by {reason}"
         self.log.warning("stopping", reason=reason, grace_s=self.s.shutdown_grace)
         if reason in ("SIGINT", "SIGTERM"):
