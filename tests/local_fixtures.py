@@ -171,11 +171,13 @@ def to_bytes(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
     return buf.getvalue()
 
 
-def image_pdf(images: list[Image.Image], dpi: int) -> bytes:
+def image_pdf(images: list[Image.Image], dpi: int, **save: object) -> bytes:
     """An image-only PDF (a 'scanned' document): one full-page image per page, no text layer."""
     buf = io.BytesIO()
-    first, rest = images[0], images[1:]
-    first.save(buf, format="PDF", save_all=True, append_images=rest, resolution=float(dpi))
+    # Copies: Pillow leaves save parameters (append_images) on the images it saved, and a later
+    # save of one of them would append the old list again.
+    first, *rest = [im.copy() for im in images]
+    first.save(buf, format="PDF", save_all=True, append_images=rest, resolution=float(dpi), **save)
     return buf.getvalue()
 
 
@@ -219,7 +221,7 @@ def table_page(
     buf = io.BytesIO()
     cv = canvas.Canvas(buf, pagesize=pagesize)
     width, height = pagesize
-    x0, y = 72.0, height - 90
+    x0, y = min(72.0, width * 0.12), height - 90
     cv.setFont("Helvetica-Bold", font_size * 1.8)
     cv.drawString(x0, y, "Order Summary")
     y -= font_size * 2.5
@@ -227,14 +229,15 @@ def table_page(
     cv.setFont("Times-Roman", font_size)
     cv.drawString(x0, y, intro)
     y -= font_size * 3
-    col_x = [x0, x0 + 180, x0 + 300]
+    span = width - 2 * x0
+    col_x = [x0, x0 + 0.45 * span, x0 + 0.75 * span]
     row_h = font_size * 1.9
     for r, row in enumerate(rows):
         cv.setFont("Helvetica-Bold" if r == 0 else "Helvetica", font_size)
         for x, cell in zip(col_x, row, strict=True):
             cv.drawString(x + 4, y, cell)
         if grid:
-            cv.line(x0, y - 6, x0 + 400, y - 6)
+            cv.line(x0, y - 6, x0 + span, y - 6)
         y -= row_h
     cv.showPage()
     cv.save()

@@ -75,6 +75,12 @@ class LocalBackend:
                 "a local OCR worker process died (native crash or out of memory)",
                 category=Category.BACKEND,
             ) from exc
+        except Exception as exc:  # a bug in the worker: this document fails, the run goes on
+            raise DocumentError(
+                Category.INTERNAL,
+                f"the local OCR engine failed unexpectedly: {type(exc).__name__}: {exc}",
+                hint="please report this with the input file",
+            ) from exc
         if outcome[0] == "error":
             _, kind, message, hint = outcome
             cls = worker.ERRORS.get(kind)

@@ -81,7 +81,8 @@ def _structure(api: PyTessBaseAPI) -> Recognition:
     total_conf = 0.0
     chars = 0
     upright: bool | None = None
-    if it is None:
+    # A page with nothing on it gives an empty iterator; touching it further aborts the process.
+    if it is None or it.Empty(RIL.BLOCK):
         return Recognition([], None, 0, True)
     skip_block = False
     line: Line | None = None
@@ -94,6 +95,8 @@ def _structure(api: PyTessBaseAPI) -> Recognition:
                     orient = it.Orientation()
                     upright = int(orient[0]) == PAGE_UP and int(orient[1]) != TOP_TO_BOTTOM
         if not skip_block:
+            if not blocks:
+                blocks.append(Block())
             block = blocks[-1]
             if it.IsAtBeginningOf(RIL.PARA) or not block.paragraphs:
                 block.paragraphs.append(Paragraph())

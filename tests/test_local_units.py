@@ -1,0 +1,138 @@
+"""The local engine's pieces that need no OCR: language data, text-layer judgement, layout, images."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline.backends.local import LocalBackend, images, layout, textlayer
+from pipeline.backends.local.langdata import resolve_tessdata
+from pipeline.config import LocalSettings
+from pipeline.errors import ConfigError, InputError, TooLargeError
+
+
+def test_missing_language_is_a_config_error_that_says_how_to_install(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        LocalBackend(LocalSettings(language="eng+xyz"))
+    msg = str(err.value)
+    assert "xyz" in msg and "xyz.traineddata" in msg
+    assert "pip install tessdata.fast-xyz" in msg
+    folder, _ = resolve_tessdata(None)
+    assert str(folder) in msg
+    assert "eng," not in msg  # only the missing one is named
+
+
+def test_tessdata_folder_comes_from_settings_then_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TESSDATA_PREFIX", str(tmp_path / "from-env"))
+    with pytest.raises(ConfigError, match="from-env"):
+        LocalBackend(LocalSettings(language="eng"))
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ConfigError) as err:
+        LocalBackend(LocalSettings(language="deu", tessdata_path=str(tmp_path / "mine")))
+    assert "local.tessdata_path" in str(err.value) and "deu" in str(err.value)
+
+
+def test_backend_identity_and_pool_size() -> None:
+    b = LocalBackend(LocalSettings(processes=3), model="local-x")
+    assert (b.name, b.model, b.processes) == ("local", "local-x", 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("The committee met on Tuesday morning to review the annual budget.", True),
+        ("Page 3", False),  # a page number on a scan
+        ("\ufffd" * 40 + "abc", False),  # a font without a Unicode map
+        ("!#$%&'()*+,-./:;<=>?@[]^_{|}~" * 3, False),  # symbols only
+        ("\ue000\ue001\ue002" * 10 + "some letters here and there ok", False),  # private use
+    ],
+)
+def test_text_layer_usable_only_with_enough_real_characters(text: str, ok: bool) -> None:
+    assert textlayer.usable(text) is ok
+
+
+def _line(words: list[tuple[str, int, int]], y: int, h: int = 40) -> layout.Line:
+    ws = [layout.Word(t, (x0, y, x1, y + h)) for t, x0, x1 in words]
+    return layout.Line(ws, (ws[0].box[0], y, ws[-1].box[2], y + h), float(h))
+
+
+def test_layout_headings_by_size_and_paragraphs_by_blank_lines() -> None:
+    title = layout.Paragraph([_line([("Big", 0, 200), ("Title", 220, 500)], 0, h=80)])
+    sub = layout.Paragraph([_line([("Smaller", 0, 300)], 100, h=55)])
+    body = layout.Paragraph(
+        [
+            _line([("first", 0, 100), ("line", 115, 200), ("exam-", 215, 330)], 200),
+            _line([("ple", 0, 60), ("ends.", 75, 160)], 250),
+        ]
+    )
+    md = layout.to_markdown([layout.Block([title, sub, body])])
+    assert md == "# Big Title\n\n## Smaller\n\nfirst line example ends."
+
+
+def test_layout_aligned_rows_become_a_table_but_prose_does_not() -> None:
+    rows = [
+        _line([("Item", 0, 90), ("Qty", 400, 470), ("Price", 700, 800)], 0),
+        _line([("Green", 0, 110), ("tea", 125, 190), ("2", 420, 440), ("4.50", 700, 790)], 60),
+        _line([("Rice", 0, 90), ("10", 410, 450), ("12.00", 690, 800)], 120),
+    ]
+    md = layout.to_markdown([layout.Block([layout.Paragraph(rows)])])
+    assert md.splitlines() == [
+        "| Item | Qty | Price |",
+        "|---|---|---|",
+        "| Green tea | 2 | 4.50 |",
+        "| Rice | 10 | 12.00 |",
+    ]
+    prose = [_line([(w, i * 120, i * 120 + 100) for i, w in enumerate(["a", "b", "c", "d"])], 0)]
+    assert layout.to_markdown([layout.Block([layout.Paragraph(prose)])]) == "a b c d"
+
+
+def test_body_text_starting_with_hash_is_kept_literal() -> None:
+    para = layout.Paragraph([_line([("#5", 0, 60), ("bolts", 75, 200)], 0)])
+    assert layout.to_markdown([layout.Block([para])]) == "\\#5 bolts"
+
+
+def test_image_header_above_the_pixel_limit_is_refused_without_decoding() -> None:
+    img = Image.new("L", (3000, 2000), 255)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    with pytest.raises(TooLargeError, match="3000x2000"):
+        images.open_image(buf.getvalue(), "image/png", max_pixels=5_000_000)
+    assert images.open_image(buf.getvalue(), "image/png", max_pixels=6_000_000).size == (3000, 2000)
+
+
+def test_empty_and_garbage_images_are_input_errors() -> None:
+    with pytest.raises(InputError, match="empty"):
+        images.open_image(b"", "image/png", 10**8)
+    with pytest.raises(InputError, match="not a readable image"):
+        images.open_image(b"GIF89a" + b"\x00" * 3, "image/gif", 10**8)
+
+
+def test_animated_gif_is_one_page_tiff_frames_are_pages() -> None:
+    frames = [Image.new("L", (50, 50), c) for c in (0, 128, 255)]
+    gif, tiff = io.BytesIO(), io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    frames[0].save(tiff, format="TIFF", save_all=True, append_images=frames[1:])
+    assert images.frame_count(images.open_image(gif.getvalue(), "image/gif", 10**8)) == 1
+    assert images.frame_count(images.open_image(tiff.getvalue(), "image/tiff", 10**8)) == 3
+
+
+def test_sixteen_bit_and_cmyk_images_are_normalised() -> None:
+    wide = Image.new("I;16", (20, 10), 1000)
+    wide.putpixel((0, 0), 60000)
+    buf = io.BytesIO()
+    wide.save(buf, format="PNG")
+    img = images.open_image(buf.getvalue(), "image/png", 10**8)
+    frame, _ = images.load_frame(img, 0, "image/png", 10**8)
+    assert frame.mode == "L" and frame.getpixel((0, 0)) == 255 and frame.getpixel((5, 5)) == 0
+    cmyk = Image.new("CMYK", (10, 10), (0, 0, 0, 0))
+    buf = io.BytesIO()
+    cmyk.save(buf, format="JPEG")
+    frame, _ = images.load_frame(
+        images.open_image(buf.getvalue(), "image/jpeg", 10**8), 0, "image/jpeg", 10**8
+    )
+    assert frame.mode == "RGB"
