@@ -136,3 +136,14 @@ def test_sixteen_bit_and_cmyk_images_are_normalised() -> None:
         images.open_image(buf.getvalue(), "image/jpeg", 10**8), 0, "image/jpeg", 10**8
     )
     assert frame.mode == "RGB"
+
+
+def test_table_read_column_by_column_is_rebuilt_into_rows() -> None:
+    # Tesseract often returns a wide-gapped table as one block per column.
+    names = layout.Block([layout.Paragraph([_line([("Item", 0, 90)], 0), _line([("Rice", 0, 90)], 60)])])
+    qty = layout.Block([layout.Paragraph([_line([("Qty", 400, 470)], 2), _line([("10", 410, 450)], 61)])])
+    md = layout.to_markdown([names, qty])
+    assert md.splitlines() == ["| Item | Qty |", "|---|---|", "| Rice | 10 |"]
+    # Blocks stacked in one column are not a table.
+    stacked = layout.Block([layout.Paragraph([_line([("Rice", 0, 90)], 200)])])
+    assert layout.to_markdown([names, stacked]) == "Item Rice\n\nRice"

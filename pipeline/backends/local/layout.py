@@ -26,6 +26,7 @@ class Line:
     words: list[Word]
     box: Box
     size: float  # type size in pixels: Tesseract's row height, or the text-run height
+    cells: list[list[Word]] | None = None  # set when the row was rebuilt from column blocks
 
     @property
     def text(self) -> str:
@@ -62,6 +63,8 @@ def body_size(blocks: list[Block]) -> float:
 
 def split_cells(line: Line) -> list[list[Word]]:
     """Split a line into runs of words separated by gaps wider than CELL_GAP line heights."""
+    if line.cells is not None:
+        return line.cells
     height = max(1, line.box[3] - line.box[1])
     cells: list[list[Word]] = [[line.words[0]]] if line.words else []
     for prev, word in zip(line.words, line.words[1:], strict=False):
@@ -136,9 +139,82 @@ def _heading_level(para: Paragraph, body: float) -> int:
     return 0
 
 
+MAX_CELL_WORDS = 5  # a block whose lines all have at most this many words may be a table column
+
+
+def _is_column_block(block: Block, body: float) -> bool:
+    lines = [line for p in block.paragraphs for line in p.lines if line.words]
+    return bool(lines) and all(
+        len(line.words) <= MAX_CELL_WORDS and line.size < H2_RATIO * body for line in lines
+    )
+
+
+def _rows(blocks: list[Block]) -> list[Line]:
+    """Lines of side-by-side blocks regrouped into rows by their vertical position."""
+    lines = sorted(
+        (line for b in blocks for p in b.paragraphs for line in p.lines if line.words),
+        key=lambda line: (line.box[1] + line.box[3]) / 2,
+    )
+    rows: list[list[Line]] = []
+    for line in lines:
+        if rows:
+            last = rows[-1]
+            top = min(x.box[1] for x in last)
+            bottom = max(x.box[3] for x in last)
+            overlap = min(bottom, line.box[3]) - max(top, line.box[1])
+            if overlap > 0.5 * min(bottom - top, line.box[3] - line.box[1]):
+                last.append(line)
+                continue
+        rows.append([line])
+    out = []
+    for row in rows:
+        row.sort(key=lambda line: line.box[0])
+        words = [w for line in row for w in line.words]
+        box = (
+            min(x.box[0] for x in row),
+            min(x.box[1] for x in row),
+            max(x.box[2] for x in row),
+            max(x.box[3] for x in row),
+        )
+        out.append(Line(words, box, max(x.size for x in row), [list(x.words) for x in row]))
+    return out
+
+
+def merge_table_columns(blocks: list[Block], body: float) -> list[Block]:
+    """Rebuild tables that Tesseract split into one block per column.
+
+    Tesseract's layout analysis often reads a table with wide gaps column by column (measured on
+    generated pages): consecutive blocks of short lines are regrouped into rows by position, and
+    kept as rows if at least two rows then have two or more cells side by side.
+    """
+    out: list[Block] = []
+    i = 0
+    while i < len(blocks):
+        j = i
+        while j < len(blocks) and _is_column_block(blocks[j], body):
+            j += 1
+        if j - i >= 2:
+            rows = _rows(blocks[i:j])
+            if sum(1 for r in rows if r.cells and len(r.cells) >= 2) >= 2:
+                # Single-cell rows above or below the table stay ordinary paragraphs.
+                while rows and len(rows[0].cells or []) < 2:
+                    out.append(Block([Paragraph([rows.pop(0)])]))
+                tail = []
+                while rows and len(rows[-1].cells or []) < 2:
+                    tail.insert(0, Block([Paragraph([rows.pop()])]))
+                out.append(Block([Paragraph(rows)]))
+                out.extend(tail)
+                i = j
+                continue
+        out.extend(blocks[i : max(j, i + 1)])
+        i = max(j, i + 1)
+    return out
+
+
 def to_markdown(blocks: list[Block]) -> str:
     """Paragraphs separated by blank lines, '#'/'##' headings, tables as markdown tables."""
     body = body_size(blocks)
+    blocks = merge_table_columns(blocks, body)
     # Flatten to paragraphs in reading order, then find runs of table rows across paragraph and
     # block boundaries (Tesseract often splits one table into several blocks).
     paras = [p for b in blocks for p in b.paragraphs if any(line.words for line in p.lines)]
