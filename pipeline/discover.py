@@ -34,6 +34,16 @@ class Skipped:
     mtime_ns: int = 0
 
 
+def printable(name: str) -> str:
+    """A file name that is not valid UTF-8 (kept by Python as surrogate escapes) with its odd
+    bytes written as `\\xNN`, so it can be stored, logged and mirrored as text."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _matches(rel: str, patterns: list[str]) -> bool:
     name = rel.rsplit("/", 1)[-1]
     for pattern in patterns:
@@ -83,7 +93,7 @@ def discover(
             name = entry.name
             if name.startswith("."):
                 continue
-            rel = rel_prefix + name
+            rel = rel_prefix + printable(name)
             path = Path(entry.path)
             try:
                 is_link = entry.is_symlink()

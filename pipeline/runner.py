@@ -475,6 +475,7 @@ class Run:
         manifest.claim(src.rel, sha, self.run_id)
         if item.decision == Decision.CHANGED:
             remove_outputs(self.output, src.rel)
+        repair_info: dict[str, Any] = {"repaired": False}
         chunks = iter_chunks(
             src.path, src.rel, src.media_type,
             max_pages=self.s.max_pages_per_request,
@@ -483,6 +484,9 @@ class Run:
             data=data,
             max_document_pages=None if self.s.allow_large_documents
             else self.s.max_pages_per_document,
+            on_open=lambda opened: repair_info.update(
+                repaired=opened.repaired, repair_notes=opened.repair_notes[:20]
+            ),
         )
         del data
         answers: list[tuple[Chunk, dict[str, Any] | None]] = []
@@ -568,11 +572,14 @@ class Run:
                 for (c, _), size in zip(answers, sizes, strict=True)
             ],
             "pages_from_checkpoint": reused_pages,
+            **repair_info,
             "run_id": self.run_id,
             "seconds": round(time.monotonic() - started, 3),
             "pipeline_version": __version__,
             "processed_at": _iso(time.time()),
         }
+        if repair_info["repaired"]:
+            self.log.warning("repaired", path=src.rel, notes=repair_info.get("repair_notes"))
         crashpoints.reached("before_store")
         await asyncio.to_thread(write_document, self.output, src.rel, merged, source)
         crashpoints.reached("after_store")

@@ -9,23 +9,30 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from pypdf import PdfReader, PdfWriter
-from pypdf.errors import FileNotDecryptedError, PdfReadError, PdfStreamError
+from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError, PdfStreamError
 
 from pipeline.errors import EncryptedError, InputError, TooLargeError
 from pipeline.models import Chunk
+from pipeline.pdfrepair import pypdf_warnings, repair
 from pipeline.sniff import PDF
 
-# pypdf logs every recoverable oddity of a damaged file at WARNING; the pipeline reports failures
-# itself, so keep the console for what the operator must act on.
-logging.getLogger("pypdf").setLevel(logging.ERROR)
+# pypdf logs every oddity of a damaged file at WARNING. They are collected per file (to decide on
+# a repair) and reported by the pipeline itself, so they must not reach the console.
+_PYPDF_LOG = logging.getLogger("pypdf")
+_PYPDF_LOG.setLevel(logging.WARNING)
+_PYPDF_LOG.propagate = False
 
 
-def open_pdf(data: bytes, rel: str, passwords: list[str] | None = None) -> PdfReader:
-    """Open a PDF from memory, decrypting it with an empty or configured password when needed."""
+_PARSE_ERRORS = (PdfReadError, PdfStreamError, ValueError, KeyError, TypeError, AttributeError,
+                 IndexError, RecursionError, AssertionError, OSError)
+
+
+def _open_pypdf(data: bytes, rel: str, passwords: list[str] | None) -> PdfReader:
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted:
@@ -33,24 +40,61 @@ def open_pdf(data: bytes, rel: str, passwords: list[str] | None = None) -> PdfRe
                 try:
                     if reader.decrypt(password):
                         break
-                except (NotImplementedError, PdfReadError) as exc:
+                except (NotImplementedError, PdfReadError, DependencyError) as exc:
                     raise EncryptedError(f"{rel}: PDF uses unsupported encryption ({exc})") from None
             else:
-                raise EncryptedError(f"{rel}: PDF is password-protected")
+                raise EncryptedError(
+                    f"{rel}: PDF is password-protected",
+                    hint="add its password to pdf_passwords in the config, or decrypt it first"
+                    " (`qpdf --password=... --decrypt in.pdf out.pdf`)",
+                )
         count = len(reader.pages)
     except EncryptedError:
         raise
     except FileNotDecryptedError:
         raise EncryptedError(f"{rel}: PDF is password-protected") from None
-    except (PdfReadError, PdfStreamError, ValueError, KeyError, TypeError, AttributeError,
-            IndexError, RecursionError, AssertionError, OSError) as exc:
+    except _PARSE_ERRORS as exc:
         raise InputError(
-            f"{rel}: PDF is damaged and cannot be read ({type(exc).__name__}: {exc})",
-            hint="re-export or repair it (e.g. `qpdf in.pdf out.pdf`) and run again",
+            f"{rel}: PDF is damaged and cannot be read, even after an attempt to repair it"
+            f" ({type(exc).__name__}: {exc})",
+            hint="re-export it from its source application and run again",
         ) from None
     if count == 0:
-        raise InputError(f"{rel}: PDF has no pages")
+        raise InputError(f"{rel}: PDF has no pages", hint="nothing to OCR; remove or exclude it")
     return reader
+
+
+@dataclass
+class OpenedPdf:
+    reader: PdfReader
+    data: bytes  # what the chunks are cut from: the original, or qpdf's repaired rewrite
+    repaired: bool
+    repair_notes: list[str]
+
+
+def open_pdf(data: bytes, rel: str, passwords: list[str] | None = None) -> OpenedPdf:
+    """Open a PDF from memory, decrypting it with an empty or configured password when needed.
+
+    A file pypdf cannot read, or can read only by guessing around damage, is rebuilt by qpdf
+    first and marked repaired.
+    """
+    failure: InputError | None = None
+    with pypdf_warnings() as warnings:
+        try:
+            reader = _open_pypdf(data, rel, passwords)
+        except InputError as exc:
+            failure = exc
+    if failure is None and not warnings:
+        return OpenedPdf(reader, data, False, [])
+    fixed = repair(data, passwords)
+    if fixed is None:
+        if failure is not None:
+            raise failure
+        return OpenedPdf(reader, data, False, [])
+    repaired_data, notes = fixed
+    if failure is None and not notes:
+        return OpenedPdf(reader, data, False, [])  # pypdf was fussy, qpdf found nothing wrong
+    return OpenedPdf(_open_pypdf(repaired_data, rel, []), repaired_data, True, notes or warnings)
 
 
 def _write(reader: PdfReader, start: int, stop: int) -> bytes:
@@ -63,7 +107,7 @@ def _write(reader: PdfReader, start: int, stop: int) -> bytes:
 
 
 def pdf_page_count(data: bytes, rel: str, passwords: list[str] | None = None) -> int:
-    return len(open_pdf(data, rel, passwords).pages)
+    return len(open_pdf(data, rel, passwords).reader.pages)
 
 
 def iter_chunks(
@@ -76,6 +120,7 @@ def iter_chunks(
     passwords: list[str] | None = None,
     data: bytes | None = None,
     max_document_pages: int | None = None,
+    on_open: Callable[[OpenedPdf], None] | None = None,
 ) -> Iterator[Chunk]:
     """Yield the chunks of one document in page order, building each only when asked for.
 
@@ -91,7 +136,10 @@ def iter_chunks(
             )
         yield Chunk(rel, 0, 0, 1, media_type, data, hashlib.sha256(data).hexdigest())
         return
-    reader = open_pdf(data, rel, passwords)
+    opened = open_pdf(data, rel, passwords)
+    if on_open is not None:
+        on_open(opened)
+    reader, data = opened.reader, opened.data
     total = len(reader.pages)
     if max_document_pages is not None and total > max_document_pages:
         raise TooLargeError(

@@ -8,6 +8,7 @@ renamed into place; the JSON goes last, so its presence means the document's out
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -29,11 +30,27 @@ def safe_component(name: str, fallback: str = "item") -> str:
     return name or fallback
 
 
+NAME_MAX = 255
+_LONGEST_SUFFIX = len(".images")
+
+
+def _fit_name(name: str) -> str:
+    """Shorten a file name so `<name>.images` still fits the 255-byte limit; a hash of the full
+    name keeps shortened names distinct."""
+    if len(name.encode("utf-8", "surrogateescape")) + _LONGEST_SUFFIX <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    keep = NAME_MAX - _LONGEST_SUFFIX - len(digest) - 1
+    head = name.encode("utf-8", "surrogateescape")[:keep].decode("utf-8", "ignore")
+    return f"{head}~{digest}"
+
+
 def output_base(out_root: Path, rel: str) -> Path:
     """`<out>/<rel>`: the stem every output of the document starts with. Refuses escapes."""
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         raise DocumentError(Category.INPUT, f"{rel}: path cannot be mirrored safely")
+    parts = [_fit_name(p) for p in parts]
     base = out_root.joinpath(*parts)
     ensure_inside(out_root, base)
     return base
