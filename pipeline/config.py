@@ -156,7 +156,9 @@ def _coerce(name: str, value: Any, ftype: Any, where: str) -> Any:
                 return False
             raise ValueError("expected true or false")
         if type_name.startswith("int"):
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("expected a whole number")
+            if isinstance(value, str) and not value.strip().lstrip("+-").isdigit():
                 raise ValueError("expected a whole number")
             return int(value)
         if type_name.startswith("float"):

@@ -45,8 +45,10 @@ def printable(name: str) -> str:
 
 
 def _matches(rel: str, patterns: list[str]) -> bool:
+    """Glob match on the relative path or the bare name, ignoring case (`*.pdf` takes X.PDF)."""
+    rel = rel.lower()
     name = rel.rsplit("/", 1)[-1]
-    for pattern in patterns:
+    for pattern in (p.lower() for p in patterns):
         if fnmatchcase(rel, pattern) or fnmatchcase(name, pattern):
             return True
         # "**/x" should also match "x" at the top level.
@@ -100,10 +102,19 @@ def discover(
                 if is_link and not follow_symlinks:
                     continue
                 if is_link:
-                    target = path.resolve()
+                    target = Path(os.path.realpath(path))
+                    if not target.exists():
+                        yield Skipped(rel, "broken symlink or symlink loop; not followed",
+                                      failure=False)
+                        continue
                     if not target.is_relative_to(root):
                         why = "symlink points outside the input folder; not followed"
                         yield Skipped(rel, why, failure=False)
+                        continue
+                    if target.is_dir():
+                        # Its files are walked at their real paths, where their outputs are.
+                        yield Skipped(rel, "symlink to a folder inside the input; its files are"
+                                      " processed at their real paths", failure=False)
                         continue
                 if entry.is_dir(follow_symlinks=follow_symlinks):
                     if path.resolve() in skip:

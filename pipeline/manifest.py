@@ -180,7 +180,10 @@ class Manifest:
             "INSERT INTO documents (path, size, mtime_ns, state, attempts, error_category,"
             " error_message, created_at, updated_at) VALUES (?, ?, ?, 'failed', 1, ?, ?, ?, ?)"
             " ON CONFLICT (path) DO UPDATE SET state='failed', error_category=excluded.error_category,"
-            " error_message=excluded.error_message, updated_at=excluded.updated_at",
+            " error_message=excluded.error_message, updated_at=excluded.updated_at,"
+            " size=CASE WHEN excluded.size > 0 THEN excluded.size ELSE documents.size END,"
+            " mtime_ns=CASE WHEN excluded.mtime_ns > 0 THEN excluded.mtime_ns"
+            " ELSE documents.mtime_ns END",
             (path, size, mtime_ns, category, message, now, now),
         )
 

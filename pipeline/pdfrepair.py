@@ -41,8 +41,28 @@ def pypdf_warnings() -> Iterator[list[str]]:
         logger.removeHandler(handler)
 
 
+def _lost_content(pdf: pikepdf.Pdf) -> int | None:
+    """The 1-based number of the first page whose content stream did not survive, if any.
+
+    qpdf can rebuild the page tree of a truncated file whose content streams are gone; those
+    pages would come out blank, and a blank page must never stand in for a page that had text.
+    """
+    for number, page in enumerate(pdf.pages, start=1):
+        contents = page.obj.get("/Contents")
+        if contents is None:
+            return number
+        streams = list(contents) if isinstance(contents, pikepdf.Array) else [contents]
+        try:
+            for stream in streams:
+                stream.read_bytes()
+        except (pikepdf.PdfError, AttributeError, TypeError, ValueError):
+            return number
+    return None
+
+
 def repair(data: bytes, passwords: list[str] | None = None) -> tuple[bytes, list[str]] | None:
-    """Rewrite `data` with qpdf: (repaired bytes, what qpdf reported), or None if it cannot.
+    """Rewrite `data` with qpdf: (repaired bytes, what qpdf reported), or None if it cannot
+    (including when a page's content would be lost).
 
     An encrypted file opened with one of `passwords` comes out decrypted.
     """
@@ -50,6 +70,8 @@ def repair(data: bytes, passwords: list[str] | None = None) -> tuple[bytes, list
         try:
             with pikepdf.open(io.BytesIO(data), password=password) as pdf:
                 warnings = [w.split(": ", 1)[-1] for w in pdf.get_warnings()]
+                if warnings and _lost_content(pdf) is not None:
+                    return None
                 out = io.BytesIO()
                 pdf.save(out)
                 return out.getvalue(), warnings

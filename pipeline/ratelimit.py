@@ -9,6 +9,7 @@ multiplicative decrease), so the pipeline settles just under the server's real l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -41,9 +42,15 @@ class RateLimiter:
         self.throttled = 0  # 429s seen
         self.in_flight = 0
         self.closed = False  # set when the run stops dispatching: no new request may start
+        self._closed_event = asyncio.Event()
 
     def close(self) -> None:
         self.closed = True
+        self._closed_event.set()  # wake everyone waiting out a pause or a slot
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed_event.wait(), seconds)
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -62,7 +69,7 @@ class RateLimiter:
                 raise StopRequested()
             now = self._clock()
             if self._paused_until > now:
-                await asyncio.sleep(self._paused_until - now)
+                await self._sleep(self._paused_until - now)
                 continue
             if self.rate <= 0:
                 self._recent.append(now)
@@ -70,7 +77,7 @@ class RateLimiter:
             slot = max(now, self._next_slot)
             self._next_slot = slot + 1.0 / self.rate
             if slot > now:
-                await asyncio.sleep(slot - now)
+                await self._sleep(slot - now)
             if self._paused_until > self._clock() or self.closed:
                 continue  # a 429 (or a stop) arrived while we waited
             self._recent.append(self._clock())

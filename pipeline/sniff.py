@@ -15,6 +15,7 @@ SUPPORTED = (
 )
 
 SNIFF_BYTES = 1024
+_DIB_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
 
 
 def sniff(head: bytes) -> str | None:
@@ -29,7 +30,9 @@ def sniff(head: bytes) -> str | None:
         return "image/webp"
     if head.startswith((b"GIF87a", b"GIF89a")):
         return "image/gif"
-    if head.startswith(b"BM") and len(head) >= 14:
+    # "BM" alone is too common in text; require a known DIB header size after the file header.
+    if (head.startswith(b"BM") and len(head) >= 18
+            and int.from_bytes(head[14:18], "little") in _DIB_HEADER_SIZES):
         return "image/bmp"
     # PDF readers accept a header anywhere in the first 1024 bytes (after junk such as a BOM).
     if b"%PDF-" in head[:SNIFF_BYTES]:

@@ -10,14 +10,12 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-import pipeline.ratelimit as ratelimit_module
 from pipeline.backends.mistral import MistralBackend, ocr_url, parse_retry_after
 from pipeline.config import Settings, load_settings
 from pipeline.errors import (
@@ -60,8 +58,11 @@ class VirtualTime:
 @pytest.fixture
 def vt(monkeypatch: pytest.MonkeyPatch) -> VirtualTime:
     virtual = VirtualTime()
-    fake_asyncio = SimpleNamespace(Semaphore=asyncio.Semaphore, sleep=virtual.sleep)
-    monkeypatch.setattr(ratelimit_module, "asyncio", fake_asyncio)
+
+    async def virtual_sleep(self: RateLimiter, delay: float) -> None:
+        await virtual.sleep(delay)
+
+    monkeypatch.setattr(RateLimiter, "_sleep", virtual_sleep)
     return virtual
 
 
@@ -627,3 +628,19 @@ async def test_a_refused_connection_is_retryable() -> None:
     finally:
         await backend.close()
     assert f"127.0.0.1:{port}" in str(info.value)
+
+
+async def test_close_wakes_a_waiter_in_a_long_retry_after_pause() -> None:
+    limiter = RateLimiter(rps=10, max_in_flight=2)
+    limiter.throttle(retry_after=60)  # a 60 s Retry-After: a stop must not wait for it
+
+    async def wait_for_slot() -> None:
+        async with limiter.slot():
+            pass
+
+    waiter = asyncio.create_task(wait_for_slot())
+    await asyncio.sleep(0.05)
+    assert not waiter.done(), "the waiter must be held by the pause"
+    limiter.close()
+    with pytest.raises(StopRequested):
+        await asyncio.wait_for(waiter, timeout=2)

@@ -56,7 +56,9 @@ class LocalBackend:
         if self._pool is None:
             # spawn, not fork: the parent runs an event loop and threads; forking those is unsafe.
             self._pool = ProcessPoolExecutor(
-                max_workers=self.processes, mp_context=multiprocessing.get_context("spawn")
+                max_workers=self.processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=worker.init_process,
             )
         return self._pool
 
