@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -64,12 +64,15 @@ def discover(
     exclude: list[str] | None = None,
     follow_symlinks: bool = False,
     skip_dirs: list[Path] | None = None,
+    known: Callable[[str, int, int], str | None] | None = None,
 ) -> Iterator[SourceFile | Skipped]:
     """Yield every candidate file under `root` in a stable (sorted) order.
 
     Hidden entries (dot-files and dot-folders) and `skip_dirs` (e.g. the output tree when it lies
     inside the input) are not entered. Symlinks are not followed unless asked; even then, a link
     that leads outside `root` or back into a folder already walked is skipped.
+    `known(rel, size, mtime_ns)` may return the media type of a file already done with that
+    size and mtime: such a file is not opened (a resume scan of a large tree only stats).
     """
     root = root.resolve()
     include = include or ["**/*"]
@@ -131,6 +134,10 @@ def discover(
                 yield Skipped(
                     rel, "not a regular file (FIFO, socket or device); skipped", failure=False
                 )
+                continue
+            media_type = known(rel, st.st_size, st.st_mtime_ns) if known else None
+            if media_type is not None:
+                yield SourceFile(path, rel, st.st_size, st.st_mtime_ns, media_type)
                 continue
             yield _sniff_file(path, rel, st)
 

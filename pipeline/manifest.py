@@ -66,6 +66,7 @@ class DocumentRow:
     error_category: str | None
     error_message: str | None
     pages: int | None
+    media_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Manifest:
     def all_documents(self) -> dict[str, DocumentRow]:
         rows = self._db.execute(
             "SELECT path, sha256, size, mtime_ns, state, attempts, error_category,"
-            " error_message, pages FROM documents"
+            " error_message, pages, media_type FROM documents"
         )
         return {r[0]: DocumentRow(*r) for r in rows}
 

@@ -138,12 +138,21 @@ class Run:
         ignored: list[Skipped] = []
         failed_earlier = 0
         retry_categories = set(self.s.retry_categories) if self.s.retry_categories else None
+
+        def known(rel: str, size: int, mtime_ns: int) -> str | None:
+            row = rows.get(rel)
+            if (row is None or self.s.force or row.state != "done" or row.size != size
+                    or row.mtime_ns != mtime_ns):
+                return None
+            return row.media_type
+
         for found in discover(
             self.input,
             include=self.s.include,
             exclude=self.s.exclude,
             follow_symlinks=self.s.follow_symlinks,
             skip_dirs=skip_dirs,
+            known=known,
         ):
             if isinstance(found, Skipped):
                 if not found.failure:
