@@ -149,8 +149,8 @@ def _sniff_file(path: Path, rel: str, st: os.stat_result) -> SourceFile | Skippe
     # any other file (notes.txt, Thumbs.db) is only listed as ignored.
     claims_document = path.suffix.lower() in DOCUMENT_SUFFIXES
     if st.st_size == 0:
-        return Skipped(rel, "empty file (0 bytes)", failure=claims_document,
-                       size=0, mtime_ns=st.st_mtime_ns)
+        return Skipped(rel, "empty file (0 bytes); copy it again from its source, or exclude it",
+                       failure=claims_document, size=0, mtime_ns=st.st_mtime_ns)
     try:
         with open(path, "rb") as fh:
             head = fh.read(SNIFF_BYTES)
@@ -162,7 +162,8 @@ def _sniff_file(path: Path, rel: str, st: os.stat_result) -> SourceFile | Skippe
         return Skipped(
             rel,
             "content is not a PDF or a supported image (PNG, JPEG, TIFF, WebP, GIF, BMP)"
-            + (f" although it is named {path.suffix}" if claims_document else ""),
+            + (f" although it is named {path.suffix}; replace it with the real document,"
+               " or exclude it" if claims_document else ""),
             failure=claims_document,
             size=st.st_size,
             mtime_ns=st.st_mtime_ns,

@@ -126,11 +126,13 @@ class Manifest:
         )
 
     # ---- one document's life ----------------------------------------------------------------
-    def claim(self, path: str, sha256: str, run_id: str) -> None:
+    def claim(self, path: str, sha256: str, run_id: str, *, size: int | None = None,
+              mtime_ns: int | None = None) -> None:
+        """Mark a document running, with the hash (and stat) of the content actually read."""
         self._tx(
             "UPDATE documents SET state='running', sha256=?, attempts=attempts+1, run_id=?,"
-            " updated_at=? WHERE path=?",
-            (sha256, run_id, time.time(), path),
+            " size=COALESCE(?, size), mtime_ns=COALESCE(?, mtime_ns), updated_at=? WHERE path=?",
+            (sha256, run_id, size, mtime_ns, time.time(), path),
         )
 
     def chunk_response(

@@ -246,8 +246,9 @@ class Run:
             self._finish(manifest, record=False)
             return
         for bad in planned.skipped_failures:
-            manifest.fail(bad.rel, bad.category, bad.reason, size=bad.size, mtime_ns=bad.mtime_ns)
-            self._record_failure(bad.rel, bad.category, bad.reason)
+            message = f"{bad.rel}: {bad.reason}"
+            manifest.fail(bad.rel, bad.category, message, size=bad.size, mtime_ns=bad.mtime_ns)
+            self._record_failure(bad.rel, bad.category, message)
         manifest.record_plan(
             [
                 PlannedDocument(i.source.rel, i.source.size, i.source.mtime_ns, i.source.media_type)
@@ -455,11 +456,13 @@ class Run:
             seconds=round(time.monotonic() - started, 3))
 
     def _fail(self, manifest: Manifest, rel: str, category: str, message: str) -> None:
-        message = redact(message)
+        message = redact(message if message.startswith(rel) else f"{rel}: {message}")
         manifest.fail(rel, str(category), message)
         self._record_failure(rel, str(category), message)
 
     def _record_failure(self, rel: str, category: str, message: str) -> None:
+        if not message.startswith(rel):
+            message = f"{rel}: {message}"
         self.report.failures.append(Failure(rel, category, message))
         self.report.documents_failed += 1
         self.log.warning("document", path=rel, state="failed", category=category, error=message)
@@ -480,8 +483,10 @@ class Run:
         if st.st_size != len(data):
             raise DocumentError(Category.INPUT, f"{src.rel}: file changed while it was being read",
                                 hint="it will be picked up by the next run")
-        sha = item.sha256 or await asyncio.to_thread(_sha256_bytes, data)
-        manifest.claim(src.rel, sha, self.run_id)
+        # Hash what was read, not what was planned: the file may have changed since.
+        sha = await asyncio.to_thread(_sha256_bytes, data)
+        size = len(data)
+        manifest.claim(src.rel, sha, self.run_id, size=size, mtime_ns=st.st_mtime_ns)
         if item.decision == Decision.CHANGED:
             remove_outputs(self.output, src.rel)
         repair_info: dict[str, Any] = {"repaired": False}
@@ -570,7 +575,7 @@ class Run:
         source = {
             "path": src.rel,
             "sha256": sha,
-            "bytes": src.size,
+            "bytes": size,
             "media_type": src.media_type,
             "pages": page_count,
             "backend": self.s.backend,

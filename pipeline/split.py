@@ -20,6 +20,7 @@ from pipeline.errors import EncryptedError, InputError, TooLargeError
 from pipeline.models import Chunk
 from pipeline.pdfrepair import pypdf_warnings, repair
 from pipeline.sniff import PDF
+from pipeline.tiff import tiff_frames_as_png
 
 # pypdf logs every oddity of a damaged file at WARNING. They are collected per file (to decide on
 # a repair) and reported by the pipeline itself, so they must not reach the console.
@@ -128,6 +129,16 @@ def iter_chunks(
     """
     if data is None:
         data = path.read_bytes()
+    if media_type == "image/tiff":
+        for index, png in enumerate(tiff_frames_as_png(data, rel)):
+            if len(png) > max_bytes:
+                raise TooLargeError(
+                    f"{rel}: frame {index + 1} is {len(png):,} bytes as PNG, above the backend's"
+                    f" {max_bytes:,} per request",
+                    hint="downscale the scan, or raise max_bytes_per_request if the backend allows",
+                )
+            yield Chunk(rel, index, index, 1, "image/png", png, hashlib.sha256(png).hexdigest())
+        return
     if media_type != PDF:
         if len(data) > max_bytes:
             raise TooLargeError(

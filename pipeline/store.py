@@ -8,6 +8,7 @@ renamed into place; the JSON goes last, so its presence means the document's out
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -20,6 +21,8 @@ from pipeline import crashpoints
 from pipeline.encode import decode_data_url
 from pipeline.errors import Category, DocumentError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -78,6 +81,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:80]}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs follow the umask
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -88,6 +92,16 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _remove_debris(*targets: Path) -> None:
+    """Delete temporary files a killed run left beside these outputs (they are redone now)."""
+    for target in targets:
+        if not target.parent.is_dir():
+            continue
+        for stale in target.parent.glob(f".{glob.escape(target.name[:80])}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
 
 
 def render_markdown(response: dict[str, Any], image_links: dict[str, str]) -> str:
@@ -115,6 +129,7 @@ def write_document(
     written: dict[str, Path] = {}
     image_links: dict[str, str] = {}
     try:
+        _remove_debris(json_path, md_path)
         for page in response["pages"]:
             for image in page.get("images") or []:
                 payload = image.get("image_base64")

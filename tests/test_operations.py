@@ -237,7 +237,8 @@ async def test_run_report_json_has_failures_by_category(tmp_path: Path, fake_ser
     data = load_json(tmp_path / f"out/.ocr-pipeline/runs/{report.run_id}.json")
     assert data["exit_code"] == 1 and data["outcome"] == "some_failed"
     assert data["failures_by_category"] == {
-        "input": [{"path": "empty.png", "message": "empty file (0 bytes)"}]
+        "input": [{"path": "empty.png", "message": "empty.png: empty file (0 bytes);"
+                   " copy it again from its source, or exclude it"}]
     }
     assert data["documents_done"] == 1 and data["pages_done"] == 1
 
