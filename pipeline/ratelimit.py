@@ -39,6 +39,7 @@ class RateLimiter:
         self._recent: deque[float] = deque(maxlen=512)  # send times, to estimate the real rate
         self._decreased_at = -1e9
         self.learned = False  # the server announced its limit
+        self._throttled_at = 0.0  # the rate in force at the last decrease
         self.throttled = 0  # 429s seen
         self.in_flight = 0
         self.closed = False  # set when the run stops dispatching: no new request may start
@@ -94,7 +95,7 @@ class RateLimiter:
         """A 429: pause everyone for `retry_after` seconds and lower the rate."""
         self.throttled += 1
         now = self._clock()
-        pause = retry_after if retry_after is not None and retry_after > 0 else 1.0
+        pause = 1.0 if retry_after is None else max(0.0, retry_after)
         self._paused_until = max(self._paused_until, now + pause)
         # After the pause, requests resume one interval apart, not all at once.
         self._next_slot = max(self._next_slot, self._paused_until)
@@ -106,6 +107,7 @@ class RateLimiter:
             return
         # With a limit the server announced, a 429 is timing jitter: step back a little.
         factor = 0.95 if self.learned else self.decrease
+        self._throttled_at = current
         self.rate = max(self.min_rps, current * factor)
 
     def learn_limit(self, server_rps: float, margin: float = 0.98) -> None:
@@ -123,8 +125,8 @@ class RateLimiter:
         """A request went through: creep back up towards the ceiling."""
         if self.rate <= 0:
             return
-        step = max(0.01, self.rate * 0.01)
-        if self.ceiling > 0:
-            self.rate = min(self.ceiling, self.rate + step)
+        if self.rate < 0.8 * self._throttled_at:
+            new = self.rate * 1.05  # far below where the trouble began: climb back fast
         else:
-            self.rate += step
+            new = self.rate + max(0.01, self.rate * 0.01)
+        self.rate = min(self.ceiling, new) if self.ceiling > 0 else new

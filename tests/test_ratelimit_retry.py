@@ -644,3 +644,27 @@ async def test_close_wakes_a_waiter_in_a_long_retry_after_pause() -> None:
     limiter.close()
     with pytest.raises(StopRequested):
         await asyncio.wait_for(waiter, timeout=2)
+
+
+def test_rate_climbs_back_fast_after_stray_429s() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rps=10, max_in_flight=4, clock=lambda: now[0])
+    for _ in range(4):  # four separate 429 bursts, each lowering the rate
+        limiter.throttle(retry_after=0)
+        now[0] += 1.0
+    assert limiter.rate < 3, "each burst lowers the rate"
+    successes = 0
+    while limiter.rate < 8 and successes < 1000:
+        limiter.succeeded()
+        successes += 1
+    assert successes <= 60, f"{successes} successes to climb back from a few stray 429s"
+    for _ in range(1000):
+        limiter.succeeded()
+    assert limiter.rate == 10, "never above the configured ceiling"
+
+
+def test_retry_after_zero_means_no_pause() -> None:
+    now = [5.0]
+    limiter = RateLimiter(rps=10, max_in_flight=4, clock=lambda: now[0])
+    limiter.throttle(retry_after=0)
+    assert limiter._paused_until <= now[0]
