@@ -646,21 +646,20 @@ async def test_close_wakes_a_waiter_in_a_long_retry_after_pause() -> None:
         await asyncio.wait_for(waiter, timeout=2)
 
 
-def test_rate_climbs_back_fast_after_stray_429s() -> None:
+def test_stray_429s_among_successes_keep_the_rate_near_the_ceiling() -> None:
+    """A 429 now and then (one per 40 answers) must not walk the rate down to the floor."""
     now = [0.0]
     limiter = RateLimiter(rps=10, max_in_flight=4, clock=lambda: now[0])
-    for _ in range(4):  # four separate 429 bursts, each lowering the rate
+    rates = []
+    for _ in range(20):
         limiter.throttle(retry_after=0)
         now[0] += 1.0
-    assert limiter.rate < 3, "each burst lowers the rate"
-    successes = 0
-    while limiter.rate < 8 and successes < 1000:
-        limiter.succeeded()
-        successes += 1
-    assert successes <= 60, f"{successes} successes to climb back from a few stray 429s"
-    for _ in range(1000):
-        limiter.succeeded()
-    assert limiter.rate == 10, "never above the configured ceiling"
+        for _ in range(40):
+            limiter.succeeded()
+            rates.append(limiter.rate)
+    assert min(rates) >= 7 - 1e-9, "one 429 lowers the rate once, by the decrease factor"
+    assert sum(rates) / len(rates) >= 9, "and it climbs straight back"
+    assert max(rates) <= 10, "never above the configured ceiling"
 
 
 def test_retry_after_zero_means_no_pause() -> None:
