@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import hashlib
 import io
 import json
@@ -441,6 +442,110 @@ async def test_stop_releases_a_hanging_request(client: aiohttp.ClientSession) ->
     assert await request == "connection error"
 
 
+async def test_cut_fault_resets_the_connection_in_the_middle_of_the_body(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    server = await serve(fault_rate=1.0, faults=("cut",))
+    async with client.post(server.url + "/v1/ocr", json=ocr_body(pdf_doc(PDF3))) as resp:
+        assert resp.status == 200  # the headers arrived ...
+        assert int(resp.headers["Content-Length"]) > 0
+        with pytest.raises(aiohttp.ClientError):  # ... the body never completes
+            await resp.read()
+    assert server.stats.by_status == {"cut": 1}
+    assert server.stats.faults_injected == {"cut": 1}
+    assert server.stats.ok_by_document == {}
+
+
+async def test_short_fault_answers_a_valid_response_missing_the_last_page(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    server = await serve(fault_rate=1.0, faults=("short",))
+    status, answer, _ = await post(client, server, ocr_body(pdf_doc(PDF3)))
+    assert status == 200
+    assert [p["index"] for p in answer["pages"]] == [0, 1]
+    assert answer["usage_info"]["pages_processed"] == 2
+    assert server.stats.by_status == {"200": 1}
+    assert server.stats.ok_by_document == {}, "a wrong answer is not a valid one"
+
+
+async def test_trickle_fault_dribbles_out_a_valid_answer(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    server = await serve(fault_rate=1.0, faults=("trickle",), trickle_seconds=0.4)
+    started = time.monotonic()
+    status, answer, _ = await post(client, server, ocr_body(pdf_doc(PDF3)))
+    assert status == 200
+    assert time.monotonic() - started >= 0.35
+    assert [p["markdown"] for p in answer["pages"]] == [page_text("A", i) for i in range(3)]
+    assert server.stats.ok_by_document == {sha(PDF3): 1}
+    # A client that gives up half-way was delivered nothing: not counted as answered.
+    server.options.trickle_seconds = 5.0
+    assert await _client_sees(client, server) == "timeout"
+    assert server.stats.ok_by_document == {sha(PDF3): 1}
+    assert server.stats.faults_injected == {"trickle": 2}
+
+
+@pytest.mark.parametrize("status", ["408", "429", "500", "502", "503", "504"])
+@pytest.mark.parametrize(
+    ("style", "content_type"),
+    [("json", "application/json"), ("text", "text/plain"), ("html", "text/html")],
+)
+async def test_fault_body_sends_every_status_in_the_asked_style(
+    serve: Serve, client: aiohttp.ClientSession, status: str, style: str, content_type: str
+) -> None:
+    server = await serve(fault_rate=1.0, faults=(status,), fault_body=style)
+    got, answer, resp = await post(client, server, ocr_body(pdf_doc(PDF3)))
+    assert got == int(status)
+    assert resp.content_type == content_type
+    if style == "json":
+        assert answer["object"] == "error" and answer["code"] == status
+    elif style == "html":
+        assert answer.startswith("<html>") and status in answer
+    else:
+        assert answer.startswith(status)
+    assert ("Retry-After" in resp.headers) == (status == "429")
+
+
+async def test_fault_after_and_fault_limit_make_a_window_of_faults(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    server = await serve(fault_rate=1.0, faults=("503",), fault_after=2, fault_limit=3)
+    body = ocr_body(pdf_doc(PDF3))
+    statuses = [(await post(client, server, body))[0] for _ in range(7)]
+    assert statuses == [200, 200, 503, 503, 503, 200, 200]
+    server.reset()  # counts start again
+    statuses = [(await post(client, server, body))[0] for _ in range(4)]
+    assert statuses == [200, 200, 503, 503]
+
+
+async def test_retry_after_styles_seconds_alone_or_an_http_date(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    body = ocr_body(image_doc(png_bytes()))
+    server = await serve(rps_limit=1, retry_after=3, retry_after_style="seconds")
+    assert (await post(client, server, body))[0] == 200
+    status, _, resp = await post(client, server, body)
+    assert status == 429
+    assert resp.headers["Retry-After"] == "3" and "retry-after-ms" not in resp.headers
+
+    server = await serve(rps_limit=1, retry_after=3, retry_after_style="http-date")
+    assert (await post(client, server, body))[0] == 200
+    before = time.time()
+    status, _, resp = await post(client, server, body)
+    assert status == 429 and "retry-after-ms" not in resp.headers
+    when = email.utils.parsedate_to_datetime(resp.headers["Retry-After"]).timestamp()
+    assert before + 3 <= when <= time.time() + 4
+
+
+async def test_revoked_key_can_be_refused_with_403(
+    serve: Serve, client: aiohttp.ClientSession
+) -> None:
+    server = await serve(fail_auth_after=1, auth_fail_status=403)
+    results = [await post(client, server, ocr_body(pdf_doc(PDF3))) for _ in range(3)]
+    assert [r[0] for r in results] == [200, 403, 403]
+    assert results[1][1] == {"detail": "Forbidden"}
+
+
 # --- images --------------------------------------------------------------------------------
 
 
@@ -539,7 +644,9 @@ async def test_latency_and_max_concurrent_with_a_responsive_server(
 @pytest.mark.parametrize(
     "bad",
     [{"faults": ("boom",)}, {"fault_rate": 1.5}, {"latency": 1, "latency_max": 0.5},
-     {"image_id_style": "evil"}, {"images_per_page": -1}],
+     {"image_id_style": "evil"}, {"images_per_page": -1}, {"retry_after_style": "ms"},
+     {"fault_body": "xml"}, {"fault_after": -1}, {"fault_limit": -1}, {"trickle_seconds": -1},
+     {"auth_fail_status": 500}],
 )
 def test_bad_options_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
@@ -555,6 +662,24 @@ def test_cli_help_and_usage_errors_return_codes(capsys: pytest.CaptureFixture[st
     assert "--fault-rate" in capsys.readouterr().out
     assert main(["--fault-rate", "2"]) == 2
     assert main(["--faults", "500,boom"]) == 2
+
+
+def test_cli_fault_knobs_reach_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.fakeserver.cli import build_parser, options_from_args
+
+    args = build_parser().parse_args([
+        "--fault-rate", "1", "--faults", "cut,trickle,short,503", "--fault-body", "html",
+        "--fault-after", "2", "--fault-limit", "5", "--trickle-seconds", "0.5",
+        "--retry-after-style", "http-date", "--fail-auth-after", "3", "--auth-fail-status", "403",
+    ])
+    options = options_from_args(args)
+    assert options.faults == ("cut", "trickle", "short", "503")
+    assert (options.fault_body, options.fault_after, options.fault_limit) == ("html", 2, 5)
+    assert (options.trickle_seconds, options.retry_after_style) == (0.5, "http-date")
+    assert (options.fail_auth_after, options.auth_fail_status) == (3, 403)
+    assert main(["--fault-body", "xml"]) == 2
+    assert main(["--auth-fail-status", "500"]) == 2
+    capsys.readouterr()
 
 
 async def test_cli_serves_until_sigterm(client: aiohttp.ClientSession) -> None:

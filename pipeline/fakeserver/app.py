@@ -8,13 +8,14 @@ import hmac
 import json
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
 from pipeline.fakeserver import documents, faults
 from pipeline.fakeserver.answers import ocr_response
 from pipeline.fakeserver.documents import DocumentError, Page
-from pipeline.fakeserver.options import FakeServerOptions, is_status_fault
+from pipeline.fakeserver.options import ANSWER_FAULTS, FakeServerOptions, is_status_fault
 from pipeline.fakeserver.ratelimit import RateLimiter, retry_after_headers
 from pipeline.fakeserver.replies import Rejected, Reply, error, unauthorized
 from pipeline.fakeserver.stats import Stats
@@ -82,14 +83,20 @@ async def handle_health(request: web.Request) -> web.Response:
 async def handle_ocr(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     state.stats.enter()
+    number = state.stats.requests
     try:
-        return await _handle_ocr(request, state)
+        return await _handle_ocr(request, state, number)
     finally:
         state.stats.leave()
 
 
-async def _handle_ocr(request: web.Request, state: ServerState) -> web.StreamResponse:
-    """Decide in the real service's order: auth, rate limit, faults, validation, answer."""
+async def _handle_ocr(
+    request: web.Request, state: ServerState, number: int
+) -> web.StreamResponse:
+    """Decide in the real service's order: auth, rate limit, faults, validation, answer.
+
+    `number` is the request's 1-based number since the last reset (for fault_after).
+    """
     stats, options = state.stats, state.options
     try:
         body = await request.read()
@@ -98,17 +105,22 @@ async def _handle_ocr(request: web.Request, state: ServerState) -> web.StreamRes
         return _reply(state, error(413, f"request body is larger than {MAX_BODY_BYTES} bytes"))
     stats.bytes_received += len(body)
 
-    if not _authorized(request, options.api_key) or state.auth_revoked():
+    if not _authorized(request, options.api_key):
         return _reply(state, unauthorized())
+    if state.auth_revoked():
+        return _reply(state, unauthorized(options.auth_fail_status))
 
     decision = state.limiter.acquire()
     if not decision.allowed:
-        headers = retry_after_headers(decision.wait, options.retry_after)
+        headers = retry_after_headers(decision.wait, options.retry_after,
+                                      options.retry_after_style)
         return _reply(state, error(429, "Requests rate limit exceeded", headers=headers))
 
-    fault = faults.draw_fault(options, state.rng)
+    fault = faults.draw_fault(options, state.rng, number, sum(stats.faults_injected.values()))
     if fault is not None:
-        return await _inject(request, state, fault)
+        stats.count_fault(fault)  # at once, so concurrent requests see fault_limit exactly
+        if fault not in ANSWER_FAULTS:
+            return await _inject(request, state, fault)
 
     try:
         call = await _parse(body)
@@ -129,7 +141,9 @@ async def _handle_ocr(request: web.Request, state: ServerState) -> web.StreamRes
     )
     await _latency(state)
     if state.auth_revoked():  # another request used up the last allowed answer meanwhile
-        return _reply(state, unauthorized())
+        return _reply(state, unauthorized(options.auth_fail_status))
+    if fault is not None:
+        return await _spoil(request, state, fault, answer, call.sha256)
     response = web.json_response(answer, headers=state.limiter.minute_headers())
     # Written here, not by aiohttp after we return, so only answers that reached the
     # connection are counted as paid for.
@@ -176,9 +190,48 @@ async def _latency(state: ServerState) -> None:
         await asyncio.sleep(delay)
 
 
+async def _spoil(
+    request: web.Request, state: ServerState, kind: str, answer: dict[str, Any], sha256: str
+) -> web.StreamResponse:
+    """Deliver a real answer badly: cut off by a reset, dribbled out, or missing a page."""
+    stats = state.stats
+    headers = state.limiter.minute_headers()
+    if kind == "short":
+        answer["pages"] = answer["pages"][:-1]
+        answer["usage_info"]["pages_processed"] = len(answer["pages"])
+        response = web.json_response(answer, headers=headers)
+        await response.prepare(request)
+        await response.write_eof()
+        stats.count_status("200")  # an answer, but not a valid one: not in ok_by_document
+        return response
+    body = json.dumps(answer).encode("utf-8")
+    stream = web.StreamResponse(status=200, headers=headers)
+    stream.content_type = "application/json"
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    if kind == "cut":
+        await stream.write(body[: len(body) // 2])
+        await asyncio.sleep(faults.CUT_PAUSE)  # the client has started reading the body
+        stats.count_status("cut")
+        faults.reset_connection(request)
+        return stream
+    assert kind == "trickle", kind
+    pieces = faults.TRICKLE_PIECES
+    step = -(-len(body) // pieces)
+    try:
+        for start in range(0, len(body) - step, step):
+            await stream.write(body[start:start + step])
+            await asyncio.sleep(state.options.trickle_seconds / pieces)
+        await stream.write_eof(body[-(len(body) % step or step):])
+    except ConnectionError:  # the client gave up waiting: nothing was delivered
+        return stream
+    stats.count_status("200")
+    stats.count_ok(sha256, len(answer["pages"]))
+    return stream
+
+
 async def _inject(request: web.Request, state: ServerState, kind: str) -> web.StreamResponse:
     stats = state.stats
-    stats.count_fault(kind)
     if kind == "hang":
         stats.count_status("hang")
         await faults.hang(request, state.stopping)

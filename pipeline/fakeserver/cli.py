@@ -32,13 +32,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests per second before 429 (0 = no limit)")
     add("--retry-after", type=float, default=None, metavar="S",
         help="Retry-After sent with 429 instead of the computed wait")
+    add("--retry-after-style", choices=("both", "seconds", "http-date"), default="both",
+        help="429s carry Retry-After in seconds plus retry-after-ms ('both'), Retry-After in "
+             "seconds only, or Retry-After as an HTTP date only")
     add("--fault-rate", type=float, default=0.0, metavar="P",
         help="probability (0-1) that a request gets a fault instead of an answer")
     add("--faults", default=",".join(FakeServerOptions.faults), metavar="KINDS",
         help="comma-separated fault kinds: HTTP statuses (408,500,502,503,504,...), "
-             "reset, malformed, hang, wrong_shape (default: %(default)s)")
+             "reset, cut (reset mid-body), hang, trickle (slow answer), malformed, "
+             "wrong_shape, short (a page missing) (default: %(default)s)")
+    add("--fault-body", choices=("default", "json", "text", "html"), default="default",
+        help="body of HTTP-status faults: as in the wild (default), or always JSON, text or HTML")
+    add("--fault-after", type=int, default=0, metavar="N",
+        help="no fault for the first N requests")
+    add("--fault-limit", type=int, default=None, metavar="N",
+        help="at most N faults in all, then every request is answered")
+    add("--trickle-seconds", type=float, default=2.0, metavar="S",
+        help="time a 'trickle' fault takes to write its answer (default %(default)s)")
     add("--fail-auth-after", type=int, default=None, metavar="N",
         help="after N successful answers every request gets 401 (key revoked)")
+    add("--auth-fail-status", type=int, choices=(401, 403), default=401,
+        help="status of the refusals after --fail-auth-after (default %(default)s)")
     add("--cheap", action="store_true",
         help="do not parse documents: canned text per page (for benchmarks)")
     add("--images-per-page", type=int, default=0, metavar="N",
@@ -57,9 +71,15 @@ def options_from_args(args: argparse.Namespace) -> FakeServerOptions:
         latency_max=args.latency_max,
         rps_limit=args.rps_limit,
         retry_after=args.retry_after,
+        retry_after_style=args.retry_after_style,
         fault_rate=args.fault_rate,
         faults=tuple(k for k in args.faults.split(",") if k.strip()),
+        fault_body=args.fault_body,
+        fault_after=args.fault_after,
+        fault_limit=args.fault_limit,
+        trickle_seconds=args.trickle_seconds,
         fail_auth_after=args.fail_auth_after,
+        auth_fail_status=args.auth_fail_status,
         cheap=args.cheap,
         images_per_page=args.images_per_page,
         image_id_style=args.image_id_style,

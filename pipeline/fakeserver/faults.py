@@ -15,29 +15,65 @@ from pipeline.fakeserver.ratelimit import retry_after_headers
 from pipeline.fakeserver.replies import Reply, error
 
 HANG_SECONDS = 3600.0
+#: A "cut" answer waits this long after half its body before the reset, so the client is reading.
+CUT_PAUSE = 0.05
+#: A "trickle" answer is written in this many pieces, spread over `trickle_seconds`.
+TRICKLE_PIECES = 20
 #: Cut in the middle of a string: no JSON parser can read it.
 MALFORMED_BODY = b'{"pages": [{"index": 0, "markdown": "Fake OCR text cut off mid-sen'
 
 
-def draw_fault(options: FakeServerOptions, rng: random.Random) -> str | None:
-    """A fault kind with probability `fault_rate`, else None."""
+def draw_fault(
+    options: FakeServerOptions, rng: random.Random, number: int = 1, injected: int = 0
+) -> str | None:
+    """A fault kind with probability `fault_rate`, else None.
+
+    `number` is the request's 1-based number, `injected` the faults injected so far: no fault
+    for the first `fault_after` requests nor once `fault_limit` faults have been injected.
+    """
     if options.fault_rate <= 0 or not options.faults:
+        return None
+    if number <= options.fault_after:
+        return None
+    if options.fault_limit is not None and injected >= options.fault_limit:
         return None
     if rng.random() >= options.fault_rate:
         return None
     return rng.choice(options.faults)
 
 
+_REASONS = {
+    408: "Request Timeout", 429: "Too Many Requests", 500: "Internal Server Error",
+    502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Time-out",
+}
+
+
 def status_reply(kind: str, options: FakeServerOptions) -> Reply:
-    """The answer for an HTTP-status fault, shaped like what sends that status in the wild."""
+    """The answer for an HTTP-status fault: by default shaped like what sends that status in
+    the wild, or in the one body style `fault_body` asks for."""
     status = int(kind)
-    if status in (502, 504):  # gateways answer HTML, not the API's JSON
-        title = "502 Bad Gateway" if status == 502 else "504 Gateway Time-out"
-        return Reply(status, f"<html><body><h1>{title}</h1></body></html>\n",
-                     {"Content-Type": "text/html"})
-    if status == 408:  # Azure's front proxy
-        return Reply(status, "upstream request timeout", {"Content-Type": "text/plain"})
-    headers = retry_after_headers(1.0, options.retry_after) if status == 429 else {}
+    headers = (
+        retry_after_headers(1.0, options.retry_after, options.retry_after_style)
+        if status == 429 else {}
+    )
+    style = options.fault_body
+    if style == "default":
+        if status in (502, 504):  # gateways answer HTML, not the API's JSON
+            style = "html"
+        elif status == 408:  # Azure's front proxy
+            return Reply(status, "upstream request timeout",
+                         {"Content-Type": "text/plain", **headers})
+        else:
+            style = "json"
+    title = f"{status} {_REASONS.get(status, 'Error')}"
+    if style == "html":
+        return Reply(status, f"<html><head><title>{title}</title></head><body>"
+                             f"<center><h1>{title}</h1></center><hr><center>nginx</center>"
+                             "</body></html>\n",
+                     {"Content-Type": "text/html", **headers})
+    if style == "text":
+        return Reply(status, f"{title}: fake-server injected fault\n",
+                     {"Content-Type": "text/plain", **headers})
     return error(status, f"fake-server injected fault: HTTP {status}", headers=headers)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import math
 import time
 from collections import deque
@@ -65,14 +66,23 @@ class RateLimiter:
         }
 
 
-def retry_after_headers(wait: float, override: float | None) -> dict[str, str]:
+def retry_after_headers(
+    wait: float, override: float | None, style: str = "both", now: float | None = None
+) -> dict[str, str]:
     """Retry-After in whole seconds (at least 1 unless overridden) and the exact retry-after-ms.
 
     An override is sent as given, rounded up to whole seconds (0 stays 0) so tests can ask
     for an immediate retry; `retry-after-ms` always carries the precise value.
+    `style` "seconds" sends Retry-After alone; "http-date" sends Retry-After alone as an HTTP
+    date, rounded up to the next whole second so that it never asks for less than the wait.
     """
     if override is not None:
         seconds, exact = math.ceil(override), override
     else:
         seconds, exact = max(1, math.ceil(wait)), wait
+    if style == "http-date":
+        when = math.ceil((time.time() if now is None else now) + seconds)
+        return {"Retry-After": email.utils.formatdate(when, usegmt=True)}
+    if style == "seconds":
+        return {"Retry-After": str(seconds)}
     return {"Retry-After": str(seconds), "retry-after-ms": str(max(0, round(exact * 1000)))}

@@ -54,8 +54,9 @@ def error(status: int, message: str, *, headers: dict[str, str] | None = None) -
     return Reply(status, body, dict(headers or {}))
 
 
-def unauthorized() -> Reply:
-    return Reply(401, {"detail": "Unauthorized"})
+def unauthorized(status: int = 401) -> Reply:
+    """A refused key: 401 `Unauthorized`, or 403 `Forbidden` (a key not allowed any more)."""
+    return Reply(status, {"detail": "Unauthorized" if status == 401 else "Forbidden"})
 
 
 @dataclass(frozen=True)
