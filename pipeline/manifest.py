@@ -8,13 +8,21 @@ for it again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipeline.errors import FatalError
+
+
+class ManifestError(FatalError):
+    """The manifest cannot be read or written: stop the run (exit 3), resumable."""
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -83,18 +91,40 @@ class Manifest:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        with self._errors("open"):
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Nothing yet: the schema above is version 1."""
 
     def close(self) -> None:
         self._db.close()
 
-    def _tx(self, sql: str, params: Iterable[Any] = ()) -> None:
-        with self._db:
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """A manifest that cannot be written (disk full, read-only, corrupt) stops the run:
+        every document would be lost work otherwise."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise ManifestError(
+                f"cannot {action} the manifest {self.path}: {exc}",
+                hint="free disk space or fix the output folder; the run is resumable",
+            ) from None
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._errors("write to"), self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(sql, tuple(params))
+            yield self._db
+
+    def _tx(self, sql: str, params: Iterable[Any] = ()) -> None:
+        with self._write() as db:
+            db.execute(sql, tuple(params))
 
     # ---- planning ---------------------------------------------------------------------------
     def all_documents(self) -> dict[str, DocumentRow]:
@@ -107,9 +137,8 @@ class Manifest:
     def record_plan(self, todo: list[PlannedDocument], run_id: str) -> None:
         """Mark every document this run will work on as pending, in one transaction."""
         now = time.time()
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
+        with self._write() as db:
+            db.executemany(
                 "INSERT INTO documents (path, size, mtime_ns, media_type, state, run_id,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)"
                 " ON CONFLICT (path) DO UPDATE SET size=excluded.size,"
@@ -164,14 +193,13 @@ class Manifest:
     def finish(self, path: str, pages: int, cost: float) -> None:
         """The document's outputs are in place: mark it done and drop its chunk bodies."""
         now = time.time()
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
+        with self._write() as db:
+            db.execute(
                 "UPDATE documents SET state='done', pages=?, cost=?, error_category=NULL,"
                 " error_message=NULL, updated_at=? WHERE path=?",
                 (pages, cost, now, path),
             )
-            self._db.execute(
+            db.execute(
                 "UPDATE chunks SET state='merged', response=NULL, updated_at=? WHERE path=?",
                 (now, path),
             )

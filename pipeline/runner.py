@@ -14,6 +14,7 @@ import dataclasses
 import os
 import secrets
 import signal
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
@@ -329,7 +330,7 @@ class Run:
             self.last_success = manifest.last_success()
             self.manifest_counts = manifest.counts()
             write_metrics(self.metrics_path, self.metrics_snapshot(in_progress=in_progress))
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             self.log.warning("metrics file not written", path=str(self.metrics_path),
                              error=str(exc))
 
@@ -412,6 +413,14 @@ class Run:
 
     # ---- one document -----------------------------------------------------------------------
     async def _document(self, item: PlanItem, backend: Backend, manifest: Manifest) -> None:
+        try:
+            await self._document_recorded(item, backend, manifest)
+        except FatalError as exc:  # also from the manifest itself (disk full)
+            self._abort(exc)
+            raise
+
+    async def _document_recorded(self, item: PlanItem, backend: Backend,
+                                 manifest: Manifest) -> None:
         src = item.source
         started = time.monotonic()
         try:
@@ -628,8 +637,11 @@ class Run:
         else:
             r.exit_code, r.outcome = int(ExitCode.OK), "ok"
         if record:
-            manifest.finish_run(self.run_id, r.exit_code, r.to_dict())
-            r.write(self.state / "runs")
+            try:
+                manifest.finish_run(self.run_id, r.exit_code, r.to_dict())
+                r.write(self.state / "runs")
+            except (OSError, FatalError) as exc:
+                self.log.error("run report not saved", error=redact(str(exc)))
             self._write_metrics(manifest, in_progress=False)
 
 

@@ -130,6 +130,10 @@ def write_document(
     image_links: dict[str, str] = {}
     try:
         _remove_debris(json_path, md_path)
+        if images_dir.is_dir():
+            for stale in images_dir.glob(".*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
         for page in response["pages"]:
             for image in page.get("images") or []:
                 payload = image.get("image_base64")
@@ -160,6 +164,9 @@ def write_document(
         atomic_write(json_path, body)
         written["json"] = json_path
     except OSError as exc:
+        for path in written.values():  # a failed document leaves no outputs behind
+            with contextlib.suppress(OSError):
+                path.unlink()
         raise DocumentError(
             Category.STORAGE,
             f"{rel}: cannot write output: {exc.strerror or exc}",
