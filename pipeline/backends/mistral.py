@@ -146,6 +146,12 @@ class MistralBackend:
                 f"{where}: no complete answer within {self.settings.request_timeout:g} s",
                 category=Category.TIMEOUT,
             ) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise FatalError(
+                f"the TLS certificate of {urlsplit(self.url).netloc} is not trusted ({exc})",
+                hint="fix the endpoint's certificate or the CA bundle (SSL_CERT_FILE);"
+                " verify_tls: false only for a test endpoint you control",
+            ) from None
         except (aiohttp.ClientError, ConnectionError, OSError) as exc:
             raise RetryableError(
                 f"{where}: connection to {urlsplit(self.url).netloc} failed:"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from types import TracebackType
 
 from aiohttp import web
@@ -54,9 +55,12 @@ class FakeServer:
 
 
 async def start_fake_server(
-    options: FakeServerOptions | None = None, host: str = "127.0.0.1", port: int = 0
+    options: FakeServerOptions | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> FakeServer:
-    """Serve on host:port (port 0 picks a free one) until `stop()`."""
+    """Serve on host:port (port 0 picks a free one) until `stop()`; HTTPS with `ssl_context`."""
     state = ServerState(options or FakeServerOptions())
     runner = web.AppRunner(
         make_app(state),
@@ -67,11 +71,12 @@ async def start_fake_server(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
     except BaseException:
         await runner.cleanup()
         raise
     bound_port = runner.addresses[0][1]
     url_host = f"[{host}]" if ":" in host else host
-    return FakeServer(f"http://{url_host}:{bound_port}", state, runner)
+    scheme = "https" if ssl_context else "http"
+    return FakeServer(f"{scheme}://{url_host}:{bound_port}", state, runner)
