@@ -7,10 +7,8 @@ import contextlib
 import io
 import itertools
 import os
-import pickle
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +18,10 @@ from PIL import Image
 from pipeline.discover import Skipped, discover
 from pipeline.models import SourceFile
 from pipeline.sniff import sniff
+from tests.forked import run_forked
 from tests.pdfgen import jpeg_bytes, pdf_bytes, png_bytes
 
 PDF = "application/pdf"
-NOBODY = 65534
 
 
 def image_bytes(fmt: str) -> bytes:
@@ -47,29 +45,6 @@ def skipped(root: Path, **kwargs: Any) -> dict[str, Skipped]:
     return {x.rel: x for x in discover(root, **kwargs) if isinstance(x, Skipped)}
 
 
-def run_as_nobody(fn: Callable[[], Any]) -> Any:
-    """Run `fn` in a forked child with uid/gid nobody (no exec: the venv lives under /root)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            payload = pickle.dumps(("ok", fn()))
-        except BaseException as exc:
-            payload = pickle.dumps(("error", f"{type(exc).__name__}: {exc}"))
-        with os.fdopen(write_end, "wb") as fh:
-            fh.write(payload)
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as fh:
-        data = fh.read()
-    os.waitpid(pid, 0)
-    status, value = pickle.loads(data)
-    assert status == "ok", value
-    return value
 
 
 # ---- sniffing -------------------------------------------------------------------------------------
@@ -313,7 +288,7 @@ def test_an_unreadable_file_is_a_failure_that_mentions_permissions() -> None:
             # Root reads it, so discovery must find it as an ordinary document...
             assert found(root)["locked.pdf"].media_type == PDF
             # ...and an unprivileged user gets the permissions failure.
-            entries = run_as_nobody(lambda: list(discover(root)))
+            entries = run_forked(lambda: list(discover(root)))
         else:
             entries = list(discover(root))
         by_rel = {e.rel: e for e in entries}

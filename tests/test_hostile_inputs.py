@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import sqlite3
 import stat
@@ -33,13 +32,13 @@ from pipeline.report import Failure, RunReport
 from pipeline.runner import Run
 from tests import hostile
 from tests.conftest import REPO, TEST_KEY, load_json, pipeline_env, run_args, run_pipeline
+from tests.forked import NOBODY, run_forked
 from tests.pdfgen import page_text, pdf_bytes, png_bytes, write_pdf
 
 PDF = "application/pdf"
 PNG = "image/png"
 PASSWORD = "open-sesame"
 PASSWORDS = ["wrong-guess", PASSWORD]
-NOBODY = 65534
 RUN_LIMIT_S = 60  # a run that takes longer than this has hung
 
 #: Words that tell an operator what to do about a failed file (one is enough).
@@ -555,28 +554,7 @@ def _run_in_child(inp: Path, out: Path, uid: int | None) -> RunReport:
         finally:
             await server.stop()
 
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.close(read_end)
-            if uid is not None:
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-            payload = pickle.dumps(("ok", asyncio.run(serve_and_run())))
-        except BaseException as exc:
-            payload = pickle.dumps(("error", f"{type(exc).__name__}: {exc}"))
-        with os.fdopen(write_end, "wb") as fh:
-            fh.write(payload)
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as fh:
-        data = fh.read()
-    os.waitpid(pid, 0)
-    status, value = pickle.loads(data)
-    assert status == "ok", value
-    return value
+    return run_forked(lambda: asyncio.run(serve_and_run()), uid)
 
 
 def test_unreadable_file_and_folder_fail_as_input_with_a_permissions_hint() -> None:

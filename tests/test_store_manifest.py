@@ -6,12 +6,11 @@ import base64
 import io
 import json
 import os
-import pickle
 import shutil
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,34 +25,8 @@ from pipeline.merge import merge_responses
 from pipeline.models import Chunk, SourceFile
 from pipeline.plan import TODO, Decision, decide, file_sha256
 from pipeline.store import atomic_write, output_base, safe_component, write_document
+from tests.forked import run_forked
 from tests.pdfgen import jpeg_bytes, pdf_bytes
-
-NOBODY = 65534
-
-
-def run_as_nobody(fn: Callable[[], Any]) -> Any:
-    """Run `fn` in a forked child with uid/gid nobody (no exec: the venv lives under /root)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            payload = pickle.dumps(("ok", fn()))
-        except BaseException as exc:
-            payload = pickle.dumps(("error", f"{type(exc).__name__}: {exc}"))
-        with os.fdopen(write_end, "wb") as fh:
-            fh.write(payload)
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as fh:
-        data = fh.read()
-    os.waitpid(pid, 0)
-    status, value = pickle.loads(data)
-    assert status == "ok", value
-    return value
 
 
 def all_files(root: Path) -> list[str]:
@@ -241,7 +214,7 @@ def test_an_unwritable_output_folder_is_a_storage_failure() -> None:
             privileged = True  # root ignores the mode bits: try as an unprivileged user
         except PermissionError:
             privileged = False
-        category, message = run_as_nobody(attempt) if privileged else attempt()
+        category, message = run_forked(attempt) if privileged else attempt()
         assert category == Category.STORAGE
         assert "a/scan.pdf" in message
         assert all_files(out) == []
