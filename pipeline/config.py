@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.logsetup import register_secret
 
 BACKENDS = ("local", "mistral", "azure")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -80,6 +81,7 @@ class Settings:
     retry_initial: float = 1.0
     retry_max: float = 60.0
     endpoint_deadline: float = 600.0  # a service down longer than this aborts the run (exit 3)
+    throttle_deadline: float = 3600.0  # nothing but 429s for this long (quota gone?): exit 3
     max_pages_per_request: int = 0
     max_bytes_per_request: int = 0
     include: list[str] = field(default_factory=lambda: ["**/*"])
@@ -89,6 +91,7 @@ class Settings:
     extra_request: dict[str, Any] = field(default_factory=dict)  # e.g. table_format
     pdf_passwords: list[str] = field(default_factory=list, repr=False)
     price_per_1000_pages: float | None = None  # default: the model's published price
+    max_document_bytes: int = 2_000_000_000  # larger files fail as too_large (read into memory)
     max_pages_per_document: int = 5000  # larger documents fail as too_large ...
     allow_large_documents: bool = False  # ... unless allowed
     metrics_file: Path | None = None  # default <out>/.ocr-pipeline/metrics.prom
@@ -253,6 +256,14 @@ def load_settings(
         settings.api_key = env.get(defaults["api_key_env"]) or None
     if settings.api_key == "":
         settings.api_key = None
+    if settings.api_key and any(ord(c) < 32 or ord(c) == 127 for c in settings.api_key):
+        raise ConfigError(
+            f"{where}: the API key contains a control character (a trailing newline?);"
+            " set the variable without it"
+        )
+    register_secret(settings.api_key)
+    for password in settings.pdf_passwords:
+        register_secret(password)
     try:
         validate(settings, where, defaults["api_key_env"])
     except ConfigError as exc:
@@ -298,6 +309,10 @@ def validate(s: Settings, where: str, key_env: str) -> None:
         raise bad("progress", "must be auto, bar, json or off")
     if s.progress_interval <= 0:
         raise bad("progress_interval", "must be more than 0 seconds")
+    if s.max_document_bytes < 1:
+        raise bad("max_document_bytes", "must be at least 1")
+    if s.throttle_deadline <= 0:
+        raise bad("throttle_deadline", "must be more than 0 seconds")
     if s.max_pages_per_document < 1:
         raise bad("max_pages_per_document", "must be at least 1")
     for key in ("max_pages", "max_cost", "max_runtime"):

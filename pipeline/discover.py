@@ -69,8 +69,10 @@ def discover(
     """Yield every candidate file under `root` in a stable (sorted) order.
 
     Hidden entries (dot-files and dot-folders) and `skip_dirs` (e.g. the output tree when it lies
-    inside the input) are not entered. Symlinks are not followed unless asked; even then, a link
-    that leads outside `root` or back into a folder already walked is skipped.
+    inside the input) are not entered. Symlinks are not followed unless asked. When asked, links
+    that lead outside `root` are followed (that is what the option is for); links to anything
+    inside `root`, to a folder already walked or to a file already reached are skipped: each
+    document is processed, and paid for, once.
     `known(rel, size, mtime_ns)` may return the media type of a file already done with that
     size and mtime: such a file is not opened (a resume scan of a large tree only stats).
     """
@@ -79,6 +81,7 @@ def discover(
     exclude = exclude or []
     skip = {p.resolve() for p in (skip_dirs or [])}
     seen_dirs: set[tuple[int, int]] = set()
+    linked_files: dict[tuple[int, int], str] = {}  # files reached through links, by inode
 
     def walk(folder: Path, rel_prefix: str) -> Iterator[SourceFile | Skipped]:
         try:
@@ -110,15 +113,20 @@ def discover(
                         yield Skipped(rel, "broken symlink or symlink loop; not followed",
                                       failure=False)
                         continue
-                    if not target.is_relative_to(root):
-                        why = "symlink points outside the input folder; not followed"
-                        yield Skipped(rel, why, failure=False)
+                    if target.is_relative_to(root):
+                        # Whatever lies inside the input is processed at its real path, where
+                        # its outputs are: following the link would pay for it twice.
+                        what = "folder" if target.is_dir() else "file"
+                        yield Skipped(rel, f"symlink to a {what} inside the input; processed"
+                                      " at its real path", failure=False)
                         continue
-                    if target.is_dir():
-                        # Its files are walked at their real paths, where their outputs are.
-                        yield Skipped(rel, "symlink to a folder inside the input; its files are"
-                                      " processed at their real paths", failure=False)
-                        continue
+                    if target.is_file():
+                        tst = target.stat()
+                        first = linked_files.setdefault((tst.st_dev, tst.st_ino), rel)
+                        if first != rel:
+                            yield Skipped(rel, f"symlink to the same file as {first}; processed"
+                                          " once", failure=False)
+                            continue
                 if entry.is_dir(follow_symlinks=follow_symlinks):
                     if path.resolve() in skip:
                         continue

@@ -77,8 +77,9 @@ class TooLargeError(DocumentError):
 class RejectedError(DocumentError):
     """The service refused this document (4xx other than auth and rate limits)."""
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, status: int | None = None) -> None:
         super().__init__(Category.REJECTED, message, hint=hint)
+        self.status = status
 
 
 class RetryableError(PipelineError):

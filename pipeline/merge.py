@@ -59,6 +59,15 @@ def _rewrite_links(markdown: str, renames: dict[str, str]) -> str:
     return _LINK.sub(sub, markdown)
 
 
+def _usage_int(response: dict[str, Any], key: str, default: int) -> int:
+    """A usage figure, or `default` when the service sent none or nonsense (never fatal)."""
+    usage = response.get("usage_info")
+    value = usage.get(key) if isinstance(usage, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return int(value)
+
+
 def merge_responses(chunks: list[tuple[Chunk, dict[str, Any]]]) -> dict[str, Any]:
     """Merge (chunk, response) pairs given in page order into one OCRResponse."""
     merged: dict[str, Any] = {}
@@ -92,9 +101,8 @@ def merge_responses(chunks: list[tuple[Chunk, dict[str, Any]]]) -> dict[str, Any
             page["images"] = images
             page["markdown"] = _rewrite_links(page["markdown"], renames)
             pages_out.append(page)
-        usage = response.get("usage_info") or {}
-        pages_processed += int(usage.get("pages_processed") or len(pages))
-        doc_size += int(usage.get("doc_size_bytes") or 0)
+        pages_processed += _usage_int(response, "pages_processed", len(pages))
+        doc_size += _usage_int(response, "doc_size_bytes", 0)
     merged["pages"] = pages_out
     merged["usage_info"] = {"pages_processed": pages_processed, "doc_size_bytes": doc_size}
     return merged

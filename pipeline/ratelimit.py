@@ -17,6 +17,8 @@ from contextlib import asynccontextmanager
 
 from pipeline.errors import StopRequested
 
+MAX_PAUSE = 900.0  # a Retry-After beyond 15 minutes is treated as 15 minutes
+
 
 class RateLimiter:
     def __init__(
@@ -95,7 +97,7 @@ class RateLimiter:
         """A 429: pause everyone for `retry_after` seconds and lower the rate."""
         self.throttled += 1
         now = self._clock()
-        pause = 1.0 if retry_after is None else max(0.0, retry_after)
+        pause = 1.0 if retry_after is None else min(max(0.0, retry_after), MAX_PAUSE)
         self._paused_until = max(self._paused_until, now + pause)
         # After the pause, requests resume one interval apart, not all at once.
         self._next_slot = max(self._next_slot, self._paused_until)

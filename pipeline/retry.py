@@ -18,22 +18,62 @@ from dataclasses import dataclass, field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from pipeline.backends.base import Backend, OCRResponse
-from pipeline.errors import FatalError, RetryableError
+from pipeline.errors import FatalError, RejectedError, RetryableError
 from pipeline.merge import check_response
 from pipeline.models import Chunk
 from pipeline.ratelimit import RateLimiter
 
+# Statuses that, when every request so far got them, mean the configuration is wrong (endpoint
+# path, model name, a request option the deployment does not know), not the documents.
+CONFIG_STATUSES = {404, 405, 422}
+CONFIG_BREAKER = 5
+
 
 class EndpointHealth:
-    """How long has the service been failing? Past the deadline, every call is fatal."""
+    """How long has the service been failing? Past the deadline, every call is fatal.
 
-    def __init__(self, deadline: float, clock: Callable[[], float] = time.monotonic) -> None:
+    Also stops the run when nothing but 429s came back for `throttle_deadline` (an exhausted
+    quota never recovers by waiting), and when the first requests were all refused with the
+    same 404/405/422 (a configuration error, not bad documents).
+    """
+
+    def __init__(self, deadline: float, clock: Callable[[], float] = time.monotonic,
+                 throttle_deadline: float = 3600.0) -> None:
         self.deadline = deadline
+        self.throttle_deadline = throttle_deadline
         self._clock = clock
         self.failing_since: float | None = None
+        self.throttled_since: float | None = None
+        self.successes = 0
+        self.rejections: dict[int, int] = {}
 
     def ok(self) -> None:
         self.failing_since = None
+        self.throttled_since = None
+        self.successes += 1
+
+    def throttled(self) -> None:
+        now = self._clock()
+        if self.throttled_since is None:
+            self.throttled_since = now
+        elif now - self.throttled_since > self.throttle_deadline:
+            raise FatalError(
+                f"the OCR service has answered only 429 (rate limited) for"
+                f" {now - self.throttled_since:.0f} s (throttle_deadline"
+                f" {self.throttle_deadline:g} s)",
+                hint="check the account's quota and rate limit; the run is resumable",
+            )
+
+    def rejected(self, error: RejectedError) -> None:
+        if self.successes or error.status not in CONFIG_STATUSES:
+            return
+        self.rejections[error.status] = self.rejections.get(error.status, 0) + 1
+        if self.rejections[error.status] >= CONFIG_BREAKER:
+            raise FatalError(
+                f"the first {CONFIG_BREAKER} requests were all refused with HTTP {error.status}"
+                f" and none succeeded; last: {error.message}",
+                hint="check the endpoint URL, the model name and extra_request options",
+            )
 
     def failed(self, error: RetryableError) -> None:
         now = self._clock()
@@ -110,12 +150,17 @@ async def call_with_retry(
                     if exc.status == 429:
                         stats.throttled += 1
                         limiter.throttle(exc.retry_after)
+                        health.throttled()
                     else:
                         failures += 1
                         health.failed(exc)
                     raise
                 except FatalError:
                     stats.count("fatal")
+                    raise
+                except RejectedError as exc:
+                    stats.count(str(exc.status) if exc.status else "rejected")
+                    health.rejected(exc)
                     raise
             hint = getattr(backend, "server_rps_limit", None)
             if hint:

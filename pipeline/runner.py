@@ -17,6 +17,8 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,12 +31,14 @@ from pipeline.config import Settings
 from pipeline.discover import STATE_DIR, Skipped, discover
 from pipeline.errors import (
     Category,
+    ConfigError,
     DocumentError,
     ExitCode,
     FatalError,
     PipelineError,
     RetryableError,
     StopRequested,
+    TooLargeError,
 )
 from pipeline.logsetup import get_logger, redact
 from pipeline.manifest import Manifest, PlannedDocument
@@ -100,12 +104,15 @@ class Run:
         self.fatal: FatalError | None = None
         self.stats = RetryStats()
         self.limiter = RateLimiter(settings.rps, settings.max_in_flight)
-        self.health = EndpointHealth(settings.endpoint_deadline)
+        self.health = EndpointHealth(settings.endpoint_deadline,
+                                     throttle_deadline=settings.throttle_deadline)
         self.policy = RetryPolicy(settings.retry_attempts, settings.retry_initial, settings.retry_max)
         self.chunks_per_document = max(1, settings.max_in_flight // settings.workers)
         self._tasks: list[asyncio.Task[Any]] = []
         self._grace_handle: asyncio.TimerHandle | None = None
         self._runtime_handle: asyncio.TimerHandle | None = None
+        self._split_pool = ThreadPoolExecutor(settings.workers, "ocr-split")
+        self._abandoned_pools: list[ThreadPoolExecutor] = []
         self.budget = Budget(settings.max_pages, settings.max_cost, self.price)
         self.metrics_path = settings.metrics_file or self.state / "metrics.prom"
         mode = settings.progress
@@ -171,13 +178,21 @@ class Run:
                 skipped_failures.append(found)
                 counts["bad_input"] = counts.get("bad_input", 0) + 1
                 continue
-            item = decide(
-                found,
-                rows.get(found.rel),
-                force=self.s.force,
-                retry_failed=self.s.retry_failed,
-                retry_categories=retry_categories,
-            )
+            try:
+                item = decide(
+                    found,
+                    rows.get(found.rel),
+                    force=self.s.force,
+                    retry_failed=self.s.retry_failed,
+                    retry_categories=retry_categories,
+                )
+            except OSError as exc:  # re-hashing a changed file failed: that file alone fails
+                skipped_failures.append(Skipped(
+                    found.rel, f"cannot read it to check for changes: {exc.strerror or exc}",
+                    size=found.size, mtime_ns=found.mtime_ns,
+                ))
+                counts["bad_input"] = counts.get("bad_input", 0) + 1
+                continue
             counts[item.decision.value] = counts.get(item.decision.value, 0) + 1
             if item.decision in TODO:
                 todo.append(item)
@@ -219,16 +234,45 @@ class Run:
     async def execute(self) -> RunReport:
         from pipeline.lock import RunLock
 
-        self.output.mkdir(parents=True, exist_ok=True)
-        with RunLock(self.state):
+        if self.output == self.input:
+            raise ConfigError(
+                f"the output folder is the input folder ({self.input}): outputs would be read back"
+                " as documents; choose another --output"
+            )
+        try:
+            self.output.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(self.state)
+            lock.__enter__()
+        except (NotADirectoryError, FileExistsError, PermissionError) as exc:
+            raise ConfigError(
+                f"cannot use {self.output} as the output folder: {exc.strerror or exc}"
+            ) from None
+        try:
             manifest = Manifest(self.state / MANIFEST_NAME)
             try:
                 await self._execute(manifest)
             finally:
                 manifest.close()
+        finally:
+            lock.__exit__(None, None, None)
         return self.report
 
     async def _execute(self, manifest: Manifest) -> None:
+        """Signals are handled from the start: a SIGTERM during a long scan still ends with a
+        clean stop (130), not a kill."""
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.request_stop, sig.name)
+                installed.append(sig)
+        try:
+            await self._plan_and_work(manifest)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    async def _plan_and_work(self, manifest: Manifest) -> None:
         if not self.s.dry_run:
             manifest.start_run(self.run_id)
         planned = self.plan(manifest)
@@ -260,11 +304,6 @@ class Run:
         backend = self._backend or build_backend(self.s)
         self._backend_in_use = backend
         loop = asyncio.get_running_loop()
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.request_stop, sig.name)
-                installed.append(sig)
         if self.s.max_runtime:
             self._runtime_handle = loop.call_later(
                 self.s.max_runtime, self.request_stop, f"budget: --max-runtime {self.s.max_runtime:g} s"
@@ -277,12 +316,11 @@ class Run:
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
             self.progress.clear()
-            for sig in installed:
-                loop.remove_signal_handler(sig)
             for handle in (self._grace_handle, self._runtime_handle):
                 if handle:
                     handle.cancel()
             await backend.close()
+            self._split_pool.shutdown(wait=False, cancel_futures=True)
         self.report.bytes_sent = self._bytes_sent()
         self._finish(manifest, record=True)
 
@@ -482,6 +520,12 @@ class Run:
         src = item.source
         try:
             st = os.stat(src.path)
+            if st.st_size > self.s.max_document_bytes:
+                raise TooLargeError(
+                    f"{src.rel}: {st.st_size:,} bytes, above max_document_bytes"
+                    f" ({self.s.max_document_bytes:,})",
+                    hint="split the file, or raise max_document_bytes if the machine has the memory",
+                )
             data = await asyncio.to_thread(src.path.read_bytes)
         except FileNotFoundError:
             raise DocumentError(Category.INPUT, f"{src.rel}: file vanished before it was read")\
@@ -543,7 +587,7 @@ class Run:
                 if any(t.done() and not t.cancelled() and t.exception() for t in tasks):
                     gate.release()
                     break  # a chunk failed for good: send no more of this document
-                chunk = await asyncio.to_thread(next, chunks, None)
+                chunk = await self._split_next(chunks)
                 if chunk is None:
                     gate.release()
                     break
@@ -611,6 +655,24 @@ class Run:
         self.report.pages_from_checkpoints += reused_pages
         self.report.cost += cost(page_count - reused_pages, self.price)
         return page_count
+
+    async def _split_next(self, chunks: Iterator[Chunk]) -> Chunk | None:
+        """The next chunk, cut in the split pool (pypdf is CPU work and may, on a hostile file,
+        never return: a thread cannot be killed, so an abandoned one gets a fresh pool beside it
+        and the process exits without waiting for it)."""
+        pool = self._split_pool
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, next, chunks, None)
+        except asyncio.CancelledError:
+            if pool is self._split_pool:
+                self._abandoned_pools.append(pool)
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._split_pool = ThreadPoolExecutor(self.s.workers, "ocr-split")
+            raise
+
+    def has_stuck_threads(self) -> bool:
+        """True when a split abandoned after a timeout is still running (see cli.main)."""
+        return any(t.is_alive() for pool in self._abandoned_pools for t in pool._threads)
 
     # ---- the end ----------------------------------------------------------------------------
     def _finish(self, manifest: Manifest, *, record: bool) -> None:

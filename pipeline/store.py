@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,4 @@ def remove_outputs(out_root: Path, rel: str) -> None:
     for suffix in (".json", ".md"):
         with contextlib.suppress(FileNotFoundError):
             base.with_name(base.name + suffix).unlink()
+    shutil.rmtree(base.with_name(base.name + ".images"), ignore_errors=True)

@@ -3,7 +3,7 @@ category and a message an operator can act on, or, when its content is fine or r
 done. No crash, no hang, nothing written outside the output, the input tree never modified.
 
 Plus the security promises that can be checked from outside: no key in `--help`, no symlink out of
-the input root followed, outputs no wider than the umask.
+the input root followed unless asked, outputs no wider than the umask.
 """
 
 from __future__ import annotations
@@ -387,37 +387,39 @@ async def test_symlink_loops_with_follow_symlinks_finish_and_walk_each_file_once
     assert tree_state(inp) == inputs
 
 
-async def test_symlinks_out_of_the_input_root_are_never_followed(tmp_path: Path,
-                                                                 fake_server) -> None:
+async def test_symlinks_out_of_the_input_root_are_followed_only_when_asked(tmp_path: Path,
+                                                                            fake_server) -> None:
     server = await fake_server()
     inp, outside = tmp_path / "in", tmp_path / "private"
     write_good(inp)
-    write_pdf(outside / "secret.pdf", "SECRET-OUTSIDE", 1)
-    write_pdf(outside / "folder/more.pdf", "MORE-OUTSIDE", 1)
+    write_pdf(outside / "secret.pdf", "OUTSIDE-SECRET", 1)
+    write_pdf(outside / "folder/more.pdf", "OUTSIDE-MORE", 1)
     os.symlink(outside / "secret.pdf", inp / "abs-link.pdf")
-    os.symlink("../private/secret.pdf", inp / "rel-link.pdf")
+    os.symlink("../private/secret.pdf", inp / "rel-link.pdf")  # the same file again
     os.symlink(outside / "folder", inp / "dir-link")
-    os.symlink("good/a.pdf", inp / "alias.pdf")  # inside the root: followed when asked
+    os.symlink("good/a.pdf", inp / "alias.pdf")  # inside the root: processed at its real path
     inputs = tree_state(inp)
-    links = ("abs-link.pdf", "rel-link.pdf", "dir-link")
 
-    for follow, out in ((False, tmp_path / "out-default"), (True, tmp_path / "out-follow")):
-        report = await bounded_run(inp, out, server.url, follow_symlinks=follow)
-        assert report.exit_code == ExitCode.OK, report.failures
-        assert_good_done(report, out)
-        assert (out / "alias.pdf.json").exists() is follow, "follow_symlinks had no effect"
-        written = [p for p in out.rglob("*") if p.is_file()]
-        for path in written:
-            data = path.read_bytes()
-            assert b"OUTSIDE" not in data, f"{path} carries text from outside the input root"
-        for link in links:
-            assert not (out / f"{link}.json").exists()
-            assert not (out / link).exists()
-        if follow:
-            ignored = {i.path: i.message for i in report.ignored}
-            for link in links:
-                assert "outside" in ignored.get(link, ""), report.ignored
-    assert server.stats.requests == len(GOOD) + len(GOOD) + 1
+    out = tmp_path / "out-default"
+    report = await bounded_run(inp, out, server.url)
+    assert report.exit_code == ExitCode.OK, report.failures
+    assert_good_done(report, out)
+    assert all(b"OUTSIDE" not in p.read_bytes() for p in out.rglob("*") if p.is_file()), \
+        "by default nothing from outside the input root is read"
+    for link in ("abs-link.pdf", "rel-link.pdf", "dir-link", "alias.pdf"):
+        assert not (out / f"{link}.json").exists() and not (out / link).exists()
+    assert server.stats.requests == len(GOOD)
+
+    out = tmp_path / "out-follow"
+    report = await bounded_run(inp, out, server.url, follow_symlinks=True)
+    assert report.exit_code == ExitCode.OK, report.failures
+    assert_good_done(report, out)
+    assert (out / "abs-link.pdf.json").exists() and (out / "dir-link/more.pdf.json").exists()
+    ignored = {i.path: i.message for i in report.ignored}
+    assert "same file as abs-link.pdf" in ignored["rel-link.pdf"], "one outside file, paid once"
+    assert "real path" in ignored["alias.pdf"], "an alias inside the root is not paid twice"
+    assert not (out / "alias.pdf.json").exists() and not (out / "rel-link.pdf.json").exists()
+    assert server.stats.requests == len(GOOD) + len(GOOD) + 2
     assert tree_state(inp) == inputs
 
 

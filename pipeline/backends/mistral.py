@@ -20,11 +20,12 @@ from pipeline import __version__
 from pipeline.backends.base import OCRResponse
 from pipeline.config import Settings
 from pipeline.encode import document_field
-from pipeline.errors import Category, FatalError, RejectedError, RetryableError
+from pipeline.errors import Category, FatalError, RejectedError, RetryableError, TooLargeError
 from pipeline.models import Chunk
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 FATAL_STATUS = {401, 403}
+MAX_ANSWER_BYTES = 512 * 1024 * 1024  # an answer larger than this is a broken server
 
 
 def ocr_url(settings: Settings) -> str:
@@ -84,6 +85,18 @@ def error_detail(body: str) -> str:
     return _short(str(data))
 
 
+async def _read_capped(resp: aiohttp.ClientResponse, where: str) -> bytes:
+    """The whole body, refusing one larger than MAX_ANSWER_BYTES (a broken server)."""
+    parts: list[bytes] = []
+    size = 0
+    async for part in resp.content.iter_chunked(1 << 16):
+        size += len(part)
+        if size > MAX_ANSWER_BYTES:
+            raise RetryableError(f"{where}: answer larger than {MAX_ANSWER_BYTES:,} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
 class MistralBackend:
     """`POST /v1/ocr` with Bearer (or Azure's `api-key`) authentication."""
 
@@ -136,9 +149,14 @@ class MistralBackend:
         self.bytes_sent += len(payload)
         where = f"{chunk.doc_rel} pages {chunk.first_page + 1}-{chunk.first_page + chunk.page_count}"
         try:
-            async with session.post(self.url, data=payload) as resp:
-                body = await resp.read()
+            # No redirects: aiohttp would carry Azure's `api-key` header to whatever host a
+            # redirect names.
+            async with session.post(self.url, data=payload, allow_redirects=False) as resp:
+                if (resp.content_length or 0) > MAX_ANSWER_BYTES:
+                    raise RetryableError(f"{where}: answer of {resp.content_length:,} bytes refused")
+                body = await _read_capped(resp, where)
                 status = resp.status
+                location = resp.headers.get("Location", "")
                 retry_after = parse_retry_after(resp.headers)
                 self._learn_limit(resp.headers)
         except TimeoutError:
@@ -152,6 +170,9 @@ class MistralBackend:
                 hint="fix the endpoint's certificate or the CA bundle (SSL_CERT_FILE);"
                 " verify_tls: false only for a test endpoint you control",
             ) from None
+        except ValueError as exc:  # aiohttp refuses e.g. a header with a control character
+            raise FatalError(f"the request to {self.url} cannot be built: {exc}",
+                             hint="check the endpoint URL and the API key") from None
         except (aiohttp.ClientError, ConnectionError, OSError) as exc:
             raise RetryableError(
                 f"{where}: connection to {urlsplit(self.url).netloc} failed:"
@@ -164,6 +185,12 @@ class MistralBackend:
             except ValueError:
                 raise RetryableError(f"{where}: service answered 200 with invalid JSON") from None
         detail = error_detail(text)
+        if 300 <= status < 400:
+            raise FatalError(
+                f"the endpoint {self.url} answered HTTP {status} (redirect to {location or '?'})",
+                hint="set the endpoint to the final URL; redirects are not followed, so the key"
+                " is never sent to another host",
+            )
         if status in FATAL_STATUS:
             raise FatalError(
                 f"the OCR service refused the API key (HTTP {status}: {detail})",
@@ -176,7 +203,14 @@ class MistralBackend:
                 status=status,
                 category=Category.TIMEOUT if status in (408, 504) else Category.BACKEND,
             )
-        raise RejectedError(f"{where}: the service rejected the document (HTTP {status}: {detail})")
+        if status == 413:
+            raise TooLargeError(
+                f"{where}: the service refused the request as too large (HTTP 413: {detail})",
+                hint="lower max_bytes_per_request (or max_pages_per_request) for this backend",
+            )
+        raise RejectedError(
+            f"{where}: the service rejected the document (HTTP {status}: {detail})", status=status
+        )
 
     def _learn_limit(self, headers: Any) -> None:
         value = headers.get("x-ratelimit-limit-req-minute")
