@@ -18,6 +18,9 @@ from contextlib import asynccontextmanager
 from pipeline.errors import StopRequested
 
 MAX_PAUSE = 900.0  # a Retry-After beyond 15 minutes is treated as 15 minutes
+# Added to the rate per successful answer: at any rate that is about +2% per second, so the
+# probe above a server's limit costs roughly one 429 per 50-100 requests.
+PROBE_STEP = 0.02
 
 
 class RateLimiter:
@@ -41,7 +44,8 @@ class RateLimiter:
         self._recent: deque[float] = deque(maxlen=512)  # send times, to estimate the real rate
         self._decreased_at = -1e9
         self.learned = False  # the server announced its limit
-        self._throttled_at = 0.0  # the rate in force at the last decrease
+        self._recover_to = 0.0  # after a blind back-off, climb fast up to this rate
+        self._successes: deque[float] = deque(maxlen=2048)
         self.throttled = 0  # 429s seen
         self.in_flight = 0
         self.closed = False  # set when the run stops dispatching: no new request may start
@@ -93,8 +97,23 @@ class RateLimiter:
             return 0.0
         return len(recent) / max(now - recent[0], 1e-3)
 
+    def admitted_rate(self, window: float = 5.0) -> float | None:
+        """Answers per second the server let through lately: its real limit while it pushes
+        back. None until there are enough answers to tell."""
+        now = self._clock()
+        recent = [t for t in self._successes if now - t <= window]
+        if len(recent) < 8:
+            return None
+        return len(recent) / max(now - recent[0], 0.5)
+
     def throttle(self, retry_after: float | None) -> None:
-        """A 429: pause everyone for `retry_after` seconds and lower the rate."""
+        """A 429: pause everyone for `retry_after` seconds and lower the rate.
+
+        With a limit the server announced, a 429 is timing jitter: step back 5%. Without one,
+        the rate the server has been admitting is its limit: settle just under it. With too
+        few answers to tell, back off multiplicatively and climb back fast to near where the
+        trouble began.
+        """
         self.throttled += 1
         now = self._clock()
         pause = 1.0 if retry_after is None else min(max(0.0, retry_after), MAX_PAUSE)
@@ -107,10 +126,14 @@ class RateLimiter:
         current = self.rate if self.rate > 0 else self.observed_rate()
         if current <= 0:
             return
-        # With a limit the server announced, a 429 is timing jitter: step back a little.
-        factor = 0.95 if self.learned else self.decrease
-        self._throttled_at = current
-        self.rate = max(self.min_rps, current * factor)
+        admitted = None if self.learned else self.admitted_rate()
+        if self.learned:
+            new, self._recover_to = current * 0.95, 0.0
+        elif admitted is not None:
+            new, self._recover_to = min(current, admitted * 0.97), 0.0
+        else:
+            new, self._recover_to = current * self.decrease, current * 0.8
+        self.rate = max(self.min_rps, new)
 
     def learn_limit(self, server_rps: float, margin: float = 0.98) -> None:
         """The server told us its limit (x-ratelimit-limit-req-minute): never go above it."""
@@ -124,11 +147,10 @@ class RateLimiter:
             self.rate = self.ceiling
 
     def succeeded(self) -> None:
-        """A request went through: creep back up towards the ceiling."""
+        """A request went through: creep back up towards the ceiling, about 2% a second."""
+        self._successes.append(self._clock())
         if self.rate <= 0:
             return
-        if self.rate < 0.8 * self._throttled_at:
-            new = self.rate * 1.05  # far below where the trouble began: climb back fast
-        else:
-            new = self.rate + max(0.01, self.rate * 0.01)
+        # After a blind back-off, climb back fast; otherwise probe slowly.
+        new = self.rate * 1.05 if self.rate < self._recover_to else self.rate + PROBE_STEP
         self.rate = min(self.ceiling, new) if self.ceiling > 0 else new

@@ -653,13 +653,25 @@ def test_stray_429s_among_successes_keep_the_rate_near_the_ceiling() -> None:
     rates = []
     for _ in range(20):
         limiter.throttle(retry_after=0)
-        now[0] += 1.0
         for _ in range(40):
+            now[0] += 1.0 / limiter.rate  # answers arrive at the rate requests are sent
             limiter.succeeded()
             rates.append(limiter.rate)
     assert min(rates) >= 7 - 1e-9, "one 429 lowers the rate once, by the decrease factor"
     assert sum(rates) / len(rates) >= 9, "and it climbs straight back"
     assert max(rates) <= 10, "never above the configured ceiling"
+
+
+def test_without_headers_a_429_settles_just_under_what_the_server_admitted() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rps=0, max_in_flight=64, clock=lambda: now[0])
+    for _ in range(200):  # the server lets 40 answers a second through
+        now[0] += 1 / 40
+        limiter.succeeded()
+        limiter._recent.append(now[0])
+        limiter._recent.append(now[0])  # and we send at 80/s: half of it answered 429
+    limiter.throttle(retry_after=0.05)
+    assert 37 <= limiter.rate <= 40, limiter.rate
 
 
 def test_retry_after_zero_means_no_pause() -> None:
