@@ -91,8 +91,12 @@ class Manifest:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._in_batch = False
         with self._errors("open"):
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            # Used by one thread at a time: the loop's while planning and reporting, the
+            # manifest writer's (pipeline.manifest_writer) while documents are processed.
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=30,
+                                       check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
@@ -118,9 +122,23 @@ class Manifest:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        if self._in_batch:  # part of a batch's transaction (see batch())
+            with self._errors("write to"):
+                yield self._db
+            return
         with self._errors("write to"), self._db:
             self._db.execute("BEGIN IMMEDIATE")
             yield self._db
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run several calls in one transaction: one commit (and one fsync) for all of them."""
+        with self._write():
+            self._in_batch = True
+            try:
+                yield
+            finally:
+                self._in_batch = False
 
     def _tx(self, sql: str, params: Iterable[Any] = ()) -> None:
         with self._write() as db:

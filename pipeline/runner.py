@@ -42,6 +42,7 @@ from pipeline.errors import (
 )
 from pipeline.logsetup import get_logger, redact
 from pipeline.manifest import Manifest, PlannedDocument
+from pipeline.manifest_writer import ManifestWriter
 from pipeline.merge import merge_responses
 from pipeline.metrics import MetricsSnapshot, write_metrics
 from pipeline.models import Chunk
@@ -308,6 +309,8 @@ class Run:
             self._runtime_handle = loop.call_later(
                 self.s.max_runtime, self.request_stop, f"budget: --max-runtime {self.s.max_runtime:g} s"
             )
+        self.db = ManifestWriter(manifest)
+        self.db.start()
         ticker = asyncio.create_task(self._tick_forever(manifest))
         try:
             await self._pool(planned.todo, backend, manifest)
@@ -320,6 +323,7 @@ class Run:
                 if handle:
                     handle.cancel()
             await backend.close()
+            await self.db.stop()
             self._split_pool.shutdown(wait=False, cancel_futures=True)
         self.report.bytes_sent = self._bytes_sent()
         self._finish(manifest, record=True)
@@ -363,10 +367,18 @@ class Run:
             manifest_documents=self.manifest_counts,
         )
 
+    async def _refresh_manifest_figures(self, manifest: Manifest) -> None:
+        try:
+            self.last_success = await self.db.run(manifest.last_success)
+            self.manifest_counts = await self.db.run(manifest.counts)
+        except (sqlite3.Error, FatalError) as exc:
+            self.log.warning("manifest figures not read", error=str(exc))
+
     def _write_metrics(self, manifest: Manifest, *, in_progress: bool) -> None:
         try:
-            self.last_success = manifest.last_success()
-            self.manifest_counts = manifest.counts()
+            if not in_progress:
+                self.last_success = manifest.last_success()
+                self.manifest_counts = manifest.counts()
             write_metrics(self.metrics_path, self.metrics_snapshot(in_progress=in_progress))
         except (OSError, sqlite3.Error) as exc:
             self.log.warning("metrics file not written", path=str(self.metrics_path),
@@ -377,6 +389,7 @@ class Run:
         bar = self.progress.mode == "bar"
         interval = 0.5 if bar else self.s.progress_interval
         since_metrics = 0.0
+        await self._refresh_manifest_figures(manifest)
         self._write_metrics(manifest, in_progress=True)
         while True:
             await asyncio.sleep(interval)
@@ -384,6 +397,7 @@ class Run:
             since_metrics += interval
             if since_metrics >= self.s.progress_interval:
                 since_metrics = 0.0
+                await self._refresh_manifest_figures(manifest)
                 self._write_metrics(manifest, in_progress=True)
 
     async def _pool(self, todo: list[PlanItem], backend: Backend, manifest: Manifest) -> None:
@@ -465,34 +479,36 @@ class Run:
             async with asyncio.timeout(self.s.document_timeout):
                 pages = await self._document_inner(item, backend, manifest, started)
         except StopRequested:
-            manifest.release(src.rel)
+            await self.db.run(manifest.release, src.rel)
             self.report.documents_interrupted += 1
             return
         except asyncio.CancelledError:
-            manifest.release(src.rel)
             self.report.documents_interrupted += 1
+            with contextlib.suppress(FatalError, asyncio.CancelledError):
+                await self.db.run(manifest.release, src.rel)
             raise
         except FatalError as exc:
-            manifest.release(src.rel)
+            with contextlib.suppress(FatalError):
+                await self.db.run(manifest.release, src.rel)
             self.report.documents_interrupted += 1
             self._abort(exc)
             raise
         except TimeoutError:
-            self._fail(manifest, src.rel, Category.TIMEOUT,
+            await self._fail(manifest, src.rel, Category.TIMEOUT,
                        f"{src.rel}: not finished within {self.s.document_timeout:g} s"
                        " (document_timeout); its answered chunks are kept for the next try")
             return
         except RetryableError as exc:
-            self._fail(manifest, src.rel, exc.category,
+            await self._fail(manifest, src.rel, exc.category,
                        f"{exc.message} (gave up after {self.s.retry_attempts} tries;"
                        " answered chunks are kept, --retry-failed resumes it)")
             return
         except DocumentError as exc:
-            self._fail(manifest, src.rel, exc.category, str(exc))
+            await self._fail(manifest, src.rel, exc.category, str(exc))
             return
         except Exception as exc:  # a bug: record it against the document, keep the run going
             self.log.exception("internal error", path=src.rel)
-            self._fail(manifest, src.rel, Category.INTERNAL,
+            await self._fail(manifest, src.rel, Category.INTERNAL,
                        f"{src.rel}: unexpected {type(exc).__name__}: {exc}"
                        " (a bug in ocr-pipeline: please report it with this message)")
             return
@@ -502,9 +518,9 @@ class Run:
         log("document", path=src.rel, state="done", pages=pages,
             seconds=round(time.monotonic() - started, 3))
 
-    def _fail(self, manifest: Manifest, rel: str, category: str, message: str) -> None:
+    async def _fail(self, manifest: Manifest, rel: str, category: str, message: str) -> None:
         message = redact(message if message.startswith(rel) else f"{rel}: {message}")
-        manifest.fail(rel, str(category), message)
+        await self.db.run(manifest.fail, rel, str(category), message)
         self._record_failure(rel, str(category), message)
 
     def _record_failure(self, rel: str, category: str, message: str) -> None:
@@ -539,7 +555,8 @@ class Run:
         # Hash what was read, not what was planned: the file may have changed since.
         sha = await asyncio.to_thread(_sha256_bytes, data)
         size = len(data)
-        manifest.claim(src.rel, sha, self.run_id, size=size, mtime_ns=st.st_mtime_ns)
+        await self.db.run(manifest.claim, src.rel, sha, self.run_id, size=size,
+                          mtime_ns=st.st_mtime_ns)
         if item.decision == Decision.CHANGED:
             remove_outputs(self.output, src.rel)
         repair_info: dict[str, Any] = {"repaired": False}
@@ -570,8 +587,8 @@ class Run:
                     backend, chunk, self.limiter, self.policy, self.health, self.stats
                 )
                 paid = True
-                manifest.checkpoint_chunk(src.rel, sha, chunk.first_page, chunk.page_count,
-                                          chunk.sha256, response)
+                await self.db.run(manifest.checkpoint_chunk, src.rel, sha, chunk.first_page,
+                                  chunk.page_count, chunk.sha256, response)
                 crashpoints.reached("chunk_persisted")
                 answers[position] = (answers[position][0], response)
             finally:
@@ -593,7 +610,8 @@ class Run:
                     break
                 light = dataclasses.replace(chunk, data=b"")
                 sizes.append(len(chunk.data))
-                saved = manifest.chunk_response(src.rel, sha, chunk.first_page, chunk.page_count)
+                saved = await self.db.run(manifest.chunk_response, src.rel, sha,
+                                          chunk.first_page, chunk.page_count)
                 answers.append((light, saved))
                 if saved is not None:
                     reused_pages += chunk.page_count
@@ -650,7 +668,7 @@ class Run:
         crashpoints.reached("before_store")
         await asyncio.to_thread(write_document, self.output, src.rel, merged, source)
         crashpoints.reached("after_store")
-        manifest.finish(src.rel, page_count, doc_cost)
+        await self.db.run(manifest.finish, src.rel, page_count, doc_cost)
         crashpoints.reached("document_done")
         self.report.pages_from_checkpoints += reused_pages
         self.report.cost += cost(page_count - reused_pages, self.price)
