@@ -8,13 +8,11 @@ renamed into place; the JSON goes last, so its presence means the document's out
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,6 @@ from pipeline import crashpoints
 from pipeline.encode import decode_data_url
 from pipeline.errors import Category, DocumentError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -66,7 +62,7 @@ def ensure_inside(root: Path, path: Path) -> None:
         raise DocumentError(Category.INTERNAL, f"refused to write outside the output tree: {path}")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -77,12 +73,27 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one."""
+def _temp_name(path: Path) -> Path:
+    """The one temporary name for `path`: a write killed half-way leaves debris under this name
+    only, and the next write of the same file reuses and renames it (no folder scan needed)."""
+    name = path.name
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX - 6:
+        name = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()
+    return path.with_name(f".{name}.tmp")
+
+
+def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+    """Write `data` to `path` so that a crash leaves either the old file or the new one.
+
+    The file is fsynced before the rename; the folder's entry is fsynced after it unless the
+    caller will do that once for several files (`sync_dir=False`).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:80]}.", suffix=".tmp")
+    tmp = _temp_name(path)
+    # One run per output (the lock) and one writer per document: a fixed name is safe.
+    # Mode 0o666 lets the process umask decide, as for any file the user creates.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs follow the umask
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -92,17 +103,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
-
-
-def _remove_debris(*targets: Path) -> None:
-    """Delete temporary files a killed run left beside these outputs (they are redone now)."""
-    for target in targets:
-        if not target.parent.is_dir():
-            continue
-        for stale in target.parent.glob(f".{glob.escape(target.name[:80])}.*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def render_markdown(response: dict[str, Any], image_links: dict[str, str]) -> str:
@@ -130,11 +132,6 @@ def write_document(
     written: dict[str, Path] = {}
     image_links: dict[str, str] = {}
     try:
-        _remove_debris(json_path, md_path)
-        if images_dir.is_dir():
-            for stale in images_dir.glob(".*.tmp"):
-                with contextlib.suppress(FileNotFoundError):
-                    stale.unlink()
         for page in response["pages"]:
             for image in page.get("images") or []:
                 payload = image.get("image_base64")
@@ -149,7 +146,7 @@ def write_document(
                 name = safe_component(str(image.get("id", "")), "image.bin")
                 target = images_dir / name
                 ensure_inside(out_root, target)
-                atomic_write(target, blob)
+                atomic_write(target, blob, sync_dir=False)
                 link = f"{images_dir.name}/{name}"
                 image["image_base64"] = None
                 image["image_path"] = link
@@ -158,12 +155,15 @@ def write_document(
         document = dict(response)
         document["source"] = source
         md = render_markdown(response, image_links)
-        atomic_write(md_path, md.encode("utf-8"))
+        atomic_write(md_path, md.encode("utf-8"), sync_dir=False)
         written["markdown"] = md_path
         crashpoints.reached("mid_store")
         body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
-        atomic_write(json_path, body)
+        atomic_write(json_path, body, sync_dir=False)
         written["json"] = json_path
+        if image_links:
+            fsync_dir(images_dir)
+        fsync_dir(json_path.parent)  # one folder sync for the markdown and the JSON
     except OSError as exc:
         for path in written.values():  # a failed document leaves no outputs behind
             with contextlib.suppress(OSError):

@@ -394,7 +394,7 @@ def _arm_sql_kill(target: tuple[str, int]) -> None:
     sqlite3.connect = connect  # type: ignore[assignment]
 
 
-_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp$")  # store.atomic_write: .<name>.tmp
 
 
 def _arm_write_kill(target: tuple[str, int]) -> None:
