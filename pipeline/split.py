@@ -1,114 +1,100 @@
 """Cut a document into request-sized chunks: consecutive pages as standalone PDFs, one at a time.
 
 A chunk holds at most `max_pages` pages and `max_bytes` bytes. The layout depends only on the file
-and those two limits, so a resumed run cuts the same chunks and can skip those already answered.
+and those two limits, and chunk bytes are deterministic, so a resumed run cuts the same chunks and
+can skip those already answered.
+
+PDFs are opened and cut with qpdf (pikepdf): measured 2.9-4.2x faster than pypdf on the same
+chunking (docs/performance.md), it repairs damaged files properly and says what it fixed, and it
+decrypts every standard encryption.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pypdf import PdfReader, PdfWriter
-from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError, PdfStreamError
+import pikepdf
 
 from pipeline.errors import EncryptedError, InputError, TooLargeError
 from pipeline.models import Chunk
-from pipeline.pdfrepair import pypdf_warnings, repair
+from pipeline.pdfrepair import lost_content, repair_notes
 from pipeline.sniff import PDF
 from pipeline.tiff import tiff_frames_as_png
-
-# pypdf logs every oddity of a damaged file at WARNING. They are collected per file (to decide on
-# a repair) and reported by the pipeline itself, so they must not reach the console.
-_PYPDF_LOG = logging.getLogger("pypdf")
-_PYPDF_LOG.setLevel(logging.WARNING)
-_PYPDF_LOG.propagate = False
-
-
-_PARSE_ERRORS = (PdfReadError, PdfStreamError, ValueError, KeyError, TypeError, AttributeError,
-                 IndexError, RecursionError, AssertionError, OSError)
-
-
-def _open_pypdf(data: bytes, rel: str, passwords: list[str] | None) -> PdfReader:
-    try:
-        reader = PdfReader(io.BytesIO(data), strict=False)
-        if reader.is_encrypted:
-            for password in ["", *(passwords or [])]:
-                try:
-                    if reader.decrypt(password):
-                        break
-                except (NotImplementedError, PdfReadError, DependencyError) as exc:
-                    raise EncryptedError(f"{rel}: PDF uses unsupported encryption ({exc})") from None
-            else:
-                raise EncryptedError(
-                    f"{rel}: PDF is password-protected",
-                    hint="add its password to pdf_passwords in the config, or decrypt it first"
-                    " (`qpdf --password=... --decrypt in.pdf out.pdf`)",
-                )
-        count = len(reader.pages)
-    except EncryptedError:
-        raise
-    except FileNotDecryptedError:
-        raise EncryptedError(f"{rel}: PDF is password-protected") from None
-    except _PARSE_ERRORS as exc:
-        raise InputError(
-            f"{rel}: PDF is damaged and cannot be read, even after an attempt to repair it"
-            f" ({type(exc).__name__}: {exc})",
-            hint="re-export it from its source application and run again",
-        ) from None
-    if count == 0:
-        raise InputError(f"{rel}: PDF has no pages", hint="nothing to OCR; remove or exclude it")
-    return reader
 
 
 @dataclass
 class OpenedPdf:
-    reader: PdfReader
-    data: bytes  # what the chunks are cut from: the original, or qpdf's repaired rewrite
-    repaired: bool
-    repair_notes: list[str]
+    pdf: pikepdf.Pdf
+    pages: int
+    repaired: bool  # qpdf had to fix the file's structure to read it
+    encrypted: bool
+    repair_notes: list[str] = field(default_factory=list)
+
+
+def _damaged(rel: str, exc: Exception) -> InputError:
+    return InputError(
+        f"{rel}: PDF is damaged and cannot be read, even after an attempt to repair it ({exc})",
+        hint="re-export it from its source application and run again",
+    )
 
 
 def open_pdf(data: bytes, rel: str, passwords: list[str] | None = None) -> OpenedPdf:
-    """Open a PDF from memory, decrypting it with an empty or configured password when needed.
-
-    A file pypdf cannot read, or can read only by guessing around damage, is rebuilt by qpdf
-    first and marked repaired.
-    """
-    failure: InputError | None = None
-    with pypdf_warnings() as warnings:
+    """Open a PDF from memory, decrypting it with an empty or configured password when needed."""
+    pdf: pikepdf.Pdf | None = None
+    for password in ["", *(passwords or [])]:
         try:
-            reader = _open_pypdf(data, rel, passwords)
-        except InputError as exc:
-            failure = exc
-    if failure is None and not warnings:
-        return OpenedPdf(reader, data, False, [])
-    fixed = repair(data, passwords)
-    if fixed is None:
-        if failure is not None:
-            raise failure
-        return OpenedPdf(reader, data, False, [])
-    repaired_data, notes = fixed
-    if failure is None and not notes:
-        return OpenedPdf(reader, data, False, [])  # pypdf was fussy, qpdf found nothing wrong
-    return OpenedPdf(_open_pypdf(repaired_data, rel, []), repaired_data, True, notes or warnings)
+            pdf = pikepdf.open(io.BytesIO(data), password=password)
+            break
+        except pikepdf.PasswordError:
+            continue
+        except (pikepdf.PdfError, RuntimeError, ValueError, OSError) as exc:
+            raise _damaged(rel, exc) from None
+    if pdf is None:
+        raise EncryptedError(
+            f"{rel}: PDF is password-protected",
+            hint="add its password to pdf_passwords in the config, or decrypt it first"
+            " (`qpdf --password=... --decrypt in.pdf out.pdf`)",
+        )
+    try:
+        pages = len(pdf.pages)
+        notes = repair_notes(pdf)
+        if notes and (lost := lost_content(pdf)) is not None:
+            raise InputError(
+                f"{rel}: PDF is damaged: page {lost}'s content is missing ({notes[0]})",
+                hint="re-export it from its source application; a repair would give blank pages",
+            )
+    except InputError:
+        pdf.close()
+        raise
+    except (pikepdf.PdfError, RuntimeError, ValueError, RecursionError) as exc:
+        pdf.close()
+        raise _damaged(rel, exc) from None
+    if pages == 0:
+        pdf.close()
+        raise InputError(f"{rel}: PDF has no pages", hint="nothing to OCR; remove or exclude it")
+    return OpenedPdf(pdf, pages, bool(notes), pdf.is_encrypted, notes)
 
 
-def _write(reader: PdfReader, start: int, stop: int) -> bytes:
-    writer = PdfWriter()
-    for i in range(start, stop):
-        writer.add_page(reader.pages[i])
-    buf = io.BytesIO()
-    writer.write(buf)
+def _write(pdf: pikepdf.Pdf, start: int, stop: int) -> bytes:
+    """Pages [start, stop) as a standalone, unencrypted PDF, byte-for-byte the same every time."""
+    out = pikepdf.new()
+    try:
+        out.pages.extend(pdf.pages[start:stop])
+        buf = io.BytesIO()
+        out.save(buf, deterministic_id=True)
+    finally:
+        out.close()
     return buf.getvalue()
 
 
 def pdf_page_count(data: bytes, rel: str, passwords: list[str] | None = None) -> int:
-    return len(open_pdf(data, rel, passwords).reader.pages)
+    opened = open_pdf(data, rel, passwords)
+    opened.pdf.close()
+    return opened.pages
 
 
 def iter_chunks(
@@ -148,28 +134,40 @@ def iter_chunks(
         yield Chunk(rel, 0, 0, 1, media_type, data, hashlib.sha256(data).hexdigest())
         return
     opened = open_pdf(data, rel, passwords)
-    if on_open is not None:
-        on_open(opened)
-    reader, data = opened.reader, opened.data
-    total = len(reader.pages)
+    try:
+        if on_open is not None:
+            on_open(opened)
+        yield from _pdf_chunks(opened, rel, data, max_pages, max_bytes, max_document_pages)
+    finally:
+        opened.pdf.close()
+
+
+def _pdf_chunks(
+    opened: OpenedPdf,
+    rel: str,
+    data: bytes,
+    max_pages: int,
+    max_bytes: int,
+    max_document_pages: int | None,
+) -> Iterator[Chunk]:
+    total, pdf = opened.pages, opened.pdf
     if max_document_pages is not None and total > max_document_pages:
         raise TooLargeError(
             f"{rel}: {total:,} pages, above max_pages_per_document ({max_document_pages:,})",
             hint="raise max_pages_per_document or run with --allow-large-documents",
         )
-    if total <= max_pages and len(data) <= max_bytes and not reader.is_encrypted:
+    if (total <= max_pages and len(data) <= max_bytes and not opened.encrypted
+            and not opened.repaired):
         # Small enough as it is: send the original bytes untouched.
         yield Chunk(rel, 0, 0, total, PDF, data, hashlib.sha256(data).hexdigest())
         return
-    del data
     start, index = 0, 0
     while start < total:
         count = min(max_pages, total - start)
         while True:
             try:
-                body = _write(reader, start, start + count)
-            except (PdfReadError, PdfStreamError, ValueError, KeyError, TypeError,
-                    AttributeError, RecursionError) as exc:
+                body = _write(pdf, start, start + count)
+            except (pikepdf.PdfError, RuntimeError, ValueError, RecursionError) as exc:
                 raise InputError(
                     f"{rel}: pages {start + 1}-{start + count} cannot be copied ({exc})",
                     hint="the PDF is damaged; re-export or repair it",

@@ -238,9 +238,9 @@ def test_chunks_are_built_only_when_asked_for(tmp_path: Path, monkeypatch: pytes
     real_write = split_module._write
     built: list[tuple[int, int]] = []
 
-    def counting_write(reader: PdfReader, start: int, stop: int) -> bytes:
+    def counting_write(pdf: Any, start: int, stop: int) -> bytes:
         built.append((start, stop))
-        return real_write(reader, start, stop)
+        return real_write(pdf, start, stop)
 
     monkeypatch.setattr(split_module, "_write", counting_write)
     chunks = iter_chunks(path, "long.pdf", PDF, max_pages=10, max_bytes=50_000_000)
