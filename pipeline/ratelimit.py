@@ -50,6 +50,8 @@ class RateLimiter:
         self.in_flight = 0
         self.closed = False  # set when the run stops dispatching: no new request may start
         self._closed_event = asyncio.Event()
+        self._answered = asyncio.Event()  # the first request has come back
+        self._probe_sent = False
 
     def close(self) -> None:
         self.closed = True
@@ -69,8 +71,30 @@ class RateLimiter:
                 yield
             finally:
                 self.in_flight -= 1
+                self._answered.set()  # whatever the outcome, the server has spoken
+
+    async def _probe_first(self) -> None:
+        """Slow start: with no configured rate, one request goes first and the rest wait for its
+        answer, which may announce the server's limit (x-ratelimit-*); a blind burst of
+        max_in_flight requests would meet a wall of 429s."""
+        if self._answered.is_set() or self.ceiling > 0 or self.rate > 0:
+            return
+        if not self._probe_sent:
+            self._probe_sent = True
+            return
+        await self._sleep_until_answered()
+
+    async def _sleep_until_answered(self) -> None:
+        waiter = asyncio.ensure_future(self._answered.wait())
+        closer = asyncio.ensure_future(self._closed_event.wait())
+        try:
+            await asyncio.wait({waiter, closer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            closer.cancel()
 
     async def _wait_turn(self) -> None:
+        await self._probe_first()
         while True:
             if self.closed:
                 raise StopRequested()
@@ -81,8 +105,13 @@ class RateLimiter:
             if self.rate <= 0:
                 self._recent.append(now)
                 return
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + 1.0 / self.rate
+            interval = 1.0 / self.rate
+            # A request that reaches the limiter a little after its slot (the loop was busy)
+            # may still take it, up to half an interval late: otherwise every late arrival
+            # shifts the schedule and is rate lost for good.
+            floor = now - 0.5 * interval if self._next_slot else now
+            slot = max(floor, self._next_slot)
+            self._next_slot = slot + interval
             if slot > now:
                 await self._sleep(slot - now)
             if self._paused_until > self._clock() or self.closed:

@@ -679,3 +679,44 @@ def test_retry_after_zero_means_no_pause() -> None:
     limiter = RateLimiter(rps=10, max_in_flight=4, clock=lambda: now[0])
     limiter.throttle(retry_after=0)
     assert limiter._paused_until <= now[0]
+
+
+async def test_without_a_configured_rate_one_request_probes_before_the_rest() -> None:
+    limiter = RateLimiter(rps=0, max_in_flight=8)
+    inside: list[int] = []
+    first_done = asyncio.Event()
+
+    async def request(n: int) -> None:
+        async with limiter.slot():
+            inside.append(n)
+            if n == 0:
+                await first_done.wait()
+
+    first = asyncio.create_task(request(0))
+    await asyncio.sleep(0.01)
+    rest = [asyncio.create_task(request(n)) for n in range(1, 6)]
+    await asyncio.sleep(0.05)
+    assert inside == [0], "the others wait for the probe's answer (it may announce the limit)"
+    limiter.learn_limit(50)  # the probe's answer carried x-ratelimit-limit-req-minute: 3000
+    first_done.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+    assert sorted(inside) == [0, 1, 2, 3, 4, 5]
+    assert limiter.rate == pytest.approx(49.0)
+
+
+async def test_a_configured_rate_needs_no_probe() -> None:
+    limiter = RateLimiter(rps=1000, max_in_flight=8)
+    inside = 0
+    release = asyncio.Event()
+
+    async def request() -> None:
+        nonlocal inside
+        async with limiter.slot():
+            inside += 1
+            await release.wait()
+
+    tasks = [asyncio.create_task(request()) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    assert inside == 4
+    release.set()
+    await asyncio.gather(*tasks)
