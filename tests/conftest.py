@@ -7,11 +7,13 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from pipeline.config import Settings, load_settings
 from pipeline.fakeserver import FakeServer, FakeServerOptions, start_fake_server
@@ -20,6 +22,19 @@ from pipeline.runner import Run
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_KEY = "sk-test-9f8e7d6c5b4a-DO-NOT-LEAK"
+
+
+@asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    """Serve an ad-hoc aiohttp app on 127.0.0.1 (a free port) for the block; yields its URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from pipeline.fakeserver import FakeServerOptions, start_fake_server
 from pipeline.report import Failure, RunReport
 from pipeline.runner import Run
 from tests import hostile
-from tests.conftest import REPO, TEST_KEY, load_json, pipeline_env, run_args, run_pipeline
+from tests.conftest import REPO, TEST_KEY, load_json, pipeline_env, run_args, run_pipeline, serve_app
 from tests.forked import NOBODY, run_forked
 from tests.pdfgen import page_text, pdf_bytes, png_bytes, write_pdf
 
@@ -639,16 +639,11 @@ async def first_request_hangs(target: str) -> AsyncIterator[tuple[str, list[int]
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        release.set()
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        try:
+            yield url, seen
+        finally:
+            release.set()
 
 
 async def test_a_document_whose_request_hangs_times_out_and_the_run_goes_on(

@@ -20,6 +20,7 @@ from tests.conftest import (
     run_args,
     run_pipeline,
     run_pipeline_process,
+    serve_app,
 )
 from tests.pdfgen import write_pdf
 
@@ -72,17 +73,9 @@ async def test_redirects_are_not_followed_and_stop_the_run(tmp_path: Path) -> No
 
     app = web.Application()
     app.router.add_post("/v1/ocr", redirect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        make_docs(tmp_path / "in", 3)
-        report = await run_pipeline(tmp_path / "in", tmp_path / "out", f"http://127.0.0.1:{port}",
-                                    auth_header="api-key")
-    finally:
-        await runner.cleanup()
+    make_docs(tmp_path / "in", 3)
+    async with serve_app(app) as url:
+        report = await run_pipeline(tmp_path / "in", tmp_path / "out", url, auth_header="api-key")
     assert report.exit_code == ExitCode.FATAL
     assert "redirect" in report.message and "127.0.0.1:9/elsewhere" in report.message
     assert 1 <= len(seen) <= 8

@@ -29,6 +29,7 @@ from pipeline.merge import check_response
 from pipeline.models import Chunk
 from pipeline.ratelimit import RateLimiter
 from pipeline.retry import EndpointHealth, RetryPolicy, RetryStats, call_with_retry
+from tests.conftest import serve_app
 from tests.pdfgen import page_text, pdf_bytes
 
 PDF = "application/pdf"
@@ -458,15 +459,8 @@ async def capture_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     app = web.Application(client_max_size=10 * 1024 * 1024)
     app.router.add_post("/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url, seen
 
 
 async def test_backend_reads_a_real_answer_from_the_fake_server(fake_server) -> None:
