@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,13 @@ from pipeline import __version__, crashpoints
 from pipeline.backends.base import Backend
 from pipeline.budget import Budget
 from pipeline.config import Settings
-from pipeline.discover import STATE_DIR, Skipped, discover
+from pipeline.discover import STATE_DIR
 from pipeline.errors import (
     Category,
     ConfigError,
     DocumentError,
     ExitCode,
     FatalError,
-    PipelineError,
     RetryableError,
     StopRequested,
     TooLargeError,
@@ -46,13 +44,14 @@ from pipeline.manifest_writer import ManifestWriter
 from pipeline.merge import merge_responses
 from pipeline.metrics import MetricsSnapshot, write_metrics
 from pipeline.models import Chunk
-from pipeline.plan import TODO, Decision, PlanItem, decide, file_sha256
+from pipeline.plan import Decision, PlanItem, file_sha256
+from pipeline.planner import PlanResult, estimate, plan_tree
 from pipeline.pricing import cost, price_per_1000_pages
 from pipeline.progress import ProgressDisplay, ProgressSnapshot
 from pipeline.ratelimit import RateLimiter
 from pipeline.report import Failure, RunReport
 from pipeline.retry import EndpointHealth, RetryPolicy, RetryStats, call_with_retry
-from pipeline.split import iter_chunks, pdf_page_count
+from pipeline.split import iter_chunks
 from pipeline.store import remove_outputs, write_document
 
 MANIFEST_NAME = "manifest.sqlite3"
@@ -78,15 +77,6 @@ def build_backend(settings: Settings) -> Backend:
     from pipeline.backends.mistral import MistralBackend
 
     return MistralBackend(settings)
-
-
-@dataclass
-class PlanResult:
-    todo: list[PlanItem]
-    counts: dict[str, int]
-    skipped_failures: list[Skipped]
-    ignored: list[Skipped]
-    failed_earlier: int
 
 
 class Run:
@@ -139,97 +129,10 @@ class Run:
 
     # ---- planning ---------------------------------------------------------------------------
     def plan(self, manifest: Manifest) -> PlanResult:
-        rows = manifest.all_documents()
-        skip_dirs = [self.output] if self.output.is_relative_to(self.input) else []
-        todo: list[PlanItem] = []
-        counts: dict[str, int] = {}
-        skipped_failures: list[Skipped] = []
-        ignored: list[Skipped] = []
-        failed_earlier = 0
-        retry_categories = set(self.s.retry_categories) if self.s.retry_categories else None
-
-        def known(rel: str, size: int, mtime_ns: int) -> str | None:
-            row = rows.get(rel)
-            if (row is None or self.s.force or row.state != "done" or row.size != size
-                    or row.mtime_ns != mtime_ns):
-                return None
-            return row.media_type
-
-        for found in discover(
-            self.input,
-            include=self.s.include,
-            exclude=self.s.exclude,
-            follow_symlinks=self.s.follow_symlinks,
-            skip_dirs=skip_dirs,
-            known=known,
-        ):
-            if isinstance(found, Skipped):
-                if not found.failure:
-                    ignored.append(found)
-                    continue
-                row = rows.get(found.rel)
-                retry = self.s.retry_failed and (
-                    not retry_categories or (row and row.error_category in retry_categories)
-                )
-                if (row and row.state == "failed" and row.size == found.size
-                        and row.mtime_ns == found.mtime_ns and not retry):
-                    failed_earlier += 1
-                    counts[Decision.FAILED_BEFORE] = counts.get(Decision.FAILED_BEFORE, 0) + 1
-                    continue
-                skipped_failures.append(found)
-                counts["bad_input"] = counts.get("bad_input", 0) + 1
-                continue
-            try:
-                item = decide(
-                    found,
-                    rows.get(found.rel),
-                    force=self.s.force,
-                    retry_failed=self.s.retry_failed,
-                    retry_categories=retry_categories,
-                )
-            except OSError as exc:  # re-hashing a changed file failed: that file alone fails
-                skipped_failures.append(Skipped(
-                    found.rel, f"cannot read it to check for changes: {exc.strerror or exc}",
-                    size=found.size, mtime_ns=found.mtime_ns,
-                ))
-                counts["bad_input"] = counts.get("bad_input", 0) + 1
-                continue
-            counts[item.decision.value] = counts.get(item.decision.value, 0) + 1
-            if item.decision in TODO:
-                todo.append(item)
-            elif item.decision == Decision.FAILED_BEFORE:
-                failed_earlier += 1
-            elif item.decision == Decision.UNCHANGED and item.sha256 is not None:
-                manifest.touch_unchanged(found.rel, found.size, found.mtime_ns)
-        return PlanResult(todo, counts, skipped_failures, ignored, failed_earlier)
+        return plan_tree(self.s, self.input, self.output, manifest)
 
     def estimate(self, todo: list[PlanItem]) -> dict[str, Any]:
-        pages = requests = 0
-        unreadable = 0
-        for item in todo:
-            src = item.source
-            if src.media_type == "application/pdf":
-                try:
-                    n = pdf_page_count(src.path.read_bytes(), src.rel, self.s.pdf_passwords)
-                except (PipelineError, OSError):
-                    unreadable += 1
-                    continue
-            else:
-                n = 1
-            pages += n
-            requests += -(-n // self.s.max_pages_per_request)
-        rate = self.s.rps if self.s.rps > 0 else 0.0
-        seconds = requests / rate if rate else 0.0
-        return {
-            "documents": len(todo),
-            "pages": pages,
-            "requests": requests,
-            "cost": cost(pages, self.price),
-            "price_per_1000_pages": self.price,
-            "rps": rate,
-            "seconds": seconds,
-            "unreadable": unreadable,
-        }
+        return estimate(self.s, todo, self.price)
 
     # ---- the run ----------------------------------------------------------------------------
     async def execute(self) -> RunReport:

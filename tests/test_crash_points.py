@@ -251,7 +251,7 @@ async def test_second_signal_stops_at_once_and_the_run_resumes(tmp_path: Path,
     server = await fake_server(latency=5.0)
     inp, out = tmp_path / "in", tmp_path / "out"
     docs = make_docs(inp, {"a.pdf": 1, "b.pdf": 2})
-    args = run_args(inp, out, server.url, "--rps", "0")
+    args = run_args(inp, out, server.url, "--rps", "100")  # a set rate: no slow-start probe
     child = await spawn(args, pipeline_env(), tmp_path / "run.log")
     while server.stats.in_flight < 2:
         assert child.proc.returncode is None, child.output()
