@@ -5,7 +5,8 @@ two sizes each, so that "independent of size" can be read off the figures.
     .venv/bin/python benchmarks/bench_memory.py --short    # 500 / 1,000-page PDF; 1,000 / 3,000 files
     .venv/bin/python benchmarks/bench_memory.py --tree-sizes 10000 30000   # within ~10 min
 
-At ~110 documents/s, the 100,000-file first run alone takes ~15 min on 2 shared cores.
+At 230-285 documents/s (10,000 / 30,000 files, 2026-11-26), the 100,000-file first run alone
+should take 6-7 min on 2 shared cores (it took 15 min on the older code).
 
 The server is the cheap fake server (own process, no latency, no limit); the pipeline is a child
 process whose peak RSS is its ru_maxrss (wait4). Large PDFs use the Mistral defaults (50-page

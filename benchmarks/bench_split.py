@@ -1,14 +1,17 @@
-"""Split cost: pages/s of cutting large PDFs into chunks, the pipeline's pypdf path
-(`pipeline.split.iter_chunks`) against pikepdf doing the same chunking, side by side in one run.
+"""Split cost: pages/s of cutting large PDFs into chunks, side by side in one run:
+a plain pypdf chunker (what the pipeline did before it moved to qpdf: PdfReader, then one
+PdfWriter with `add_page` per chunk) against the pipeline's own `pipeline.split.iter_chunks`
+(pikepdf / qpdf since commit 93b1b6c).
 
     .venv/bin/python benchmarks/bench_split.py              # 2,000-page and 500-page PDFs, 3 rounds
     .venv/bin/python benchmarks/bench_split.py --short      # 500-page PDF, 1 round
-    .venv/bin/pip install pikepdf                           # benchmark-only dependency
 
 Both sides read the same bytes from memory and produce standalone chunk PDFs of `--chunk-pages`
-pages (sha256 of each chunk included, as the pipeline computes it). pikepdf's chunks are checked:
-each opens with pypdf, has the right page count and carries the right page's text; the same
-checks run on a PDF with images (bytes per chunk compared) and an encrypted PDF (password).
+pages, with the sha256 of each chunk (as the pipeline computes it). The chunks of both sides are
+checked: each opens with pypdf, has the right page count and carries the right page's text.
+`iter_chunks` is also checked on a PDF with an image on every page (bytes per chunk compared with
+the pypdf chunker), on an AES-256 encrypted PDF (opened with the configured password, chunks come
+out unencrypted), with a wrong password (EncryptedError), and for deterministic chunk bytes.
 """
 
 from __future__ import annotations
@@ -25,34 +28,45 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Results, banner, big_pdf, page_text, table  # noqa: E402
 
+from pipeline.errors import EncryptedError  # noqa: E402
 from pipeline.sniff import PDF  # noqa: E402
 from pipeline.split import iter_chunks  # noqa: E402
 
+BASELINE = "pypdf chunker"
+PIPELINE = "iter_chunks (pikepdf)"
 
-def split_pypdf(path: Path, data: bytes, chunk_pages: int) -> list[tuple[int, bytes]]:
+
+def split_pypdf(data: bytes, chunk_pages: int, password: str = "") -> list[tuple[int, bytes]]:
+    """The plain pypdf chunker the pipeline used before: one PdfWriter per chunk, add_page."""
+    from pypdf import PdfReader, PdfWriter
+
+    reader = PdfReader(io.BytesIO(data), strict=False)
+    if reader.is_encrypted:
+        reader.decrypt(password)
+    total = len(reader.pages)
+    out = []
+    for start in range(0, total, chunk_pages):
+        stop = min(total, start + chunk_pages)
+        writer = PdfWriter()
+        for i in range(start, stop):
+            writer.add_page(reader.pages[i])
+        buf = io.BytesIO()
+        writer.write(buf)
+        body = buf.getvalue()
+        hashlib.sha256(body).hexdigest()
+        out.append((stop - start, body))
+    return out
+
+
+def split_pipeline(data: bytes, chunk_pages: int,
+                   passwords: list[str] | None = None) -> list[tuple[int, bytes]]:
+    """The pipeline's own splitter (pikepdf), as the runner calls it."""
+    path = Path("bench.pdf")
     return [
         (c.page_count, c.data)
-        for c in iter_chunks(path, path.name, PDF, max_pages=chunk_pages,
-                             max_bytes=45_000_000, data=data, max_document_pages=None)
+        for c in iter_chunks(path, path.name, PDF, max_pages=chunk_pages, max_bytes=45_000_000,
+                             passwords=passwords, data=data, max_document_pages=None)
     ]
-
-
-def split_pikepdf(data: bytes, chunk_pages: int, password: str = "") -> list[tuple[int, bytes]]:
-    import pikepdf
-
-    out = []
-    with pikepdf.open(io.BytesIO(data), password=password) as src:
-        total = len(src.pages)
-        for start in range(0, total, chunk_pages):
-            stop = min(total, start + chunk_pages)
-            dst = pikepdf.new()
-            dst.pages.extend(src.pages[start:stop])
-            buf = io.BytesIO()
-            dst.save(buf)
-            body = buf.getvalue()
-            hashlib.sha256(body).hexdigest()
-            out.append((stop - start, body))
-    return out
 
 
 def check_chunks(chunks: list[tuple[int, bytes]], doc: str, total: int, chunk_pages: int) -> str:
@@ -80,8 +94,14 @@ def timed(fn, rounds: int) -> tuple[float, list[tuple[int, bytes]]]:  # type: ig
     return statistics.median(times), result
 
 
+def pdf_texts(doc: str, pages: int) -> bytes:
+    from common import pdf_bytes
+
+    return pdf_bytes([page_text(doc, i) for i in range(pages)])
+
+
 def extra_checks(chunk_pages: int) -> list[str]:
-    """pikepdf on the cases the split tests cover: images (bytes per chunk) and encryption."""
+    """iter_chunks on the cases the split tests cover: images, encryption, determinism."""
     import pikepdf
     from PIL import Image
     from reportlab.lib.pagesizes import letter
@@ -98,34 +118,32 @@ def extra_checks(chunk_pages: int) -> list[str]:
         c.showPage()
     c.save()
     data = buf.getvalue()
-    path = Path("images.pdf")
-    a, b = split_pypdf(path, data, chunk_pages), split_pikepdf(data, chunk_pages)
+    a, b = split_pypdf(data, chunk_pages), split_pipeline(data, chunk_pages)
     notes.append(f"PDF with one image per page, {2 * chunk_pages} pages ({len(data):,} bytes):"
-                 f" pypdf chunks {[len(x) for _, x in a]} bytes,"
-                 f" pikepdf chunks {[len(x) for _, x in b]} bytes;"
-                 f" pikepdf check: {check_chunks(b, 'img', 2 * chunk_pages, chunk_pages)}")
-    plain = io.BytesIO(pdf_texts(chunk_pages + 3))
+                 f" {BASELINE} chunks {[len(x) for _, x in a]} bytes,"
+                 f" {PIPELINE} chunks {[len(x) for _, x in b]} bytes;"
+                 f" {PIPELINE} check: {check_chunks(b, 'img', 2 * chunk_pages, chunk_pages)}")
+    again = split_pipeline(data, chunk_pages)
+    notes.append(f"{PIPELINE} twice on the same bytes: chunk bytes"
+                 f" {'identical' if again == b else 'DIFFERENT'}")
+    plain = io.BytesIO(pdf_texts("enc", chunk_pages + 3))
     enc = io.BytesIO()
     with pikepdf.open(plain) as pdf:
         pdf.save(enc, encryption=pikepdf.Encryption(user="secret", owner="owner", R=6))
     try:
-        chunks = split_pikepdf(enc.getvalue(), chunk_pages, password="secret")
-        notes.append("encrypted PDF (AES-256, user password): pikepdf opens it with the password,"
-                     f" chunks unencrypted: {check_chunks(chunks, 'enc', chunk_pages + 3, chunk_pages)}")
+        chunks = split_pipeline(enc.getvalue(), chunk_pages, passwords=["secret"])
+        unencrypted = all(not pikepdf.open(io.BytesIO(x)).is_encrypted for _, x in chunks)
+        notes.append(f"encrypted PDF (AES-256, user password): {PIPELINE} opens it with the"
+                     f" configured password, chunks {'unencrypted' if unencrypted else 'ENCRYPTED'},"
+                     f" check: {check_chunks(chunks, 'enc', chunk_pages + 3, chunk_pages)}")
     except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not fail
-        notes.append(f"encrypted PDF: pikepdf failed: {exc}")
+        notes.append(f"encrypted PDF: {PIPELINE} failed: {exc}")
     try:
-        split_pikepdf(enc.getvalue(), chunk_pages, password="wrong")
-        notes.append("encrypted PDF, wrong password: pikepdf did NOT refuse it")
-    except pikepdf.PasswordError:
-        notes.append("encrypted PDF, wrong password: pikepdf raises PasswordError (map to 'encrypted')")
+        split_pipeline(enc.getvalue(), chunk_pages, passwords=["wrong"])
+        notes.append(f"encrypted PDF, wrong password: {PIPELINE} did NOT refuse it")
+    except EncryptedError:
+        notes.append(f"encrypted PDF, wrong password: {PIPELINE} raises EncryptedError")
     return notes
-
-
-def pdf_texts(pages: int) -> bytes:
-    from common import pdf_bytes
-
-    return pdf_bytes([page_text("enc", i) for i in range(pages)])
 
 
 def main() -> None:
@@ -135,13 +153,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="median of N rounds (3; short 1)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    banner("split cost: pypdf (pipeline.split.iter_chunks) vs pikepdf, side by side")
-    try:
-        import pikepdf
-    except ImportError:
-        print("   pikepdf is not installed: .venv/bin/pip install pikepdf (benchmark-only);"
-              " measuring pypdf alone")
-        pikepdf = None  # type: ignore[assignment]
+    banner(f"split cost: {BASELINE} (pypdf PdfWriter.add_page per chunk, the pipeline before"
+           f" 93b1b6c) vs {PIPELINE}, the pipeline now; side by side")
     rounds = args.rounds or (1 if args.short else 3)
     sizes = [500] if args.short else [500, 2000]
     res = Results("split")
@@ -149,29 +162,27 @@ def main() -> None:
     for pages in sizes:
         path = big_pdf(pages)
         data = path.read_bytes()
-        t_py, chunks_py = timed(lambda p=path, d=data: split_pypdf(p, d, args.chunk_pages), rounds)
+        t_py, chunks_py = timed(lambda d=data: split_pypdf(d, args.chunk_pages), rounds)
+        t_pk, chunks_pk = timed(lambda d=data: split_pipeline(d, args.chunk_pages), rounds)
         row = {"pdf": f"{pages} pages, {len(data) / 1e6:.1f} MB", "chunk": args.chunk_pages,
                "pypdf_s": t_py, "pypdf_pages/s": pages / t_py,
                "pypdf_chunk_kb": statistics.mean(len(b) for _, b in chunks_py) / 1024,
-               "pypdf_check": check_chunks(chunks_py, "big", pages, args.chunk_pages)}
-        if pikepdf is not None:
-            t_pk, chunks_pk = timed(lambda d=data: split_pikepdf(d, args.chunk_pages), rounds)
-            row |= {"pikepdf_s": t_pk, "pikepdf_pages/s": pages / t_pk,
-                    "pikepdf_chunk_kb": statistics.mean(len(b) for _, b in chunks_pk) / 1024,
-                    "pikepdf_check": check_chunks(chunks_pk, "big", pages, args.chunk_pages),
-                    "speedup": t_py / t_pk}
+               "pypdf_check": check_chunks(chunks_py, "big", pages, args.chunk_pages),
+               "iter_chunks_s": t_pk, "iter_chunks_pages/s": pages / t_pk,
+               "iter_chunks_chunk_kb": statistics.mean(len(b) for _, b in chunks_pk) / 1024,
+               "iter_chunks_check": check_chunks(chunks_pk, "big", pages, args.chunk_pages),
+               "speedup": t_py / t_pk}
         rows.append(row)
         res.details.append(row)
+    print(f"   pypdf_* = {BASELINE} (baseline); iter_chunks_* = pipeline.split.{PIPELINE}")
     print(table(rows, list(rows[0])))
     for row in rows:
-        res.add(f"pypdf split pages/s ({row['pdf']})", row["pypdf_pages/s"], "pages/s",
+        res.add(f"{BASELINE} (old path) pages/s ({row['pdf']})", row["pypdf_pages/s"], "pages/s",
                 note=f"check {row['pypdf_check']}")
-        if "speedup" in row:
-            res.add(f"pikepdf split pages/s ({row['pdf']})", row["pikepdf_pages/s"], "pages/s",
-                    note=f"x{row['speedup']:.1f} vs pypdf, check {row['pikepdf_check']}")
-    if pikepdf is not None:
-        for note in extra_checks(args.chunk_pages):
-            print("   " + note)
+        res.add(f"{PIPELINE} pages/s ({row['pdf']})", row["iter_chunks_pages/s"], "pages/s",
+                note=f"x{row['speedup']:.1f} vs the pypdf chunker, check {row['iter_chunks_check']}")
+    for note in extra_checks(args.chunk_pages):
+        print("   " + note)
     res.print_figures()
     res.dump(args.json)
 

@@ -363,7 +363,10 @@ def summarise_folded(raw: Path, top: int = 25) -> str:
                 continue
             seen.add(key)
             incl[key] = incl.get(key, 0) + count
-    lines = [f"   samples: {total:,} in all, {busy_total:,} busy (not waiting in select/queue)"]
+    disk = sum(n for leaf, n in selfs.items() if _disk_wait(leaf))
+    lines = [f"   samples: {total:,} in all, {busy_total:,} busy (not waiting in select/queue)",
+             f"   of the busy samples, {100 * disk / max(busy_total, 1):.1f}% wait for the disk"
+             " (fsync, SQLite commit): wall time, not CPU"]
     lines.append("   self time, busy samples:")
     for name, n in sorted(selfs.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"   {100 * n / max(busy_total, 1):5.1f}%  {name}")
@@ -376,12 +379,42 @@ def summarise_folded(raw: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+def _leaf_source(leaf: str) -> str:
+    """The source line a folded frame `func (path:line)` points at ('' when unknown)."""
+    import linecache
+
+    try:
+        where = leaf.rsplit(" (", 1)[1].rstrip(")")
+        path, line = where.rsplit(":", 1)
+    except (IndexError, ValueError):
+        return ""
+    if not path.startswith("/"):
+        path = str(ROOT / path)
+    return linecache.getline(path, int(line)).strip() if line.isdigit() else ""
+
+
 def _is_idle(frames: list[str]) -> bool:
-    """Waiting, not working: the event loop in select, a thread waiting for a queue or lock."""
+    """Waiting, not working: the event loop in select, a thread waiting for a queue or lock.
+
+    py-spy 0.4 names methods with their class (`EpollSelector.select`), and a wait in C code
+    (`queue.SimpleQueue.get`) shows as the Python line that called it: read that line."""
     leaf = frames[-1]
-    if leaf.startswith(("select (selectors.py", "poll (selectors.py")):
+    name = leaf.split(" (", 1)[0].rsplit(".", 1)[-1]
+    if name in ("select", "poll") and "(selectors.py" in leaf:
         return True
-    return leaf.startswith(("wait (threading.py", "get (queue.py", "_worker (concurrent"))
+    if leaf.startswith(("wait (threading.py", "Condition.wait (threading.py",
+                        "Event.wait (threading.py", "get (queue.py", "Queue.get (queue.py",
+                        "_worker (concurrent")):
+        return True
+    src = _leaf_source(leaf)
+    return src.endswith((".get()", "_jobs.get()")) and "queue" not in leaf.lower() and "jobs" in src
+
+
+def _disk_wait(leaf: str) -> bool:
+    """Busy in py-spy's eyes but waiting for the disk: an fsync, or a SQLite commit (the WAL
+    fsync of synchronous=FULL happens when the `with db:` block exits)."""
+    src = _leaf_source(leaf)
+    return "fsync(" in src or src.startswith("with ") and src.endswith("self._db:")
 
 
 def populated(inp: Path, *, workers: int = 32, max_in_flight: int = 64,

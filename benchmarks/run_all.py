@@ -1,7 +1,7 @@
 """Run every benchmark and print one table of figures against their targets.
 
-    .venv/bin/python benchmarks/run_all.py --short     # what `make bench` runs: ~5 min in all
-    .venv/bin/python benchmarks/run_all.py             # full sizes: ~30-45 min in all
+    .venv/bin/python benchmarks/run_all.py --short     # what `make bench` runs: ~2 min in all (100 s)
+    .venv/bin/python benchmarks/run_all.py             # full sizes: ~25-30 min in all
     .venv/bin/python benchmarks/run_all.py --short --only overhead split
 
 Each benchmark runs as its own process with `--json` and prints its own figures and the command
