@@ -21,6 +21,7 @@ MAX_PAUSE = 900.0  # a Retry-After beyond 15 minutes is treated as 15 minutes
 # Added to the rate per successful answer: at any rate that is about +2% per second, so the
 # probe above a server's limit costs roughly one 429 per 50-100 requests.
 PROBE_STEP = 0.02
+QUIET_SECONDS = 5.0  # with no 429 for this long, the rate grows by 0.5% an answer instead
 
 
 class RateLimiter:
@@ -33,7 +34,8 @@ class RateLimiter:
         decrease: float = 0.7,
         min_rps: float = 0.2,
     ) -> None:
-        self.ceiling = rps if rps > 0 else 0.0  # 0: no configured limit
+        self.configured = rps if rps > 0 else 0.0
+        self.ceiling = self.configured  # 0: no limit known
         self.rate = self.ceiling  # current target; 0 means unlimited
         self.decrease = decrease
         self.min_rps = min_rps
@@ -169,6 +171,8 @@ class RateLimiter:
         if server_rps <= 0:
             return
         self.learned = True
+        if 0 < self.configured <= server_rps:
+            return  # the configured rate already fits under the announced limit
         target = server_rps * margin
         if self.ceiling <= 0 or target < self.ceiling:
             self.ceiling = target
@@ -180,6 +184,11 @@ class RateLimiter:
         self._successes.append(self._clock())
         if self.rate <= 0:
             return
-        # After a blind back-off, climb back fast; otherwise probe slowly.
-        new = self.rate * 1.05 if self.rate < self._recover_to else self.rate + PROBE_STEP
+        now = self._successes[-1]
+        if self.rate < self._recover_to:
+            new = self.rate * 1.05  # a blind back-off overshot: climb back fast
+        elif now - self._decreased_at > QUIET_SECONDS:
+            new = self.rate * 1.005  # no 429 for a while: the limit is further up, look for it
+        else:
+            new = self.rate + PROBE_STEP  # just under the last 429: probe slowly
         self.rate = min(self.ceiling, new) if self.ceiling > 0 else new

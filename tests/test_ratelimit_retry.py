@@ -714,3 +714,25 @@ async def test_a_configured_rate_needs_no_probe() -> None:
     assert inside == 4
     release.set()
     await asyncio.gather(*tasks)
+
+
+def test_an_announced_limit_above_the_configured_rate_leaves_it_alone() -> None:
+    limiter = RateLimiter(rps=50, max_in_flight=8)
+    limiter.learn_limit(50.0)  # the server allows exactly what was configured
+    assert limiter.rate == 50 and limiter.ceiling == 50
+    limiter.learn_limit(20.0)  # the server allows less: it wins, with a margin
+    assert limiter.rate == pytest.approx(19.6)
+
+
+def test_with_no_429_for_a_while_the_rate_grows_geometrically() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rps=0, max_in_flight=8, clock=lambda: now[0])
+    for _ in range(20):
+        now[0] += 0.1
+        limiter.succeeded()
+    limiter.throttle(retry_after=0)  # a first 429 sets a rate from what was admitted (10/s)
+    start = limiter.rate
+    for _ in range(300):  # 30 s of answers with no further 429
+        now[0] += 1 / limiter.rate
+        limiter.succeeded()
+    assert limiter.rate > 2 * start, "the limit is looked for further up, not at +0.02 a step"
