@@ -154,10 +154,10 @@ class RateLimiter:
         if now - self._decreased_at < 0.5:
             return  # the other 429s of one burst answer requests sent at the old rate
         self._decreased_at = now
-        current = self.rate if self.rate > 0 else self.observed_rate()
+        admitted = None if self.learned else self.admitted_rate()
+        current = self.rate if self.rate > 0 else (self.observed_rate() or admitted or 0.0)
         if current <= 0:
             return
-        admitted = None if self.learned else self.admitted_rate()
         if self.learned:
             new, self._recover_to = current * 0.95, 0.0
         elif admitted is not None:
