@@ -34,5 +34,10 @@ class Chunk:
     sha256: str
 
     @property
+    def last_page(self) -> int:
+        """One past the chunk's last page, as a position in the source document."""
+        return self.first_page + self.page_count
+
+    @property
     def is_pdf(self) -> bool:
         return self.media_type == "application/pdf"

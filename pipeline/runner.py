@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import os
 import secrets
 import signal
@@ -51,7 +52,8 @@ from pipeline.progress import ProgressDisplay, ProgressSnapshot
 from pipeline.ratelimit import RateLimiter
 from pipeline.report import Failure, RunReport
 from pipeline.retry import EndpointHealth, RetryPolicy, RetryStats, call_with_retry
-from pipeline.split import iter_chunks
+from pipeline.sniff import PDF
+from pipeline.split import OpenedPdf, iter_chunks
 from pipeline.store import remove_outputs, write_document
 
 MANIFEST_NAME = "manifest.sqlite3"
@@ -445,7 +447,7 @@ class Run:
                     f" ({self.s.max_document_bytes:,})",
                     hint="split the file, or raise max_document_bytes if the machine has the memory",
                 )
-            data = await asyncio.to_thread(src.path.read_bytes)
+            data, sha = await asyncio.to_thread(_read_and_hash, src.path)
         except FileNotFoundError:
             raise DocumentError(Category.INPUT, f"{src.rel}: file vanished before it was read")\
                 from None
@@ -455,14 +457,20 @@ class Run:
         if st.st_size != len(data):
             raise DocumentError(Category.INPUT, f"{src.rel}: file changed while it was being read",
                                 hint="it will be picked up by the next run")
-        # Hash what was read, not what was planned: the file may have changed since.
-        sha = await asyncio.to_thread(_sha256_bytes, data)
         size = len(data)
         await self.db.run(manifest.claim, src.rel, sha, self.run_id, size=size,
                           mtime_ns=st.st_mtime_ns)
         if item.decision == Decision.CHANGED:
             remove_outputs(self.output, src.rel)
         repair_info: dict[str, Any] = {"repaired": False}
+        # Known page count: the loop stops after the last chunk without one more hop to the
+        # split pool (which would only say "no more"). Unknown for TIFF (frames) until the end.
+        known_pages = {"total": None if src.media_type in (PDF, "image/tiff") else 1}
+
+        def opened(pdf: OpenedPdf) -> None:
+            known_pages["total"] = pdf.pages
+            repair_info.update(repaired=pdf.repaired, repair_notes=pdf.repair_notes[:20])
+
         chunks = iter_chunks(
             src.path, src.rel, src.media_type,
             max_pages=self.s.max_pages_per_request,
@@ -471,10 +479,10 @@ class Run:
             data=data,
             max_document_pages=None if self.s.allow_large_documents
             else self.s.max_pages_per_document,
-            on_open=lambda opened: repair_info.update(
-                repaired=opened.repaired, repair_notes=opened.repair_notes[:20]
-            ),
+            on_open=opened,
         )
+        # A document no earlier run touched has no answers to reuse: skip the look-ups.
+        may_have_answers = item.decision != Decision.NEW
         del data
         answers: list[tuple[Chunk, dict[str, Any] | None]] = []
         sizes: list[int] = []
@@ -507,14 +515,20 @@ class Run:
                 if any(t.done() and not t.cancelled() and t.exception() for t in tasks):
                     gate.release()
                     break  # a chunk failed for good: send no more of this document
+                total = known_pages["total"]
+                if total is not None and answers and answers[-1][0].last_page >= total:
+                    gate.release()
+                    break
                 chunk = await self._split_next(chunks)
                 if chunk is None:
                     gate.release()
                     break
                 light = dataclasses.replace(chunk, data=b"")
                 sizes.append(len(chunk.data))
-                saved = await self.db.run(manifest.chunk_response, src.rel, sha,
-                                          chunk.first_page, chunk.page_count)
+                saved = None
+                if may_have_answers:
+                    saved = await self.db.run(manifest.chunk_response, src.rel, sha,
+                                              chunk.first_page, chunk.page_count)
                 answers.append((light, saved))
                 if saved is not None:
                     reused_pages += chunk.page_count
@@ -536,6 +550,9 @@ class Run:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        finally:
+            with contextlib.suppress(ValueError):  # ValueError: a split still running (stuck)
+                chunks.close()  # frees the open PDF now, not when garbage-collected
         results = await asyncio.gather(*tasks, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -628,10 +645,11 @@ class Run:
             self._write_metrics(manifest, in_progress=False)
 
 
-def _sha256_bytes(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
+def _read_and_hash(path: Path) -> tuple[bytes, str]:
+    """The file's bytes and their sha256, in one trip to a thread: hash what was read, not what
+    was planned (the file may have changed since)."""
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
 
 
 __all__ = ["Run", "state_dir", "file_sha256", "MANIFEST_NAME"]
