@@ -50,18 +50,10 @@ PDF3 = pdf_bytes([page_text("A", i) for i in range(3)])
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """Start fake servers with given options; all are stopped at the end of the test."""
-    servers: list[FakeServer] = []
-
-    async def start(**options: Any) -> FakeServer:
-        server = await start_fake_server(FakeServerOptions(**options))
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.stop()
+def serve(fake_server: Serve) -> Serve:
+    """The shared `fake_server` fixture (conftest): servers with given options, all stopped at
+    the end of the test."""
+    return fake_server
 
 
 @pytest.fixture
