@@ -152,6 +152,26 @@ class Manifest:
         )
         return {r[0]: DocumentRow(*r) for r in rows}
 
+    def lookup(self, path: str) -> DocumentRow | None:
+        row = self._db.execute(
+            "SELECT path, sha256, size, mtime_ns, state, attempts, error_category,"
+            " error_message, pages, media_type FROM documents WHERE path=?",
+            (path,),
+        ).fetchone()
+        return DocumentRow(*row) if row else None
+
+    @classmethod
+    def reader(cls, path: Path) -> Manifest:
+        """A second, read-only connection (WAL lets it read while the writer commits): for the
+        planner's look-ups in its own thread."""
+        reader = cls.__new__(cls)
+        reader.path = path
+        reader._in_batch = False
+        with reader._errors("open"):
+            reader._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30,
+                                         check_same_thread=False)
+        return reader
+
     def record_plan(self, todo: list[PlannedDocument], run_id: str) -> None:
         """Mark every document this run will work on as pending, in one transaction."""
         now = time.time()

@@ -2,41 +2,73 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
 from pipeline.discover import Skipped, discover
 from pipeline.errors import PipelineError
-from pipeline.manifest import Manifest
+from pipeline.manifest import DocumentRow
 from pipeline.plan import TODO, Decision, PlanItem, decide
 from pipeline.pricing import cost
 from pipeline.split import pdf_page_count
 
 
+@dataclass(frozen=True)
+class Touch:
+    """An unchanged file whose mtime moved (same hash): remember its new stat."""
+
+    rel: str
+    size: int
+    mtime_ns: int
+
+
+PlanEvent = PlanItem | Skipped | Touch
+
+
 @dataclass
-class PlanResult:
-    todo: list[PlanItem]
-    counts: dict[str, int]
-    skipped_failures: list[Skipped]
-    ignored: list[Skipped]
-    failed_earlier: int
+class PlanTally:
+    """What planning has found so far: filled in as the walk goes (the plan is streamed)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    ignored: list[Skipped] = field(default_factory=list)
+    failed_earlier: int = 0
+    todo: int = 0
+    bad: int = 0
+    finished: bool = False
+
+    def count(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
 
 
-def plan_tree(s: Settings, input_dir: Path, output_dir: Path, manifest: Manifest) -> PlanResult:
-    """Walk the input and decide, file by file, what this run does (see plan.decide)."""
-    rows = manifest.all_documents()
+def plan_events(
+    s: Settings,
+    input_dir: Path,
+    output_dir: Path,
+    lookup: Callable[[str], DocumentRow | None],
+    tally: PlanTally,
+) -> Iterator[PlanEvent]:
+    """Walk the input and decide, file by file, what this run does (see plan.decide).
+
+    A generator, and manifest rows are looked up one path at a time: memory does not grow with
+    the number of documents. Yields the documents to process (PlanItem), the files that fail
+    before any work (Skipped) and the stats to refresh (Touch); counts go into `tally`.
+    """
     skip_dirs = [output_dir] if output_dir.is_relative_to(input_dir) else []
-    todo: list[PlanItem] = []
-    counts: dict[str, int] = {}
-    skipped_failures: list[Skipped] = []
-    ignored: list[Skipped] = []
-    failed_earlier = 0
     retry_categories = set(s.retry_categories) if s.retry_categories else None
+    last: dict[str, DocumentRow | None] = {}  # the row looked up for the current file
+
+    def row_for(rel: str) -> DocumentRow | None:
+        if rel not in last:
+            last.clear()
+            last[rel] = lookup(rel)
+        return last[rel]
 
     def known(rel: str, size: int, mtime_ns: int) -> str | None:
-        row = rows.get(rel)
+        row = row_for(rel)
         if (row is None or s.force or row.state != "done" or row.size != size
                 or row.mtime_ns != mtime_ns):
             return None
@@ -52,50 +84,58 @@ def plan_tree(s: Settings, input_dir: Path, output_dir: Path, manifest: Manifest
     ):
         if isinstance(found, Skipped):
             if not found.failure:
-                ignored.append(found)
+                tally.ignored.append(found)
                 continue
-            row = rows.get(found.rel)
+            row = row_for(found.rel)
             retry = s.retry_failed and (
                 not retry_categories or (row and row.error_category in retry_categories)
             )
             if (row and row.state == "failed" and row.size == found.size
                     and row.mtime_ns == found.mtime_ns and not retry):
-                failed_earlier += 1
-                counts[Decision.FAILED_BEFORE] = counts.get(Decision.FAILED_BEFORE, 0) + 1
+                tally.failed_earlier += 1
+                tally.count(Decision.FAILED_BEFORE.value)
                 continue
-            skipped_failures.append(found)
-            counts["bad_input"] = counts.get("bad_input", 0) + 1
+            tally.bad += 1
+            tally.count("bad_input")
+            yield found
             continue
         try:
             item = decide(
                 found,
-                rows.get(found.rel),
+                row_for(found.rel),
                 force=s.force,
                 retry_failed=s.retry_failed,
                 retry_categories=retry_categories,
             )
         except OSError as exc:  # re-hashing a changed file failed: that file alone fails
-            skipped_failures.append(Skipped(
-                found.rel, f"cannot read it to check for changes: {exc.strerror or exc}",
-                size=found.size, mtime_ns=found.mtime_ns,
-            ))
-            counts["bad_input"] = counts.get("bad_input", 0) + 1
+            tally.bad += 1
+            tally.count("bad_input")
+            yield Skipped(found.rel, f"cannot read it to check for changes: {exc.strerror or exc}",
+                          size=found.size, mtime_ns=found.mtime_ns)
             continue
-        counts[item.decision.value] = counts.get(item.decision.value, 0) + 1
+        tally.count(item.decision.value)
         if item.decision in TODO:
-            todo.append(item)
+            tally.todo += 1
+            yield item
         elif item.decision == Decision.FAILED_BEFORE:
-            failed_earlier += 1
+            tally.failed_earlier += 1
         elif item.decision == Decision.UNCHANGED and item.sha256 is not None:
-            manifest.touch_unchanged(found.rel, found.size, found.mtime_ns)
-    return PlanResult(todo, counts, skipped_failures, ignored, failed_earlier)
+            yield Touch(found.rel, found.size, found.mtime_ns)
+    tally.finished = True
 
 
-def estimate(s: Settings, todo: list[PlanItem], price: float) -> dict[str, Any]:
+def take(events: Iterator[PlanEvent], n: int) -> list[PlanEvent]:
+    """Up to `n` events (fewer at the end): one trip to a thread for a batch of files."""
+    return list(itertools.islice(events, n))
+
+
+def estimate(s: Settings, todo: Iterable[PlanItem], price: float) -> dict[str, Any]:
     """Pages, requests, cost and time of the planned work: what --dry-run prints."""
     pages = requests = 0
     unreadable = 0
+    documents = 0
     for item in todo:
+        documents += 1
         src = item.source
         if src.media_type == "application/pdf":
             try:
@@ -110,7 +150,7 @@ def estimate(s: Settings, todo: list[PlanItem], price: float) -> dict[str, Any]:
     rate = s.rps if s.rps > 0 else 0.0
     seconds = requests / rate if rate else 0.0
     return {
-        "documents": len(todo),
+        "documents": documents,
         "pages": pages,
         "requests": requests,
         "cost": cost(pages, price),

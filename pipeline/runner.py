@@ -18,7 +18,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +28,7 @@ from pipeline import __version__, crashpoints
 from pipeline.backends.base import Backend
 from pipeline.budget import Budget
 from pipeline.config import Settings
-from pipeline.discover import STATE_DIR
+from pipeline.discover import STATE_DIR, Skipped
 from pipeline.errors import (
     Category,
     ConfigError,
@@ -46,7 +46,7 @@ from pipeline.merge import merge_responses
 from pipeline.metrics import MetricsSnapshot, write_metrics
 from pipeline.models import Chunk
 from pipeline.plan import Decision, PlanItem, file_sha256
-from pipeline.planner import PlanResult, estimate, plan_tree
+from pipeline.planner import PlanEvent, PlanTally, Touch, estimate, plan_events, take
 from pipeline.pricing import cost, price_per_1000_pages
 from pipeline.progress import ProgressDisplay, ProgressSnapshot
 from pipeline.ratelimit import RateLimiter
@@ -57,6 +57,7 @@ from pipeline.split import OpenedPdf, iter_chunks
 from pipeline.store import remove_outputs, write_document
 
 MANIFEST_NAME = "manifest.sqlite3"
+PLAN_BATCH = 256  # files planned per trip to a thread
 
 
 def state_dir(output: Path) -> Path:
@@ -130,10 +131,7 @@ class Run:
         )
 
     # ---- planning ---------------------------------------------------------------------------
-    def plan(self, manifest: Manifest) -> PlanResult:
-        return plan_tree(self.s, self.input, self.output, manifest)
-
-    def estimate(self, todo: list[PlanItem]) -> dict[str, Any]:
+    def estimate(self, todo: Iterable[PlanItem]) -> dict[str, Any]:
         return estimate(self.s, todo, self.price)
 
     # ---- the run ----------------------------------------------------------------------------
@@ -181,32 +179,39 @@ class Run:
     async def _plan_and_work(self, manifest: Manifest) -> None:
         if not self.s.dry_run:
             manifest.start_run(self.run_id)
-        planned = self.plan(manifest)
-        self.report.plan = dict(planned.counts)
-        self.documents_total = len(planned.todo) + len(planned.skipped_failures)
-        self.unchanged = planned.counts.get(Decision.UNCHANGED.value, 0)
-        self.report.failed_earlier = planned.failed_earlier
-        self.report.ignored = [Failure(i.rel, i.category, i.reason) for i in planned.ignored]
-        self.log.info(
-            "plan", todo=len(planned.todo), **{k: v for k, v in planned.counts.items()}
-        )
-        if self.s.dry_run:
-            self.report.estimate = await asyncio.to_thread(self.estimate, planned.todo)
-            for bad in planned.skipped_failures:
-                self.report.failures.append(Failure(bad.rel, bad.category, bad.reason))
-            self._finish(manifest, record=False)
-            return
-        for bad in planned.skipped_failures:
-            message = f"{bad.rel}: {bad.reason}"
-            manifest.fail(bad.rel, bad.category, message, size=bad.size, mtime_ns=bad.mtime_ns)
-            self._record_failure(bad.rel, bad.category, message)
-        manifest.record_plan(
-            [
-                PlannedDocument(i.source.rel, i.source.size, i.source.mtime_ns, i.source.media_type)
-                for i in planned.todo
-            ],
-            self.run_id,
-        )
+        tally = PlanTally()
+        reader = Manifest.reader(manifest.path)
+        try:
+            events = plan_events(self.s, self.input, self.output, reader.lookup, tally)
+            if self.s.dry_run:
+                await asyncio.to_thread(self._dry_run, events)
+                self._record_plan(tally)
+                self._finish(manifest, record=False)
+                return
+            await self._work(events, tally, manifest)
+        finally:
+            reader.close()
+
+    def _dry_run(self, events: Iterator[PlanEvent]) -> None:
+        def todo() -> Iterator[PlanItem]:
+            for event in events:
+                if isinstance(event, PlanItem):
+                    yield event
+                elif isinstance(event, Skipped):
+                    self.report.failures.append(Failure(event.rel, event.category,
+                                                        f"{event.rel}: {event.reason}"))
+
+        self.report.estimate = self.estimate(todo())
+
+    def _record_plan(self, tally: PlanTally) -> None:
+        self.report.plan = dict(tally.counts)
+        self.unchanged = tally.counts.get(Decision.UNCHANGED.value, 0)
+        self.report.failed_earlier = tally.failed_earlier
+        self.report.ignored = [Failure(i.rel, i.category, i.reason) for i in tally.ignored]
+        self.log.info("plan", todo=tally.todo, **dict(tally.counts))
+
+    async def _work(self, events: Iterator[PlanEvent], tally: PlanTally,
+                    manifest: Manifest) -> None:
         backend = self._backend or build_backend(self.s)
         self._backend_in_use = backend
         loop = asyncio.get_running_loop()
@@ -218,7 +223,7 @@ class Run:
         self.db.start()
         ticker = asyncio.create_task(self._tick_forever(manifest))
         try:
-            await self._pool(planned.todo, backend, manifest)
+            await self._pool(self._planned(events, tally, manifest), backend, manifest)
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -230,8 +235,37 @@ class Run:
             await backend.close()
             await self.db.stop()
             self._split_pool.shutdown(wait=False, cancel_futures=True)
+        self._record_plan(tally)
         self.report.bytes_sent = self._bytes_sent()
         self._finish(manifest, record=True)
+
+    async def _planned(self, events: Iterator[PlanEvent], tally: PlanTally,
+                       manifest: Manifest) -> AsyncIterator[PlanItem]:
+        """The documents to process, planned a batch of files at a time while earlier ones are
+        already being processed; each batch is recorded as pending before its work starts."""
+        while not self.stopping:
+            batch = await asyncio.to_thread(take, events, PLAN_BATCH)
+            if not batch:
+                return
+            todo = [e for e in batch if isinstance(e, PlanItem)]
+            for event in batch:
+                if isinstance(event, Skipped):
+                    message = f"{event.rel}: {event.reason}"
+                    await self.db.run(manifest.fail, event.rel, event.category, message,
+                                      size=event.size, mtime_ns=event.mtime_ns)
+                    self._record_failure(event.rel, event.category, message)
+                elif isinstance(event, Touch):
+                    await self.db.run(manifest.touch_unchanged, event.rel, event.size,
+                                      event.mtime_ns)
+            if todo:
+                await self.db.run(manifest.record_plan, [
+                    PlannedDocument(i.source.rel, i.source.size, i.source.mtime_ns,
+                                    i.source.media_type)
+                    for i in todo
+                ], self.run_id)
+            self.documents_total = tally.todo + tally.bad
+            for item in todo:
+                yield item
 
     # ---- progress and metrics ---------------------------------------------------------------
     def _bytes_sent(self) -> int:
@@ -305,16 +339,28 @@ class Run:
                 await self._refresh_manifest_figures(manifest)
                 self._write_metrics(manifest, in_progress=True)
 
-    async def _pool(self, todo: list[PlanItem], backend: Backend, manifest: Manifest) -> None:
+    async def _pool(self, todo: AsyncIterator[PlanItem], backend: Backend,
+                    manifest: Manifest) -> None:
         queue: asyncio.Queue[PlanItem | None] = asyncio.Queue(maxsize=self.s.workers * 2)
+        planning_error: list[BaseException] = []
 
         async def produce() -> None:
-            for item in todo:
-                if self.stopping:
-                    break
-                await queue.put(item)
-            for _ in range(self.s.workers):
-                await queue.put(None)
+            try:
+                async for item in todo:
+                    if self.stopping:
+                        break
+                    await queue.put(item)
+            except FatalError as exc:
+                self._abort(exc)
+            except Exception as exc:  # planning broke: stop, and say why after the workers end
+                planning_error.append(exc)
+                self.request_stop("an error while planning")
+            finally:
+                if self.stopping:  # queued documents stay pending; make room for the sentinels
+                    while not queue.empty():
+                        queue.get_nowait()
+                for _ in range(self.s.workers):
+                    await queue.put(None)
 
         async def work() -> None:
             while True:
@@ -329,7 +375,7 @@ class Run:
         producer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await producer
-        for result in results:
+        for result in [*results, *planning_error]:
             if isinstance(result, BaseException) and not isinstance(
                 result, asyncio.CancelledError | FatalError
             ):
