@@ -186,6 +186,7 @@ class Run:
             if self.s.dry_run:
                 await asyncio.to_thread(self._dry_run, events)
                 self._record_plan(tally)
+                self.log.info("plan", todo=tally.todo, **dict(tally.counts))
                 self._finish(manifest, record=False)
                 return
             await self._work(events, tally, manifest)
@@ -208,7 +209,6 @@ class Run:
         self.unchanged = tally.counts.get(Decision.UNCHANGED.value, 0)
         self.report.failed_earlier = tally.failed_earlier
         self.report.ignored = [Failure(i.rel, i.category, i.reason) for i in tally.ignored]
-        self.log.info("plan", todo=tally.todo, **dict(tally.counts))
 
     async def _work(self, events: Iterator[PlanEvent], tally: PlanTally,
                     manifest: Manifest) -> None:
@@ -246,6 +246,7 @@ class Run:
         while not self.stopping:
             batch = await asyncio.to_thread(take, events, PLAN_BATCH)
             if not batch:
+                self.log.info("plan", todo=tally.todo, **dict(tally.counts))
                 return
             todo = [e for e in batch if isinstance(e, PlanItem)]
             for event in batch:
