@@ -162,6 +162,11 @@ class RateLimiter:
             new, self._recover_to = current * 0.95, 0.0
         elif admitted is not None:
             new, self._recover_to = min(current, admitted * 0.97), 0.0
+            if self.rate > 0:
+                # With a rate in force, one 429 costs at most 10%: a stray 429 while something
+                # else (latency, the in-flight cap) held throughput down must not ratchet the
+                # rate down to that throughput, 429 after 429.
+                new = max(new, current * 0.9)
         else:
             new, self._recover_to = current * self.decrease, current * 0.8
         self.rate = max(self.min_rps, new)
