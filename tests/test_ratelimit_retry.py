@@ -724,7 +724,7 @@ def test_an_announced_limit_above_the_configured_rate_leaves_it_alone() -> None:
     assert limiter.rate == pytest.approx(19.6)
 
 
-def test_with_no_429_for_a_while_the_rate_grows_geometrically() -> None:
+def test_with_no_429_for_a_while_the_rate_grows_faster() -> None:
     now = [0.0]
     limiter = RateLimiter(rps=0, max_in_flight=8, clock=lambda: now[0])
     for _ in range(20):
