@@ -44,6 +44,7 @@ from common import (  # noqa: E402
     load,
     pipeline_argv,
     shown,
+    stop_process,
     summarise_folded,
     table,
     tree,
@@ -106,12 +107,7 @@ class Proxy:
         self.url = line.strip().rsplit(" ", 1)[-1]
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 # ---- one measured run -------------------------------------------------------------------------

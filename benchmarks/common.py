@@ -171,6 +171,17 @@ def fresh_dir(name: str) -> Path:
 
 
 # ---- processes --------------------------------------------------------------------------------
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 10 s: every helper process a benchmark starts ends."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def proc_cpu_s(pid: int) -> float:
     """user + system CPU seconds of a live process (from /proc)."""
     try:
@@ -222,13 +233,7 @@ class FakeServerProcess:
         return proc_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def __enter__(self) -> FakeServerProcess:
         return self

@@ -143,22 +143,17 @@ class Run:
                 f"the output folder is the input folder ({self.input}): outputs would be read back"
                 " as documents; choose another --output"
             )
-        try:
-            self.output.mkdir(parents=True, exist_ok=True)
-            lock = RunLock(self.state)
-            lock.__enter__()
-        except (NotADirectoryError, FileExistsError, PermissionError) as exc:
-            raise ConfigError(
-                f"cannot use {self.output} as the output folder: {exc.strerror or exc}"
-            ) from None
-        try:
-            manifest = Manifest(self.state / MANIFEST_NAME)
+        with contextlib.ExitStack() as held:
             try:
-                await self._execute(manifest)
-            finally:
-                manifest.close()
-        finally:
-            lock.__exit__(None, None, None)
+                self.output.mkdir(parents=True, exist_ok=True)
+                held.enter_context(RunLock(self.state))
+            except (NotADirectoryError, FileExistsError, PermissionError) as exc:
+                raise ConfigError(
+                    f"cannot use {self.output} as the output folder: {exc.strerror or exc}"
+                ) from None
+            manifest = Manifest(self.state / MANIFEST_NAME)
+            held.callback(manifest.close)
+            await self._execute(manifest)
         return self.report
 
     async def _execute(self, manifest: Manifest) -> None:

@@ -25,6 +25,12 @@ from tests.conftest import (
 from tests.pdfgen import write_pdf
 
 
+def fail_every_request(server, status: str) -> None:  # type: ignore[no-untyped-def]
+    """From now on the (running) fake server answers every request with `status`."""
+    server.options.fault_rate = 1.0
+    server.options.faults = (status,)
+
+
 def make_docs(root: Path, count: int) -> None:
     for i in range(count):
         write_pdf(root / f"d{i:02}.pdf", f"d{i:02}", 1)
@@ -54,8 +60,7 @@ async def test_a_422_for_one_document_after_successes_fails_only_it(tmp_path: Pa
     make_docs(tmp_path / "in", 6)
     first = await run_pipeline(tmp_path / "in", tmp_path / "out", server.url)
     assert first.exit_code == 0
-    server.options.fault_rate = 1.0
-    server.options.faults = ("422",)
+    fail_every_request(server, "422")
     write_pdf(tmp_path / "in/new.pdf", "new", 1)
     second = await run_pipeline(tmp_path / "in", tmp_path / "out2", server.url, workers=1)
     assert second.exit_code == ExitCode.FATAL  # nothing has succeeded against this output yet
@@ -99,8 +104,7 @@ async def test_413_fails_the_document_as_too_large_with_a_hint(tmp_path: Path,
     make_docs(tmp_path / "in", 1)
     first = await run_pipeline(tmp_path / "in", tmp_path / "out", server.url)
     assert first.exit_code == 0
-    server.options.fault_rate = 1.0
-    server.options.faults = ("413",)
+    fail_every_request(server, "413")
     write_pdf(tmp_path / "in/huge.pdf", "huge", 1)
     report = await run_pipeline(tmp_path / "in", tmp_path / "out", server.url)
     assert [(f.path, f.category) for f in report.failures] == [("huge.pdf", "too_large")]
