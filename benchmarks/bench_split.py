@@ -1,6 +1,6 @@
 """Split cost: pages/s of cutting large PDFs into chunks, side by side in one run:
 a plain pypdf chunker (what the pipeline did before it moved to qpdf: PdfReader, then one
-PdfWriter with `add_page` per chunk) against the pipeline's own `pipeline.split.iter_chunks`
+PdfWriter with `add_page` per chunk) against the pipeline's own `pipeline.stages.split.iter_chunks`
 (pikepdf / qpdf since commit 93b1b6c).
 
     .venv/bin/python benchmarks/bench_split.py              # 2,000-page and 500-page PDFs, 3 rounds
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Results, banner, big_pdf, page_text, table  # noqa: E402
 
 from pipeline.errors import EncryptedError  # noqa: E402
-from pipeline.sniff import PDF  # noqa: E402
-from pipeline.split import iter_chunks  # noqa: E402
+from pipeline.stages.sniff import PDF  # noqa: E402
+from pipeline.stages.split import iter_chunks  # noqa: E402
 
 BASELINE = "pypdf chunker"
 PIPELINE = "iter_chunks (pikepdf)"
@@ -174,7 +174,7 @@ def main() -> None:
                "speedup": t_py / t_pk}
         rows.append(row)
         res.details.append(row)
-    print(f"   pypdf_* = {BASELINE} (baseline); iter_chunks_* = pipeline.split.{PIPELINE}")
+    print(f"   pypdf_* = {BASELINE} (baseline); iter_chunks_* = pipeline.stages.split.{PIPELINE}")
     print(table(rows, list(rows[0])))
     for row in rows:
         res.add(f"{BASELINE} (old path) pages/s ({row['pdf']})", row["pypdf_pages/s"], "pages/s",

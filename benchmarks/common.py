@@ -312,7 +312,7 @@ def run_pipeline(url: str, inp: Path, out: Path, **kwargs: Any) -> ChildRun:
 def startup_cpu_s() -> float:
     """CPU of starting the pipeline's CLI and importing its modules, to subtract from per-page
     figures (median of three)."""
-    code = "import pipeline.cli, pipeline.runner, pipeline.backends.mistral"
+    code = "import pipeline.commands.cli, pipeline.run.runner, pipeline.backends.mistral"
     runs = sorted(run_child([PY, "-c", code]).cpu_s for _ in range(3))
     return runs[1]
 

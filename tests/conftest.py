@@ -17,8 +17,8 @@ from aiohttp import web
 
 from pipeline.config import Settings, load_settings
 from pipeline.fakeserver import FakeServer, FakeServerOptions, start_fake_server
-from pipeline.report import RunReport
-from pipeline.runner import Run
+from pipeline.run.report import RunReport
+from pipeline.run.runner import Run
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_KEY = "sk-test-9f8e7d6c5b4a-DO-NOT-LEAK"

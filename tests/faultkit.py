@@ -446,7 +446,7 @@ def main(argv: list[str]) -> int:
     write = _spec("FAULTKIT_KILL_IN_WRITE")
     if write:
         _arm_write_kill(write)
-    from pipeline.cli import main as pipeline_main
+    from pipeline.commands.cli import main as pipeline_main
 
     return pipeline_main(argv)
 

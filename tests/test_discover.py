@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from pipeline.discover import Skipped, discover
 from pipeline.models import SourceFile
-from pipeline.sniff import sniff
+from pipeline.stages.discover import Skipped, discover
+from pipeline.stages.sniff import sniff
 from tests.forked import run_forked
 from tests.pdfgen import jpeg_bytes, pdf_bytes, png_bytes
 

@@ -26,10 +26,10 @@ from typing import Any
 
 import pytest
 
-import pipeline.runner
+import pipeline.run.runner
 from pipeline.errors import ExitCode
 from pipeline.fakeserver import FakeServerOptions, start_fake_server
-from pipeline.report import Failure, RunReport
+from pipeline.run.report import Failure, RunReport
 from tests import hostile
 from tests.conftest import REPO, TEST_KEY, load_json, pipeline_env, run_args, run_pipeline, serve_app
 from tests.forked import NOBODY, run_forked
@@ -445,7 +445,7 @@ async def test_files_that_vanish_or_change_after_planning(tmp_path: Path, fake_s
     edited_v3 = pdf_bytes(["edited version three", "page two of three", "page three of three"])
 
     planned_then_changed: list[str] = []
-    original_plan = pipeline.runner.plan_events
+    original_plan = pipeline.run.runner.plan_events
 
     def plan_then_change(*args: Any, **kwargs: Any) -> Any:
         events = list(original_plan(*args, **kwargs))  # the whole (small) tree is planned
@@ -457,7 +457,7 @@ async def test_files_that_vanish_or_change_after_planning(tmp_path: Path, fake_s
         planned_then_changed.append("yes")
         yield from events
 
-    monkeypatch.setattr(pipeline.runner, "plan_events", plan_then_change)
+    monkeypatch.setattr(pipeline.run.runner, "plan_events", plan_then_change)
     second = await bounded_run(inp, out, server.url)
     monkeypatch.undo()
     assert planned_then_changed == ["yes"]

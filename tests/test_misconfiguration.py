@@ -8,8 +8,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-import pipeline.plan
-import pipeline.runner
+import pipeline.run.runner
+import pipeline.stages.plan
 from pipeline.errors import ExitCode
 from pipeline.logsetup import redact
 from tests.conftest import (
@@ -142,7 +142,7 @@ async def test_a_file_that_cannot_be_reread_while_planning_fails_alone(tmp_path:
     def broken_disk(path: Path, block: int = 1 << 20) -> str:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(pipeline.plan, "file_sha256", broken_disk)
+    monkeypatch.setattr(pipeline.stages.plan, "file_sha256", broken_disk)
     report = await run_pipeline(tmp_path / "in", tmp_path / "out", server.url)
     assert report.exit_code == ExitCode.SOME_FAILED
     assert [(f.path, f.category) for f in report.failures] == [("d01.pdf", "input")]
@@ -164,17 +164,17 @@ async def test_a_split_that_never_returns_times_out_alone(tmp_path: Path, fake_s
                                                           monkeypatch) -> None:
     server = await fake_server()
     make_docs(tmp_path / "in", 4)
-    real_iter_chunks = pipeline.runner.iter_chunks
+    real_iter_chunks = pipeline.run.runner.iter_chunks
 
     def maybe_stuck(path, rel, *args, **kwargs):  # type: ignore[no-untyped-def]
         if rel == "d00.pdf":
             time.sleep(3)  # a pypdf loop on a hostile file, as far as the run can tell
         yield from real_iter_chunks(path, rel, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.runner, "iter_chunks", maybe_stuck)
+    monkeypatch.setattr(pipeline.run.runner, "iter_chunks", maybe_stuck)
     settings = make_settings(tmp_path / "in", tmp_path / "out", server.url, workers=1,
                              document_timeout=0.5)
-    run = pipeline.runner.Run(settings)
+    run = pipeline.run.runner.Run(settings)
     report = await run.execute()
     assert [(f.path, f.category) for f in report.failures] == [("d00.pdf", "timeout")]
     assert report.documents_done == 3, "the documents after it were not starved"

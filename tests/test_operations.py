@@ -12,7 +12,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.errors import ExitCode
-from pipeline.metrics import METRIC_NAMES
+from pipeline.run.metrics import METRIC_NAMES
 from tests.conftest import (
     REPO,
     load_json,

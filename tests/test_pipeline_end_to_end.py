@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ExitCode
-from pipeline.lock import RunLock
+from pipeline.run.lock import RunLock
 from tests.conftest import (
     TEST_KEY,
     load_json,

@@ -25,10 +25,10 @@ from pipeline.errors import (
     RetryableError,
     StopRequested,
 )
-from pipeline.merge import check_response
 from pipeline.models import Chunk
-from pipeline.ratelimit import RateLimiter
-from pipeline.retry import EndpointHealth, RetryPolicy, RetryStats, call_with_retry
+from pipeline.stages.merge import check_response
+from pipeline.transport.ratelimit import RateLimiter
+from pipeline.transport.retry import EndpointHealth, RetryPolicy, RetryStats, call_with_retry
 from tests.conftest import serve_app
 from tests.pdfgen import page_text, pdf_bytes
 

@@ -16,11 +16,11 @@ from reportlab.lib.pagesizes import letter
 from reportlab.lib.utils import ImageReader
 from reportlab.pdfgen import canvas
 
-import pipeline.split as split_module
+import pipeline.stages.split as split_module
 from pipeline.errors import Category, EncryptedError, InputError, RetryableError, TooLargeError
-from pipeline.merge import check_response, merge_responses
 from pipeline.models import Chunk
-from pipeline.split import iter_chunks
+from pipeline.stages.merge import check_response, merge_responses
+from pipeline.stages.split import iter_chunks
 from tests.pdfgen import page_text, pdf_bytes, write_pdf
 
 PDF = "application/pdf"

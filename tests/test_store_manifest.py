@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from PIL import Image
 
-import pipeline.plan as plan_module
-import pipeline.store as store_module
+import pipeline.stages.plan as plan_module
+import pipeline.stages.store as store_module
 from pipeline.errors import Category, DocumentError
 from pipeline.manifest import DocumentRow, Manifest, PlannedDocument
-from pipeline.merge import merge_responses
 from pipeline.models import Chunk, SourceFile
-from pipeline.plan import TODO, Decision, decide, file_sha256
-from pipeline.store import atomic_write, output_base, safe_component, write_document
+from pipeline.stages.merge import merge_responses
+from pipeline.stages.plan import TODO, Decision, decide, file_sha256
+from pipeline.stages.store import atomic_write, output_base, safe_component, write_document
 from tests.forked import run_forked
 from tests.pdfgen import jpeg_bytes, pdf_bytes
 

@@ -1,6 +1,6 @@
 """The Mistral OCR protocol over HTTP, for Mistral's platform and Azure AI Foundry deployments.
 
-One pooled aiohttp session. Each call is a single attempt; `pipeline.retry` decides what to do
+One pooled aiohttp session. Each call is a single attempt; `pipeline.transport.retry` decides what to do
 with its errors. The decision is made on the status code, never on the body, as the body of an
 error varies between the platform, Azure and the gateways in front of them.
 """
@@ -19,9 +19,9 @@ import aiohttp
 from pipeline import __version__
 from pipeline.backends.base import OCRResponse
 from pipeline.config import Settings
-from pipeline.encode import document_field
 from pipeline.errors import Category, FatalError, RejectedError, RetryableError, TooLargeError
 from pipeline.models import Chunk
+from pipeline.stages.encode import document_field
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 FATAL_STATUS = {401, 403}

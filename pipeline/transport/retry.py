@@ -19,9 +19,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from pipeline.backends.base import Backend, OCRResponse
 from pipeline.errors import FatalError, RejectedError, RetryableError
-from pipeline.merge import check_response
 from pipeline.models import Chunk
-from pipeline.ratelimit import RateLimiter
+from pipeline.stages.merge import check_response
+from pipeline.transport.ratelimit import RateLimiter
 
 # Statuses that, when every request so far got them, mean the configuration is wrong (endpoint
 # path, model name, a request option the deployment does not know), not the documents.

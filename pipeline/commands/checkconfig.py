@@ -42,8 +42,8 @@ def tiny_pdf() -> bytes:
 
 async def ping(settings: Settings) -> str:
     """One request with a blank one-page PDF; returns a line saying what came back."""
-    from pipeline.merge import check_response
-    from pipeline.runner import build_backend
+    from pipeline.run.runner import build_backend
+    from pipeline.stages.merge import check_response
 
     data = tiny_pdf()
     chunk = Chunk("check-config-ping.pdf", 0, 0, 1, "application/pdf", data,

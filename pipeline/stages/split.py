@@ -21,9 +21,9 @@ import pikepdf
 
 from pipeline.errors import EncryptedError, InputError, TooLargeError
 from pipeline.models import Chunk
-from pipeline.pdfrepair import lost_content, repair_notes
-from pipeline.sniff import PDF
-from pipeline.tiff import tiff_frames_as_png
+from pipeline.stages.pdfrepair import lost_content, repair_notes
+from pipeline.stages.sniff import PDF
+from pipeline.stages.tiff import tiff_frames_as_png
 
 
 @dataclass

@@ -94,7 +94,7 @@ class Manifest:
         self._in_batch = False
         with self._errors("open"):
             # Used by one thread at a time: the loop's while planning and reporting, the
-            # manifest writer's (pipeline.manifest_writer) while documents are processed.
+            # manifest writer's (pipeline.manifest.writer) while documents are processed.
             self._db = sqlite3.connect(path, isolation_level=None, timeout=30,
                                        check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")

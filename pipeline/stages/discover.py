@@ -14,7 +14,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from pipeline.models import SourceFile
-from pipeline.sniff import SNIFF_BYTES, sniff
+from pipeline.stages.sniff import SNIFF_BYTES, sniff
 
 STATE_DIR = ".ocr-pipeline"
 DOCUMENT_SUFFIXES = {

@@ -115,7 +115,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.runner import Run
+    from pipeline.run.runner import Run
 
     config = args.config
     if config is None and DEFAULT_CONFIG.exists() and args.backend is None:
@@ -143,20 +143,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.status import status
+    from pipeline.commands.status import status
 
     data = status(args.output)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    from pipeline.status import render_status
+    from pipeline.commands.status import render_status
 
     print("\n".join(render_status(data)))
     return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from pipeline.checkconfig import check_config
+    from pipeline.commands.checkconfig import check_config
 
     overrides = {k: getattr(args, k) for k in ("backend", "endpoint", "model")
                  if getattr(args, k) is not None}

@@ -24,11 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__, crashpoints
+from pipeline import __version__
 from pipeline.backends.base import Backend
-from pipeline.budget import Budget
 from pipeline.config import Settings
-from pipeline.discover import STATE_DIR, Skipped
 from pipeline.errors import (
     Category,
     ConfigError,
@@ -41,20 +39,23 @@ from pipeline.errors import (
 )
 from pipeline.logsetup import get_logger, redact
 from pipeline.manifest import Manifest, PlannedDocument
-from pipeline.manifest_writer import ManifestWriter
-from pipeline.merge import merge_responses
-from pipeline.metrics import MetricsSnapshot, write_metrics
+from pipeline.manifest.writer import ManifestWriter
 from pipeline.models import Chunk
-from pipeline.plan import Decision, PlanItem, file_sha256
-from pipeline.planner import PlanEvent, PlanTally, Touch, estimate, plan_events, take
 from pipeline.pricing import cost, price_per_1000_pages
-from pipeline.progress import ProgressDisplay, ProgressSnapshot
-from pipeline.ratelimit import RateLimiter
-from pipeline.report import Failure, RunReport
-from pipeline.retry import EndpointHealth, RetryPolicy, RetryStats, call_with_retry
-from pipeline.sniff import PDF
-from pipeline.split import OpenedPdf, iter_chunks
-from pipeline.store import remove_outputs, write_document
+from pipeline.run import crashpoints
+from pipeline.run.budget import Budget
+from pipeline.run.metrics import MetricsSnapshot, write_metrics
+from pipeline.run.progress import ProgressDisplay, ProgressSnapshot
+from pipeline.run.report import Failure, RunReport
+from pipeline.stages.discover import STATE_DIR, Skipped
+from pipeline.stages.merge import merge_responses
+from pipeline.stages.plan import Decision, PlanItem, file_sha256
+from pipeline.stages.planner import PlanEvent, PlanTally, Touch, estimate, plan_events, take
+from pipeline.stages.sniff import PDF
+from pipeline.stages.split import OpenedPdf, iter_chunks
+from pipeline.stages.store import remove_outputs, write_document
+from pipeline.transport.ratelimit import RateLimiter
+from pipeline.transport.retry import EndpointHealth, RetryPolicy, RetryStats, call_with_retry
 
 MANIFEST_NAME = "manifest.sqlite3"
 PLAN_BATCH = 256  # files planned per trip to a thread
@@ -136,7 +137,7 @@ class Run:
 
     # ---- the run ----------------------------------------------------------------------------
     async def execute(self) -> RunReport:
-        from pipeline.lock import RunLock
+        from pipeline.run.lock import RunLock
 
         if self.output == self.input:
             raise ConfigError(

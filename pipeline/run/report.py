@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.store import atomic_write
+from pipeline.stages.store import atomic_write
 
 REPORT_VERSION = 1
 

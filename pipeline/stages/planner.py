@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.discover import Skipped, discover
 from pipeline.errors import PipelineError
 from pipeline.manifest import DocumentRow
-from pipeline.plan import TODO, Decision, PlanItem, decide
 from pipeline.pricing import cost
-from pipeline.split import pdf_page_count
+from pipeline.stages.discover import Skipped, discover
+from pipeline.stages.plan import TODO, Decision, PlanItem, decide
+from pipeline.stages.split import pdf_page_count
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.manifest import Manifest
-from pipeline.runner import MANIFEST_NAME, state_dir
+from pipeline.run.runner import MANIFEST_NAME, state_dir
 
 
 def status(output: Path) -> dict[str, Any]:

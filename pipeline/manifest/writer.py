@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from pipeline.manifest import Manifest
+from pipeline.manifest.database import Manifest
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -1,0 +1,1 @@
+"""The command-line verbs: run, status, check-config, fake-server."""

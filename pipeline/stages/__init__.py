@@ -1,0 +1,1 @@
+"""The stages one document passes through: discover, plan, split, encode, merge, store."""
