@@ -15,8 +15,9 @@ from aiohttp import web
 from pipeline.fakeserver import documents, faults
 from pipeline.fakeserver.answers import ocr_response
 from pipeline.fakeserver.documents import DocumentError, Page
+from pipeline.fakeserver.latency import LatencyModel
 from pipeline.fakeserver.options import ANSWER_FAULTS, FakeServerOptions, is_status_fault
-from pipeline.fakeserver.ratelimit import RateLimiter, retry_after_headers
+from pipeline.fakeserver.ratelimit import Limiter, make_limiter, retry_after_headers
 from pipeline.fakeserver.replies import Rejected, Reply, error, unauthorized
 from pipeline.fakeserver.stats import Stats
 from pipeline.fakeserver.validation import OCRCall, parse_request
@@ -35,17 +36,24 @@ class ServerState:
     options: FakeServerOptions
     stats: Stats = field(default_factory=Stats)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    limiter: RateLimiter = field(init=False)
+    limiter: Limiter = field(init=False)
     rng: random.Random = field(init=False)
+    latency: LatencyModel = field(init=False)
 
     def __post_init__(self) -> None:
-        self.limiter = RateLimiter(self.options.rps_limit)
-        self.rng = random.Random(self.options.seed)
+        o = self.options
+        self.limiter = make_limiter(o.rate_limit_mode, o.rps_limit, o.rpm_limit)
+        self.rng = random.Random(o.seed)
+        self.latency = LatencyModel(o)
 
     def reset(self) -> None:
         """Zero the counters, refill the rate-limit bucket, restart the fail_auth_after count."""
         self.stats.reset()
         self.limiter.reset()
+
+    def minute_headers(self) -> dict[str, str]:
+        """The x-ratelimit-*-req-minute headers when they are enabled, else none."""
+        return self.limiter.minute_headers() if self.options.headers_enabled else {}
 
     def auth_revoked(self) -> bool:
         limit = self.options.fail_auth_after
@@ -112,15 +120,21 @@ async def _handle_ocr(
 
     decision = state.limiter.acquire()
     if not decision.allowed:
+        stats.rate_limited += 1
         headers = retry_after_headers(decision.wait, options.retry_after,
                                       options.retry_after_style)
+        headers.update(state.minute_headers())
         return _reply(state, error(429, "Requests rate limit exceeded", headers=headers))
+    stats.count_admitted(decision.at)
+    stuck = options.is_stuck(stats.admitted)
+    if stuck:
+        stats.stuck += 1
 
     fault = faults.draw_fault(options, state.rng, number, sum(stats.faults_injected.values()))
     if fault is not None:
         stats.count_fault(fault)  # at once, so concurrent requests see fault_limit exactly
         if fault not in ANSWER_FAULTS:
-            return await _inject(request, state, fault)
+            return await _inject(request, state, fault, stuck)
 
     try:
         call = await _parse(body)
@@ -139,12 +153,12 @@ async def _handle_ocr(
         include_image_base64=call.include_image_base64,
         image_limit=call.image_limit,
     )
-    await _latency(state)
+    await _latency(state, len(pages), stuck)
     if state.auth_revoked():  # another request used up the last allowed answer meanwhile
         return _reply(state, unauthorized(options.auth_fail_status))
     if fault is not None:
         return await _spoil(request, state, fault, answer, call.sha256)
-    response = web.json_response(answer, headers=state.limiter.minute_headers())
+    response = web.json_response(answer, headers=state.minute_headers())
     # Written here, not by aiohttp after we return, so only answers that reached the
     # connection are counted as paid for.
     await response.prepare(request)
@@ -183,9 +197,9 @@ async def _pages(call: OCRCall, cheap: bool) -> list[Page]:
     return documents.cheap_pages(count, call.pages)
 
 
-async def _latency(state: ServerState) -> None:
-    low, high = state.options.latency, state.options.latency_max
-    delay = state.rng.uniform(low, high) if high is not None else low
+async def _latency(state: ServerState, pages: int = 0, stuck: bool = False) -> None:
+    """Wait the service time of an admitted request (never blocking the event loop)."""
+    delay = state.latency.service_time(pages, stuck)
     if delay > 0:
         await asyncio.sleep(delay)
 
@@ -195,7 +209,7 @@ async def _spoil(
 ) -> web.StreamResponse:
     """Deliver a real answer badly: cut off by a reset, dribbled out, or missing a page."""
     stats = state.stats
-    headers = state.limiter.minute_headers()
+    headers = state.minute_headers()
     if kind == "short":
         answer["pages"] = answer["pages"][:-1]
         answer["usage_info"]["pages_processed"] = len(answer["pages"])
@@ -230,13 +244,15 @@ async def _spoil(
     return stream
 
 
-async def _inject(request: web.Request, state: ServerState, kind: str) -> web.StreamResponse:
+async def _inject(
+    request: web.Request, state: ServerState, kind: str, stuck: bool = False
+) -> web.StreamResponse:
     stats = state.stats
     if kind == "hang":
         stats.count_status("hang")
         await faults.hang(request, state.stopping)
         return web.Response()  # never reaches the client: the connection is gone
-    await _latency(state)
+    await _latency(state, 0, stuck)
     if kind == "reset":
         stats.count_status("reset")
         faults.reset_connection(request)

@@ -9,7 +9,8 @@ import signal
 import sys
 
 from pipeline.errors import ExitCode
-from pipeline.fakeserver.options import FakeServerOptions
+from pipeline.fakeserver.options import LATENCY_DISTRIBUTIONS, FakeServerOptions
+from pipeline.fakeserver.ratelimit import RATE_LIMIT_MODES, TOKEN_BUCKET
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,9 +28,30 @@ def build_parser() -> argparse.ArgumentParser:
     add("--port", type=int, default=8000, help="port to bind; 0 picks a free one (default 8000)")
     add("--latency", type=float, default=0.0, metavar="S", help="seconds added to each answer")
     add("--latency-max", type=float, default=None, metavar="S",
-        help="if set, latency is uniform in [--latency, --latency-max]")
+        help="if set, latency is uniform in [--latency, --latency-max] (lognormal: its cap)")
+    add("--latency-distribution", choices=sorted(LATENCY_DISTRIBUTIONS), default="fixed",
+        help="fixed (--latency), uniform [--latency, --latency-max], or lognormal with median "
+             "--latency and shape --latency-sigma, capped at --latency-max (default 10 x median)")
+    add("--latency-sigma", type=float, default=0.5, metavar="SIGMA",
+        help="shape of the lognormal latency (default %(default)s)")
+    add("--latency-per-page", type=float, default=0.0, metavar="S",
+        help="seconds added per page answered (default %(default)s)")
     add("--rps-limit", type=float, default=0.0, metavar="R",
         help="requests per second before 429 (0 = no limit)")
+    add("--rate-limit-mode", choices=sorted(RATE_LIMIT_MODES), default=TOKEN_BUCKET,
+        help="token-bucket (bursts of R allowed) or sliding-window (strict: at most R "
+             "admissions in any sliding 1 s window) (default %(default)s)")
+    add("--rpm-limit", type=int, default=None, metavar="M",
+        help="sliding-window mode: at most M admissions in any sliding 60 s window")
+    add("--ratelimit-headers", action=argparse.BooleanOptionalAction, default=None,
+        help="send x-ratelimit-{limit,remaining}-req-minute on 200s and 429s (default: on "
+             "for token-bucket, off for sliding-window)")
+    add("--stuck-first", type=int, default=0, metavar="N",
+        help="the first N admitted requests take --stuck-seconds more to answer")
+    add("--stuck-request", type=int, default=None, metavar="K",
+        help="the K-th admitted request (1-based) takes --stuck-seconds more to answer")
+    add("--stuck-seconds", type=float, default=30.0, metavar="H",
+        help="how long a stuck request hangs before its answer (default %(default)s)")
     add("--retry-after", type=float, default=None, metavar="S",
         help="Retry-After sent with 429 instead of the computed wait")
     add("--retry-after-style", choices=("both", "seconds", "http-date"), default="both",
@@ -69,7 +91,16 @@ def options_from_args(args: argparse.Namespace) -> FakeServerOptions:
         api_key=os.environ.get("MISTRAL_API_KEY") or None,
         latency=args.latency,
         latency_max=args.latency_max,
+        latency_distribution=args.latency_distribution,
+        latency_sigma=args.latency_sigma,
+        latency_per_page=args.latency_per_page,
         rps_limit=args.rps_limit,
+        rate_limit_mode=args.rate_limit_mode,
+        rpm_limit=args.rpm_limit,
+        ratelimit_headers=args.ratelimit_headers,
+        stuck_first=args.stuck_first,
+        stuck_request=args.stuck_request,
+        stuck_seconds=args.stuck_seconds,
         retry_after=args.retry_after,
         retry_after_style=args.retry_after_style,
         fault_rate=args.fault_rate,
@@ -125,6 +156,7 @@ async def _serve(options: FakeServerOptions, host: str, port: int) -> None:
     s = server.stats
     print(
         f"fake-server stopped: {s.requests} requests, {s.answered_ok} answered, "
-        f"{s.pages_answered} pages, by status {s.by_status}",
+        f"{s.pages_answered} pages, by status {s.by_status}, "
+        f"at most {s.max_admitted_1s} admitted in any 1 s window",
         file=sys.stderr,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.fakeserver.ratelimit import RATE_LIMIT_MODES, SLIDING_WINDOW, TOKEN_BUCKET
+
 #: Fault kinds that are not an HTTP status code.
 NAMED_FAULTS: frozenset[str] = frozenset(
     {"reset", "malformed", "hang", "wrong_shape", "cut", "trickle", "short"}
@@ -14,6 +16,9 @@ IMAGE_ID_STYLES: frozenset[str] = frozenset({"normal", "hostile"})
 RETRY_AFTER_STYLES: frozenset[str] = frozenset({"both", "seconds", "http-date"})
 FAULT_BODIES: frozenset[str] = frozenset({"default", "json", "text", "html"})
 AUTH_FAIL_STATUSES: frozenset[int] = frozenset({401, 403})
+LATENCY_DISTRIBUTIONS: frozenset[str] = frozenset({"fixed", "uniform", "lognormal"})
+#: A lognormal latency without `latency_max` is capped at this many times its median.
+LOGNORMAL_DEFAULT_CAP = 10.0
 
 
 def is_status_fault(kind: str) -> bool:
@@ -26,8 +31,20 @@ class FakeServerOptions:
     """How the fake server behaves. Defaults: a well-behaved, instant, unauthenticated server.
 
     api_key: when set, `Authorization: Bearer <key>` or `api-key: <key>` is required (else 401).
-    latency / latency_max: seconds added to each OCR answer, uniform in [latency, latency_max].
-    rps_limit: requests per second (token bucket, burst = max(1, limit)); 0 means no limit.
+    latency_distribution: how long an admitted request takes before its answer (asyncio sleep,
+        after admission): "fixed" (`latency`), "uniform" in [`latency`, `latency_max`] (also what
+        "fixed" becomes when `latency_max` is given), or "lognormal" with median `latency` and
+        shape `latency_sigma`, capped at `latency_max` (default 10 x the median).
+    latency_per_page: seconds added per page answered (a 50-page request takes longer).
+    rps_limit: requests per second; 0 means no per-second limit.
+    rate_limit_mode: "token-bucket" (burst = max(1, limit), lenient) or "sliding-window" (at
+        most floor(rps_limit) admissions in any sliding 1 s window, strict).
+    rpm_limit: sliding-window mode only: at most this many admissions in any sliding 60 s window.
+    ratelimit_headers: send `x-ratelimit-{limit,remaining}-req-minute` on 200s and 429s; None
+        means the mode's default (on for token-bucket, off for sliding-window).
+    stuck_first / stuck_request / stuck_seconds: the first N admitted requests, or the k-th
+        admitted one (1-based, since the last reset), take `stuck_seconds` more before answering
+        (a stuck request, for testing that a client's other requests go on meanwhile).
     retry_after: Retry-After sent with a 429 instead of the computed wait.
     retry_after_style: how a 429 says when to come back: "both" (Retry-After in seconds and the
         exact retry-after-ms), "seconds" (Retry-After only) or "http-date" (Retry-After only, as
@@ -49,13 +66,22 @@ class FakeServerOptions:
     cheap: answer canned text without parsing the PDF (throughput benchmarks).
     images_per_page / image_id_style: synthetic images on each page, ids normal or hostile.
     model_suffix: appended to the requested model in the answer.
-    seed: seed of the one random generator (faults, latency).
+    seed: seed of the random generators (faults, and latency apart), for reproducible runs.
     """
 
     api_key: str | None = None
     latency: float = 0.0
     latency_max: float | None = None
+    latency_distribution: str = "fixed"
+    latency_sigma: float = 0.5
+    latency_per_page: float = 0.0
     rps_limit: float = 0.0
+    rate_limit_mode: str = TOKEN_BUCKET
+    rpm_limit: int | None = None
+    ratelimit_headers: bool | None = None
+    stuck_first: int = 0
+    stuck_request: int | None = None
+    stuck_seconds: float = 30.0
     retry_after: float | None = None
     retry_after_style: str = "both"
     fault_rate: float = 0.0
@@ -74,9 +100,22 @@ class FakeServerOptions:
 
     def __post_init__(self) -> None:
         self.faults = tuple(str(kind).strip() for kind in self.faults)
+        if self.latency_distribution == "fixed" and self.latency_max is not None:
+            self.latency_distribution = "uniform"  # the historical meaning of latency_max
         problems = _problems(self)
         if problems:
             raise ValueError("invalid fake server options: " + "; ".join(problems))
+
+    @property
+    def headers_enabled(self) -> bool:
+        """Whether answers carry the x-ratelimit-*-req-minute headers."""
+        if self.ratelimit_headers is not None:
+            return self.ratelimit_headers
+        return self.rate_limit_mode == TOKEN_BUCKET
+
+    def is_stuck(self, admitted_number: int) -> bool:
+        """Whether the admitted request number `admitted_number` (1-based) gets stuck."""
+        return admitted_number <= self.stuck_first or admitted_number == self.stuck_request
 
     def __repr__(self) -> str:
         # The key must never reach a log line through a repr.
@@ -94,6 +133,7 @@ def _problems(o: FakeServerOptions) -> list[str]:
         problems.append("latency_max must be >= latency")
     if o.rps_limit < 0:
         problems.append("rps_limit must be >= 0")
+    problems += _rate_problems(o) + _latency_problems(o)
     if o.retry_after is not None and o.retry_after < 0:
         problems.append("retry_after must be >= 0")
     if not 0.0 <= o.fault_rate <= 1.0:
@@ -124,4 +164,39 @@ def _problems(o: FakeServerOptions) -> list[str]:
         problems.append("images_per_page must be >= 0")
     if o.image_id_style not in IMAGE_ID_STYLES:
         problems.append(f"image_id_style must be one of {sorted(IMAGE_ID_STYLES)}")
+    return problems
+
+
+def _rate_problems(o: FakeServerOptions) -> list[str]:
+    problems: list[str] = []
+    if o.rate_limit_mode not in RATE_LIMIT_MODES:
+        problems.append(f"rate_limit_mode must be one of {sorted(RATE_LIMIT_MODES)}")
+    if o.rpm_limit is not None:
+        if o.rate_limit_mode != SLIDING_WINDOW:
+            problems.append("rpm_limit needs rate_limit_mode 'sliding-window'")
+        if o.rpm_limit < 1:
+            problems.append("rpm_limit must be >= 1")
+    if o.rate_limit_mode == SLIDING_WINDOW and 0 < o.rps_limit < 1:
+        problems.append("sliding-window rps_limit must be 0 (none) or >= 1")
+    if o.stuck_first < 0:
+        problems.append("stuck_first must be >= 0")
+    if o.stuck_request is not None and o.stuck_request < 1:
+        problems.append("stuck_request must be >= 1 (admitted requests are numbered from 1)")
+    if o.stuck_seconds < 0:
+        problems.append("stuck_seconds must be >= 0")
+    return problems
+
+
+def _latency_problems(o: FakeServerOptions) -> list[str]:
+    problems: list[str] = []
+    if o.latency_distribution not in LATENCY_DISTRIBUTIONS:
+        problems.append(f"latency_distribution must be one of {sorted(LATENCY_DISTRIBUTIONS)}")
+    if o.latency_distribution == "uniform" and o.latency_max is None:
+        problems.append("a uniform latency needs latency_max")
+    if o.latency_distribution == "lognormal" and o.latency <= 0:
+        problems.append("a lognormal latency needs a median latency > 0")
+    if o.latency_sigma < 0:
+        problems.append("latency_sigma must be >= 0")
+    if o.latency_per_page < 0:
+        problems.append("latency_per_page must be >= 0")
     return problems

@@ -9,10 +9,14 @@ from aiohttp import web
 
 from pipeline.fakeserver.app import ServerState, make_app
 from pipeline.fakeserver.options import FakeServerOptions
+from pipeline.fakeserver.oslimits import raise_open_files_limit
 from pipeline.fakeserver.stats import Stats
 
 #: Seconds `stop()` waits for requests still in flight before cancelling them.
 SHUTDOWN_TIMEOUT = 1.0
+#: Pending connections the kernel queues before accept (capped by net.core.somaxconn): a
+#: client opening a thousand connections at once must not see SYNs dropped.
+LISTEN_BACKLOG = 4096
 
 
 class FakeServer:
@@ -61,6 +65,7 @@ async def start_fake_server(
     ssl_context: ssl.SSLContext | None = None,
 ) -> FakeServer:
     """Serve on host:port (port 0 picks a free one) until `stop()`; HTTPS with `ssl_context`."""
+    raise_open_files_limit()
     state = ServerState(options or FakeServerOptions())
     runner = web.AppRunner(
         make_app(state),
@@ -71,7 +76,7 @@ async def start_fake_server(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=LISTEN_BACKLOG)
         await site.start()
     except BaseException:
         await runner.cleanup()
