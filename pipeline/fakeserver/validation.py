@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,15 +21,19 @@ from pipeline.fakeserver.replies import FieldError, Rejected, bad_request, valid
 DEFAULT_MODEL = "mistral-ocr-latest"
 MAX_PAGES = 10_000  # bounds a "pages" range string, so "0-999999999" cannot exhaust memory
 
-# Every key of the published OCRRequest schema; anything else is rejected with 422.
+# Every key of the published OCRRequest schema (which has no "id"); anything else is 422.
 REQUEST_KEYS = frozenset({
-    "model", "document", "id", "pages", "include_image_base64", "image_limit",
+    "model", "document", "pages", "include_image_base64", "image_limit",
     "image_min_size", "bbox_annotation_format", "document_annotation_format",
     "document_annotation_prompt", "table_format", "extract_header", "extract_footer",
     "include_blocks", "confidence_scores_granularity",
 })
 _DATA_URL = re.compile(r"data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<payload>.*)", re.S)
 _PAGE_RANGE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
+#: Booleans of the schema that are not nullable: `null` is a 422 there, not "the default".
+NOT_NULLABLE = frozenset({"extract_header", "extract_footer", "include_blocks"})
+#: The keys of a ResponseFormat's `json_schema` (the JsonSchema object).
+JSON_SCHEMA_KEYS = frozenset({"name", "description", "schema", "strict"})
 
 Loc = tuple[str | int, ...]
 
@@ -100,7 +105,6 @@ def _check_fields(payload: dict[str, Any]) -> list[FieldError]:
     ]
     checks: dict[str, tuple[type | tuple[type, ...], str, str]] = {
         "model": (str, "string_type", "Input should be a valid string"),
-        "id": (str, "string_type", "Input should be a valid string"),
         "include_image_base64": (bool, "bool_type", "Input should be a valid boolean"),
         "extract_header": (bool, "bool_type", "Input should be a valid boolean"),
         "extract_footer": (bool, "bool_type", "Input should be a valid boolean"),
@@ -113,7 +117,7 @@ def _check_fields(payload: dict[str, Any]) -> list[FieldError]:
     }
     for key, (types, type_, msg) in checks.items():
         value = payload.get(key)
-        if value is None:
+        if value is None and not (key in NOT_NULLABLE and key in payload):
             continue
         wrong_int = types is int and isinstance(value, bool)
         if not isinstance(value, types) or wrong_int:
@@ -137,12 +141,45 @@ def _check_fields(payload: dict[str, Any]) -> list[FieldError]:
                 errors.append(FieldError(("body", key, "type"),
                                          "Input should be 'text', 'json_object' or 'json_schema'",
                                          "enum"))
+            errors += _check_json_schema(fmt.get("json_schema"), ("body", key, "json_schema"))
     if "pages" in payload:
         try:
             _parse_pages(payload["pages"])
         except ValueError as exc:
             errors.append(FieldError(("body", "pages"), str(exc), "value_error"))
     return errors
+
+
+def _check_json_schema(value: Any, loc: Loc) -> list[FieldError]:
+    """A ResponseFormat's `json_schema`: null, or a JsonSchema object (name, schema required)."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [FieldError(loc, "Input should be a valid dictionary or object", "model_type")]
+    errors = [FieldError((*loc, extra), "Extra inputs are not permitted", "extra_forbidden")
+              for extra in sorted(set(value) - JSON_SCHEMA_KEYS)]
+    errors += [FieldError((*loc, key), "Field required", "missing")
+               for key in ("name", "schema") if key not in value]
+    if "name" in value and not isinstance(value["name"], str):
+        errors.append(FieldError((*loc, "name"), "Input should be a valid string", "string_type"))
+    if value.get("description") is not None and not isinstance(value["description"], str):
+        errors.append(FieldError((*loc, "description"), "Input should be a valid string",
+                                 "string_type"))
+    if "schema" in value and not isinstance(value["schema"], dict):
+        errors.append(FieldError((*loc, "schema"), "Input should be a valid dictionary",
+                                 "dict_type"))
+    if "strict" in value and not isinstance(value["strict"], bool):
+        errors.append(FieldError((*loc, "strict"), "Input should be a valid boolean",
+                                 "bool_type"))
+    return errors
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_document(document: Any, errors: list[FieldError]) -> str | None:
@@ -178,13 +215,18 @@ def _check_document(document: Any, errors: list[FieldError]) -> str | None:
             FieldError((*loc, key, extra), "Extra inputs are not permitted", "extra_forbidden")
             for extra in sorted(set(value) - {"url", "detail"})
         )
-        if not isinstance(value.get("url"), str):
+        if "url" not in value:
             errors.append(FieldError((*loc, key, "url"), "Field required", "missing"))
+        elif not isinstance(value["url"], str):
+            errors.append(FieldError((*loc, key, "url"), "Input should be a valid string",
+                                     "string_type"))
         if value.get("detail") not in (None, "low", "auto", "high"):
             errors.append(FieldError((*loc, key, "detail"),
                                      "Input should be 'low', 'auto' or 'high'", "enum"))
     elif not isinstance(value, str):
         errors.append(FieldError((*loc, key), "Input should be a valid string", "string_type"))
+    elif key == "file_id" and not _is_uuid(value):
+        errors.append(FieldError((*loc, key), "Input should be a valid UUID", "uuid_parsing"))
     name = document.get("document_name")
     if name is not None and not isinstance(name, str):
         errors.append(FieldError((*loc, "document_name"), "Input should be a valid string",
