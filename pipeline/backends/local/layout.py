@@ -8,6 +8,7 @@ by tests on two-column pages), and a born-digital text layer is in content-strea
 
 from __future__ import annotations
 
+import re
 import statistics
 from dataclasses import dataclass, field
 
@@ -41,6 +42,25 @@ class Paragraph:
 @dataclass
 class Block:
     paragraphs: list[Paragraph] = field(default_factory=list)
+    # body, headline, caption, header, footer (set by regions.arrange), or table (a ruled grid)
+    kind: str = "body"
+    table: list[list[str]] | None = None  # cell texts, first row the header, when kind == "table"
+    grid_box: Box | None = None
+
+    @property
+    def box(self) -> Box | None:
+        """Union of the block's line boxes (or its grid's box)."""
+        if self.grid_box is not None:
+            return self.grid_box
+        boxes = [line.box for p in self.paragraphs for line in p.lines if line.words]
+        if not boxes:
+            return None
+        return (
+            min(b[0] for b in boxes),
+            min(b[1] for b in boxes),
+            max(b[2] for b in boxes),
+            max(b[3] for b in boxes),
+        )
 
 
 # A gap between two words wider than this many line heights separates table cells; ordinary
@@ -211,13 +231,63 @@ def merge_table_columns(blocks: list[Block], body: float) -> list[Block]:
     return out
 
 
+# A right-aligned part: a page number, price or amount (roman page numbers too).
+AMOUNT = re.compile(r"^[(\[]?[$€£¥]?[-+]?\d[\d,.:']*[%)\]]?$|^[ivxlcdm]{1,6}$", re.IGNORECASE)
+LEADER = re.compile(r"^[.·…_·-]{2,}$")
+TRAILING_LEADER = re.compile(r"\s*[.·…_]{3,}$")
+LEAD_IN_WORDS = 4  # "Contents", "Table of Contents": a short line standing alone above a list
+
+
+def entry(line: Line) -> tuple[str, str] | None:
+    """(label, right-aligned number) when the line is a list entry: a ToC line, a receipt item.
+
+    The number is set off by a wide gap or by dot leaders; the leaders themselves are dropped.
+    """
+    words = [w for w in line.words if not LEADER.match(w.text)]
+    if len(words) < 2 or not AMOUNT.match(words[-1].text):
+        return None
+    label_words = words[:-1]
+    leaders = len(words) != len(line.words) or bool(TRAILING_LEADER.search(label_words[-1].text))
+    height = max(1, line.box[3] - line.box[1])
+    if not leaders:
+        if words[-1].box[0] - label_words[-1].box[2] <= CELL_GAP * height:
+            return None
+        # The label is one run of words: a row of three cells is a table, not an entry.
+        for prev, word in zip(label_words, label_words[1:], strict=False):
+            if word.box[0] - prev.box[2] > CELL_GAP * height:
+                return None
+    label = TRAILING_LEADER.sub("", " ".join(w.text for w in label_words)).strip()
+    if not any(c.isalpha() for c in label):
+        return None
+    return label, words[-1].text
+
+
+def _entries_markdown(para: Paragraph) -> str | None:
+    found = [entry(line) for line in para.lines if line.words]
+    if not found or any(e is None for e in found):
+        return None
+    return "\n".join(f"{label} {number}".replace("|", "\\|") for label, number in found if label)
+
+
+def _table_block_markdown(rows: list[list[str]]) -> str:
+    width = max(len(r) for r in rows)
+    grid = [[c.replace("|", "\\|") for c in r] + [""] * (width - len(r)) for r in rows]
+    out = ["| " + " | ".join(grid[0]) + " |", "|" + "---|" * width]
+    out += ["| " + " | ".join(row) + " |" for row in grid[1:]]
+    return "\n".join(out)
+
+
 def to_markdown(blocks: list[Block]) -> str:
     """Paragraphs separated by blank lines, '#'/'##' headings, tables as markdown tables."""
-    body = body_size(blocks)
+    body = body_size([b for b in blocks if b.kind != "table"])
     blocks = merge_table_columns(blocks, body)
     # Flatten to paragraphs in reading order, then find runs of table rows across paragraph and
     # block boundaries (Tesseract often splits one table into several blocks).
-    paras = [p for b in blocks for p in b.paragraphs if any(line.words for line in p.lines)]
+    items: list[Paragraph | list[list[str]]] = []
+    for b in blocks:
+        if b.kind == "table" and b.table:
+            items.append(b.table)
+        items.extend(p for p in b.paragraphs if any(line.words for line in p.lines))
     parts: list[str] = []
     pending_rows: list[Line] = []
     pending_paras: list[Paragraph] = []
@@ -234,23 +304,44 @@ def to_markdown(blocks: list[Block]) -> str:
         pending_rows.clear()
         pending_paras.clear()
 
-    for para in paras:
+    for i, para in enumerate(items):
+        if isinstance(para, list):
+            flush_rows()
+            parts.append(_table_block_markdown(para))
+            continue
+        entries = _entries_markdown(para)
+        if entries:
+            flush_rows()
+            parts.append(entries)
+            continue
         rows = [line for line in para.lines if line.words]
         if rows and all(len(split_cells(line)) >= 2 for line in rows):
             pending_rows.extend(rows)
             pending_paras.append(para)
             continue
         flush_rows()
-        parts.append(_paragraph_markdown(para, body))
+        nxt = items[i + 1] if i + 1 < len(items) else None
+        parts.append(_paragraph_markdown(para, body, lead_in=_is_lead_in(para, nxt)))
     flush_rows()
     return "\n\n".join(p for p in parts if p)
 
 
-def _paragraph_markdown(para: Paragraph, body: float) -> str:
+def _is_lead_in(para: Paragraph, nxt: Paragraph | list[list[str]] | None) -> bool:
+    """A short line standing alone right above a list of entries: the list's title."""
+    lines = [line for line in para.lines if line.words]
+    if len(lines) != 1 or len(lines[0].words) > LEAD_IN_WORDS or not isinstance(nxt, Paragraph):
+        return False
+    text = lines[0].text
+    return text[-1:] not in ".,;:" and not AMOUNT.match(lines[0].words[-1].text) and bool(
+        _entries_markdown(nxt)
+    )
+
+
+def _paragraph_markdown(para: Paragraph, body: float, lead_in: bool = False) -> str:
     text = _join_lines(para.lines)
     if not text:
         return ""
-    level = _heading_level(para, body)
+    level = _heading_level(para, body) or (2 if lead_in else 0)
     if level:
         return "#" * level + " " + text
     # A body paragraph starting with '#' or '>' would become a heading or a quote: keep it literal.
