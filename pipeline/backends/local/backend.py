@@ -66,7 +66,15 @@ class LocalBackend:
         pool = self._executor()
         loop = asyncio.get_running_loop()
         try:
-            outcome = await loop.run_in_executor(pool, fn, *args)
+            with worker.terminal_signals_blocked():  # a worker started now is born deaf to Ctrl-C
+                future = loop.run_in_executor(pool, fn, *args)
+            outcome = await future
+        except KeyboardInterrupt as exc:
+            # Only a worker can raise it here (the run's own SIGINT goes to its signal handler);
+            # it must not escape into the event loop and end the run without its report.
+            raise RetryableError(
+                "a local OCR worker process was interrupted", category=Category.BACKEND
+            ) from exc
         except BrokenProcessPool as exc:
             # A worker died (a crash inside a native library, or the OOM killer). Start a fresh
             # pool for what follows; this chunk may be retried.
