@@ -281,7 +281,9 @@ async def test_stop_waits_no_longer_than_shutdown_grace_for_a_hung_request(
     inp, out = tmp_path / "in", tmp_path / "out"
     docs = make_docs(inp, {"a.pdf": 1, "b.pdf": 1})
     config = write_config(tmp_path / "c.yaml", shutdown_grace=0.5, request_timeout=60)
-    args = run_args(inp, out, server.url, "--rps", "0", "--config", str(config))
+    # A set rate: no slow-start probe, whose hung answer would hold the second request back
+    # for the whole request_timeout before both are in flight.
+    args = run_args(inp, out, server.url, "--rps", "100", "--config", str(config))
     child = await spawn(args, pipeline_env(), tmp_path / "run.log")
     while server.stats.by_status.get("hang", 0) < 2:
         assert child.proc.returncode is None, child.output()
