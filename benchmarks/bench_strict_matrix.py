@@ -157,7 +157,8 @@ def measure(cell: Cell, inp: Path, quick: bool, window: float) -> dict[str, Any]
     out = fresh_dir(f"strict-{cell.name}")
     scratch = fresh_dir(f"strict-{cell.name}-conf")
     scratch.mkdir(parents=True)
-    with FakeServerProcess(*server_args(cell, warmup + window + 30)) as server:
+    # The stuck request outlasts the steady window: what a clean stop does with it shows too.
+    with FakeServerProcess(*server_args(cell, warmup + window + 10)) as server:
         config = write_config(scratch, server.url)
         argv = pipeline_argv(cell, config, inp, out)
         server_cpu0 = server.cpu_s()
