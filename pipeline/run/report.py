@@ -46,6 +46,7 @@ class RunReport:
     ignored: list[Failure] = field(default_factory=list)  # files seen but not documents
     failed_earlier: int = 0  # failed in an earlier run, left alone (see --retry-failed)
     estimate: dict[str, Any] | None = None
+    page_methods: dict[str, int] = field(default_factory=dict)  # local engine: text_layer / ocr
     version: int = REPORT_VERSION
 
     def failures_by_category(self) -> dict[str, list[dict[str, str]]]:
@@ -64,6 +65,10 @@ class RunReport:
         atomic_write(path, json.dumps(self.to_dict(), indent=2).encode("utf-8"))
         return path
 
+    def count_page_methods(self, pages: list[dict[str, Any]]) -> None:
+        """Tally how the pages of one answer were read (see `tally_page_methods`)."""
+        tally_page_methods(self.page_methods, pages)
+
     def summary_lines(self) -> list[str]:
         head = "dry run" if self.dry_run else "run"
         lines = [
@@ -72,27 +77,18 @@ class RunReport:
             "  plan: " + (", ".join(f"{k} {v}" for k, v in sorted(self.plan.items())) or "nothing"),
         ]
         if self.estimate:
-            e = self.estimate
-            lines.append(
-                f"  estimate: {e['documents']} documents, {e['pages']} pages, {e['requests']}"
-                f" requests, ${e['cost']:.2f}, about {e['seconds']:.0f} s at {e['rps']:g} req/s"
-            )
+            lines.append(self._estimate_line(self.estimate))
         if not self.dry_run:
             lines.append(
                 f"  documents: {self.documents_done} done, {self.documents_failed} failed,"
                 f" {self.documents_interrupted} interrupted; pages: {self.pages_done};"
                 f" cost: ${self.cost:.4f}; {self.duration_s:.1f} s"
             )
-            req = self.requests
-            if req:
-                lines.append(
-                    f"  requests: {req.get('attempts', 0)} sent, {req.get('retries', 0)} retries,"
-                    f" {req.get('throttled', 0)} rate-limited (429)"
-                )
+            lines += self._backend_lines()
         for category, items in sorted(self.failures_by_category().items()):
             lines.append(f"  failed ({category}): {len(items)}")
             for item in items[:20]:
-                lines.append(f"    {item['path']}: {item['message']}")
+                lines.append(f"    {failure_text(item['path'], item['message'])}")
             if len(items) > 20:
                 lines.append(f"    … and {len(items) - 20} more (see the run report)")
         if self.ignored:
@@ -103,3 +99,57 @@ class RunReport:
                 " (ocr-pipeline status; --retry-failed to try them again)"
             )
         return lines
+
+    def _estimate_line(self, e: dict[str, Any]) -> str:
+        line = (f"  estimate: {e['documents']} documents, {e['pages']} pages, {e['requests']}"
+                f" requests, ${e['cost']:.2f}, ")
+        if e.get("pages_per_min"):
+            return line + (
+                f"about {_duration(e['seconds'])} at {e['pages_per_min']:g} pages/min"
+                f" ({e.get('processes', 1)} processes at the measured speed on scanned pages;"
+                " text-layer pages are far faster): an estimate")
+        if e.get("rps"):
+            return line + f"about {_duration(e['seconds'])} at {e['rps']:g} req/s"
+        return line + "time unknown (no fixed rate: it depends on the service)"
+
+    def _backend_lines(self) -> list[str]:
+        """What matters for the backend used: requests, retries and 429s for a service; pages
+        read from text layers vs OCR'd and pages/min for the local engine."""
+        if self.backend == "local":
+            minutes = self.duration_s / 60
+            rate = f"{self.pages_done / minutes:.0f} pages/min" if minutes > 0 else "-"
+            if self.page_methods:
+                text = self.page_methods.get("text_layer", 0)
+                ocr = self.page_methods.get("ocr", 0)
+                return [f"  pages read: {text} from text layers, {ocr} by OCR; {rate}"]
+            return [f"  speed: {rate}"]
+        req = self.requests
+        if not req:
+            return []
+        return [f"  requests: {req.get('attempts', 0)} sent, {req.get('retries', 0)} retries,"
+                f" {req.get('throttled', 0)} rate-limited (429)"]
+
+
+def tally_page_methods(counts: dict[str, int], pages: list[Any]) -> None:
+    """Count the pages of one answer by how they were read: the local engine's `method` per
+    page (`text_layer` or `ocr`); pages without one are not counted."""
+    for page in pages:
+        method = page.get("method") if isinstance(page, dict) else None
+        if isinstance(method, str):
+            counts[method] = counts.get(method, 0) + 1
+
+
+def failure_text(path: str, message: str) -> str:
+    """`path: message`, without the path twice when the message already starts with it (stored
+    messages do: they are read alone, e.g. with sqlite3)."""
+    if message == path or message.startswith(f"{path}:") or message.startswith(f"{path} "):
+        return message
+    return f"{path}: {message}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

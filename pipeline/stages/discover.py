@@ -6,6 +6,7 @@ reason), so the run report accounts for every file it saw.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -66,7 +67,8 @@ def discover(
     skip_dirs: list[Path] | None = None,
     known: Callable[[str, int, int], str | None] | None = None,
 ) -> Iterator[SourceFile | Skipped]:
-    """Yield every candidate file under `root` in a stable (sorted) order.
+    """Yield every candidate file under `root` in a stable (sorted) order (`root` itself when
+    it is a file).
 
     Hidden entries (dot-files and dot-folders) and `skip_dirs` (e.g. the output tree when it lies
     inside the input) are not entered. Symlinks are not followed unless asked. When asked, links
@@ -76,6 +78,11 @@ def discover(
     `known(rel, size, mtime_ns)` may return the media type of a file already done with that
     size and mtime: such a file is not opened (a resume scan of a large tree only stats).
     """
+    if root.is_file():
+        # A single file given as the input: its relative path is its name, so its outputs are
+        # <out>/NAME.json and <out>/NAME.md. Include/exclude globs do not apply to it.
+        yield from _single_file(root)
+        return
     root = root.resolve()
     include = include or ["**/*"]
     exclude = exclude or []
@@ -150,6 +157,20 @@ def discover(
             yield _sniff_file(path, rel, st)
 
     yield from walk(root, "")
+
+
+def _single_file(path: Path) -> Iterator[SourceFile | Skipped]:
+    rel = printable(path.name)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        yield Skipped(rel, f"cannot read file information: {exc.strerror}")
+        return
+    found = _sniff_file(path.resolve(), rel, st)
+    if isinstance(found, Skipped) and not found.failure:
+        # Named on the command line: not a document is a failure, not a file to ignore.
+        found = dataclasses.replace(found, failure=True)
+    yield found
 
 
 def _sniff_file(path: Path, rel: str, st: os.stat_result) -> SourceFile | Skipped:

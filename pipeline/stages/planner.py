@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +11,17 @@ from typing import Any
 
 from pipeline.config import Settings
 from pipeline.errors import PipelineError
+from pipeline.logsetup import get_logger
 from pipeline.manifest import DocumentRow
 from pipeline.pricing import cost
 from pipeline.stages.discover import Skipped, discover
 from pipeline.stages.plan import TODO, Decision, PlanItem, decide
 from pipeline.stages.split import pdf_page_count
+
+# The local engine's measured speed on scanned pages, per process (one per core): 138 pages/min
+# with 2 processes (benchmarks/bench_local.py, docs/local-engine.md). Pages read from a text layer
+# take about a millisecond, so an estimate at this speed is an upper bound.
+LOCAL_OCR_PAGES_PER_MIN_PER_CORE = 69.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,8 @@ def plan_events(
         elif item.decision == Decision.UNCHANGED and item.sha256 is not None:
             yield Touch(found.rel, found.size, found.mtime_ns)
     tally.finished = True
+    # Said here, when the walk ends, not when the last planned document is taken for work.
+    get_logger().info("plan", todo=tally.todo, **dict(tally.counts))
 
 
 def take(events: Iterator[PlanEvent], n: int) -> list[PlanEvent]:
@@ -129,33 +138,57 @@ def take(events: Iterator[PlanEvent], n: int) -> list[PlanEvent]:
     return list(itertools.islice(events, n))
 
 
+def tiff_frame_count(path: Path) -> int:
+    """Frames of a TIFF (each is a page of its own); only the frame directories are read."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return int(getattr(image, "n_frames", 1))
+
+
+def _pages(s: Settings, item: PlanItem) -> int:
+    src = item.source
+    if src.media_type == "application/pdf":
+        return pdf_page_count(src.path.read_bytes(), src.rel, s.pdf_passwords)
+    if src.media_type == "image/tiff":
+        return tiff_frame_count(src.path)
+    return 1
+
+
+def local_processes(s: Settings) -> int:
+    return s.local.processes or os.cpu_count() or 1
+
+
 def estimate(s: Settings, todo: Iterable[PlanItem], price: float) -> dict[str, Any]:
-    """Pages, requests, cost and time of the planned work: what --dry-run prints."""
+    """Pages, requests, cost and time of the planned work: what --dry-run prints.
+
+    Time: for a hosted backend, requests at the configured rate; for the local engine, pages at
+    its measured speed per process (scanned pages; text-layer pages are far faster)."""
     pages = requests = 0
     unreadable = 0
     documents = 0
     for item in todo:
         documents += 1
-        src = item.source
-        if src.media_type == "application/pdf":
-            try:
-                n = pdf_page_count(src.path.read_bytes(), src.rel, s.pdf_passwords)
-            except (PipelineError, OSError):
-                unreadable += 1
-                continue
-        else:
-            n = 1
+        try:
+            n = _pages(s, item)
+        except (PipelineError, OSError, ValueError, EOFError, SyntaxError):
+            unreadable += 1
+            continue
         pages += n
         requests += -(-n // s.max_pages_per_request)
-    rate = s.rps if s.rps > 0 else 0.0
-    seconds = requests / rate if rate else 0.0
-    return {
+    rate = s.rps or 0.0  # None: auto (learned from the service), unknown beforehand
+    result: dict[str, Any] = {
         "documents": documents,
         "pages": pages,
         "requests": requests,
         "cost": cost(pages, price),
         "price_per_1000_pages": price,
         "rps": rate,
-        "seconds": seconds,
+        "seconds": requests / rate if rate else 0.0,
         "unreadable": unreadable,
     }
+    if s.backend == "local":
+        processes = local_processes(s)
+        per_min = LOCAL_OCR_PAGES_PER_MIN_PER_CORE * processes
+        result.update(seconds=pages / per_min * 60, pages_per_min=per_min, processes=processes)
+    return result
