@@ -8,6 +8,7 @@ damage is exactly the one named (wrong offsets, no xref, a cycle in the page tre
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import os
 import re
@@ -154,6 +155,44 @@ def encrypted_pdf(
     buf = io.BytesIO()
     writer.write(buf)
     return buf.getvalue()
+
+
+_PASSWORD_PAD = bytes.fromhex("28BF4E5E4E758A4164004E56FFFA01082E2E00B6D0683E802F0CA9FE6453697A")
+
+
+def _rc4(key: bytes, data: bytes) -> bytes:
+    box, j = list(range(256)), 0
+    for i in range(256):
+        j = (j + box[i] + key[i % len(key)]) % 256
+        box[i], box[j] = box[j], box[i]
+    out, i, j = bytearray(), 0, 0
+    for byte in data:
+        i = (i + 1) % 256
+        j = (j + box[i]) % 256
+        box[i], box[j] = box[j], box[i]
+        out.append(byte ^ box[(box[i] + box[j]) % 256])
+    return bytes(out)
+
+
+def encrypted_blank_pdf_without_id(pages: int = 2, owner_password: bytes = b"owner") -> bytes:
+    """Pages without content streams (blank in every reader), RC4-40 encrypted with an empty user
+    password and no /ID in the trailer: its key was derived from an empty ID, as some writers do.
+    qpdf opens it with a warning ("invalid /ID in trailer dictionary")."""
+    permissions = -4
+    owner = _rc4(hashlib.md5(owner_password + _PASSWORD_PAD).digest()[:5], _PASSWORD_PAD)
+    key = hashlib.md5(_PASSWORD_PAD + owner + struct.pack("<i", permissions)).digest()[:5]
+    user = _rc4(key, _PASSWORD_PAD)
+    kids = " ".join(f"{3 + i} 0 R" for i in range(pages)).encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [" + kids + b"] /Count %d >>" % pages,
+        *[b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << >> >>"] * pages,
+        b"<< /Filter /Standard /V 1 /R 2 /O <%s> /U <%s> /P %d >>"
+        % (owner.hex().encode(), user.hex().encode(), permissions),
+    ]
+    data = raw_pdf(objects)
+    # raw_pdf writes a trailer without /ID; point it at the encryption dictionary too.
+    return data.replace(b"/Root 1 0 R >>", b"/Root 1 0 R /Encrypt %d 0 R >>" % len(objects))
 
 
 # ---- images -----------------------------------------------------------------------------------

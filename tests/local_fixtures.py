@@ -243,3 +243,48 @@ def table_page(
     cv.save()
     text = "\n".join(["Order Summary", intro, *(" ".join(r) for r in rows)])
     return Page(buf.getvalue(), text, "Order Summary", [intro])
+
+
+def tiff_bytes(
+    frames: list[tuple[Image.Image, tuple[int, int] | None]], *, big: bool = False, byteorder: str = "<"
+) -> bytes:
+    """A TIFF written by hand: one uncompressed 8-bit greyscale strip per frame, each frame with its
+    own resolution (dots per inch) or none. `big` writes a BigTIFF (magic 43, 64-bit offsets);
+    `byteorder` ">" a big-endian ("MM") file. Pillow writes neither big-endian BigTIFFs nor a
+    different resolution per frame."""
+    import struct
+
+    offset, count = ("Q", "Q") if big else ("L", "H")
+    entry, field_size = ("HHQ", 8) if big else ("HHL", 4)
+    out = bytearray(b"II" if byteorder == "<" else b"MM")
+    out += struct.pack(byteorder + "HHHQ", 43, 8, 0, 0) if big else struct.pack(byteorder + "HL", 42, 0)
+    link = 8 if big else 4  # where the offset of the next IFD goes
+    for image, dpi in frames:
+        grey = image.convert("L")
+        width, height = grey.size
+        pixels = grey.tobytes()
+        strip = len(out)
+        out += pixels + b"\0" * (len(pixels) % 2)
+        tags: list[tuple[int, int, int]] = [
+            (256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+            (273, 16 if big else 4, strip), (277, 3, 1), (278, 4, height), (279, 4, len(pixels)),
+        ]
+        rationals: dict[int, bytes] = {}
+        if dpi is not None:
+            tags += [(282, 5, 0), (283, 5, 0), (296, 3, 2)]
+            for tag, value in ((282, dpi[0]), (283, dpi[1])):
+                rationals[tag] = struct.pack(byteorder + "LL", value, 1)
+                if not big:  # 8 bytes do not fit a classic entry: stored aside, pointed at
+                    rationals[tag], position = struct.pack(byteorder + "L", len(out)), len(out)
+                    out += struct.pack(byteorder + "LL", value, 1)
+                    assert position % 2 == 0
+        struct.pack_into(byteorder + offset, out, link, len(out))
+        out += struct.pack(byteorder + count, len(tags))
+        for tag, kind, value in sorted(tags):
+            field = rationals[tag] if kind == 5 else struct.pack(
+                byteorder + {3: "H", 4: "L", 16: "Q"}[kind], value
+            )
+            out += struct.pack(byteorder + entry, tag, kind, 1) + field.ljust(field_size, b"\0")
+        link = len(out)
+        out += struct.pack(byteorder + offset, 0)
+    return bytes(out)

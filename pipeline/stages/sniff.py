@@ -16,6 +16,8 @@ SUPPORTED = (
 
 SNIFF_BYTES = 1024
 _DIB_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
+# Classic TIFF (42 = "*") and BigTIFF (43 = "+", 64-bit offsets), little- and big-endian.
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def sniff(head: bytes) -> str | None:
@@ -24,7 +26,7 @@ def sniff(head: bytes) -> str | None:
         return "image/png"
     if head.startswith(b"\xff\xd8\xff"):
         return "image/jpeg"
-    if head.startswith((b"II*\x00", b"MM\x00*")):
+    if head.startswith(_TIFF_MAGIC):
         return "image/tiff"
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return "image/webp"

@@ -21,9 +21,10 @@ import pikepdf
 
 from pipeline.errors import EncryptedError, InputError, TooLargeError
 from pipeline.models import Chunk
+from pipeline.reasons import exception_text
 from pipeline.stages.pdfrepair import lost_content, repair_notes
 from pipeline.stages.sniff import PDF
-from pipeline.stages.tiff import tiff_frames_as_png
+from pipeline.stages.tiff import frames_as_png
 
 
 @dataclass
@@ -37,7 +38,8 @@ class OpenedPdf:
 
 def _damaged(rel: str, exc: Exception) -> InputError:
     return InputError(
-        f"{rel}: PDF is damaged and cannot be read, even after an attempt to repair it ({exc})",
+        f"{rel}: PDF is damaged and cannot be read, even after an attempt to repair it"
+        f" ({exception_text(exc)})",
         hint="re-export it from its source application and run again",
     )
 
@@ -62,7 +64,7 @@ def open_pdf(data: bytes, rel: str, passwords: list[str] | None = None) -> Opene
     try:
         pages = len(pdf.pages)
         notes = repair_notes(pdf)
-        if notes and (lost := lost_content(pdf)) is not None:
+        if notes and (lost := lost_content(pdf, data, notes)) is not None:
             raise InputError(
                 f"{rel}: PDF is damaged: page {lost}'s content is missing ({notes[0]})",
                 hint="re-export it from its source application; a repair would give blank pages",
@@ -116,7 +118,7 @@ def iter_chunks(
     if data is None:
         data = path.read_bytes()
     if media_type == "image/tiff":
-        for index, png in enumerate(tiff_frames_as_png(data, rel)):
+        for index, png in enumerate(frames_as_png(data, rel)):
             if len(png) > max_bytes:
                 raise TooLargeError(
                     f"{rel}: frame {index + 1} is {len(png):,} bytes as PNG, above the backend's"
@@ -169,7 +171,7 @@ def _pdf_chunks(
                 body = _write(pdf, start, start + count)
             except (pikepdf.PdfError, RuntimeError, ValueError, RecursionError) as exc:
                 raise InputError(
-                    f"{rel}: pages {start + 1}-{start + count} cannot be copied ({exc})",
+                    f"{rel}: pages {start + 1}-{start + count} cannot be copied ({exception_text(exc)})",
                     hint="the PDF is damaged; re-export or repair it",
                 ) from None
             if len(body) <= max_bytes:

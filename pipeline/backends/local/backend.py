@@ -21,6 +21,7 @@ from pipeline.backends.local.langdata import check_languages, has_osd, resolve_t
 from pipeline.config import LocalSettings
 from pipeline.errors import Category, DocumentError, InputError, RetryableError
 from pipeline.models import Chunk
+from pipeline.reasons import exception_text
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/tiff", "image/webp", "image/gif", "image/bmp"})
 
@@ -88,7 +89,7 @@ class LocalBackend:
         except Exception as exc:  # a bug in the worker: this document fails, the run goes on
             raise DocumentError(
                 Category.INTERNAL,
-                f"the local OCR engine failed unexpectedly: {type(exc).__name__}: {exc}",
+                f"the local OCR engine failed unexpectedly: {type(exc).__name__}: {exception_text(exc)}",
                 hint="please report this with the input file",
             ) from exc
         if outcome[0] == "error":

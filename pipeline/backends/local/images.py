@@ -2,7 +2,8 @@
 
 Pillow reads only the header on `Image.open`, so the size is known before any pixel buffer is
 allocated: that is where decompression bombs are stopped. Multi-page TIFFs give one page per
-frame; animated GIF/WebP give their first frame only (an animation is not a paged document).
+frame, counted and with each frame's resolution read by `pipeline.stages.tiff` (the one owner of
+TIFF frames); animated GIF/WebP give their first frame only (an animation is not a paged document).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import warnings
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import InputError, TooLargeError
+from pipeline.reasons import exception_text
+from pipeline.stages import tiff
 
 PAGED_FORMATS = {"TIFF", "MPO"}  # formats whose frames are pages
 _FORMAT_NAMES = {
@@ -27,7 +30,7 @@ _FORMAT_NAMES = {
 
 def _corrupt(media_type: str, exc: BaseException) -> InputError:
     kind = _FORMAT_NAMES.get(media_type, media_type)
-    detail = str(exc).strip() or type(exc).__name__
+    detail = exception_text(exc)
     return InputError(
         f"cannot decode the {kind} image: {detail}",
         hint="the file is truncated or corrupt: re-export or re-scan it, "
@@ -73,7 +76,9 @@ def check_pixels(img: Image.Image, max_pixels: int) -> None:
 
 
 def frame_count(img: Image.Image) -> int:
-    """Pages in this image: every frame of a TIFF, one for everything else."""
+    """Pages in this image: every frame of a TIFF (or MPO), one for everything else."""
+    if img.format == "TIFF":
+        return tiff.frame_count(img)
     if img.format in PAGED_FORMATS:
         return max(1, int(getattr(img, "n_frames", 1)))
     return 1
@@ -102,8 +107,8 @@ def load_frame(
 
 
 def header_dpi(img: Image.Image) -> int | None:
-    """The resolution written in the file's header, if any."""
-    raw = img.info.get("dpi")
+    """The resolution written in the header of the image's current frame, if any."""
+    raw = tiff.frame_dpi(img) if img.format == "TIFF" else img.info.get("dpi")
     try:
         dpi = round(float(raw[0])) if raw else 0
     except (TypeError, ValueError, IndexError):

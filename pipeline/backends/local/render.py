@@ -9,6 +9,7 @@ from PIL import Image
 
 from pipeline.backends.local.images import too_large
 from pipeline.errors import EncryptedError, InputError
+from pipeline.reasons import exception_text
 
 _FPDF_ERR_PASSWORD = 4
 
@@ -23,7 +24,7 @@ def open_pdf(data: bytes) -> pdfium.PdfDocument:
         if getattr(exc, "err_code", None) == _FPDF_ERR_PASSWORD:
             raise EncryptedError("the PDF is password-protected") from exc
         raise InputError(
-            f"cannot open the PDF: {exc}",
+            f"cannot open the PDF: {exception_text(exc)}",
             hint="the file is corrupt or truncated: try `qpdf --check` on it, or re-export it",
         ) from exc
 
@@ -46,7 +47,7 @@ def render_page(page: pdfium.PdfPage, dpi: int, max_pixels: int) -> Image.Image:
     try:
         bitmap = page.render(scale=dpi / 72, grayscale=True, may_draw_forms=True)
     except pdfium.PdfiumError as exc:
-        raise InputError(f"cannot render the page: {exc}", hint="re-export the PDF") from exc
+        raise InputError(f"cannot render the page: {exception_text(exc)}", hint="re-export the PDF") from exc
     try:
         return bitmap.to_pil().convert("L")
     finally:
