@@ -31,6 +31,7 @@ BACKEND_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_pages_per_request": 50,
         "max_bytes_per_request": 45_000_000,
         "api_key_env": "MISTRAL_API_KEY",
+        "rps": None,  # auto: learned from rate headers and 429s
     },
     "azure": {
         "endpoint": "",
@@ -38,6 +39,7 @@ BACKEND_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_pages_per_request": 30,
         "max_bytes_per_request": 25_000_000,
         "api_key_env": "AZURE_API_KEY",
+        "rps": None,
     },
     "local": {
         "endpoint": "",
@@ -45,8 +47,11 @@ BACKEND_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_pages_per_request": 10,
         "max_bytes_per_request": 200_000_000,
         "api_key_env": "",
+        "rps": 0.0,  # no rate limit: the engine's processes are the limit
     },
 }
+# Keys that take "auto" (sized by the run itself): stored as None.
+AUTO_KEYS = frozenset({"rps", "workers", "max_in_flight"})
 
 
 @dataclass
@@ -71,9 +76,10 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)
     auth_header: str = "bearer"  # bearer | api-key (some Azure deployments)
     azure_api_version: str | None = None
-    workers: int = 4
-    rps: float = 5.0  # requests per second for all workers together; 0 = unlimited
-    max_in_flight: int = 8
+    # Throughput: None ("auto") is sized by the run; a number is a hard cap.
+    workers: int | None = None  # documents open at once
+    rps: float | None = None  # requests per second for all workers together; 0 = unlimited
+    max_in_flight: int | None = None  # requests under way at once
     connect_timeout: float = 10.0
     request_timeout: float = 300.0
     document_timeout: float = 3600.0
@@ -149,6 +155,8 @@ def _coerce(name: str, value: Any, ftype: Any, where: str) -> Any:
     type_name = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
     try:
         if value is None:
+            return None
+        if name in AUTO_KEYS and isinstance(value, str) and value.strip().lower() == "auto":
             return None
         if "bool" in type_name:
             if isinstance(value, bool):
@@ -243,6 +251,7 @@ def load_settings(
     settings.model = defaults["model"]
     settings.max_pages_per_request = defaults["max_pages_per_request"]
     settings.max_bytes_per_request = defaults["max_bytes_per_request"]
+    settings.rps = defaults["rps"]
     _apply(settings, _FIELDS, file_data, where)
     cli = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key, value in cli.items():
@@ -278,12 +287,12 @@ def validate(s: Settings, where: str, key_env: str) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{where}: key '{key}': {why}")
 
-    if s.workers < 1:
-        raise bad("workers", "must be at least 1")
-    if s.rps < 0:
-        raise bad("rps", "must be 0 (unlimited) or more")
-    if s.max_in_flight < 1:
-        raise bad("max_in_flight", "must be at least 1")
+    if s.workers is not None and s.workers < 1:
+        raise bad("workers", "must be at least 1, or auto")
+    if s.rps is not None and s.rps < 0:
+        raise bad("rps", "must be auto, 0 (unlimited) or more")
+    if s.max_in_flight is not None and s.max_in_flight < 1:
+        raise bad("max_in_flight", "must be at least 1, or auto")
     if s.max_pages_per_request < 1:
         raise bad("max_pages_per_request", "must be at least 1")
     if s.max_bytes_per_request < 10_000:

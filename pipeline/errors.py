@@ -32,9 +32,11 @@ class Category(enum.StrEnum):
 
 
 class PipelineError(Exception):
-    """Base for all failures the pipeline reports to a user."""
+    """Base for all failures the pipeline reports to a user. A run-level failure carries the exit
+    code the command ends with (`exit_code`); a document's failure is recorded, the run goes on."""
 
     category: Category = Category.INTERNAL
+    exit_code: ExitCode = ExitCode.FATAL
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -110,9 +112,13 @@ class FatalError(PipelineError):
 class ConfigError(PipelineError):
     """Bad configuration or usage: exit 2 before any work starts."""
 
+    exit_code = ExitCode.USAGE
+
 
 class LockedError(PipelineError):
     """Another run holds the output's lock: exit 75."""
+
+    exit_code = ExitCode.LOCKED
 
 
 class StopRequested(Exception):

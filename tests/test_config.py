@@ -238,7 +238,11 @@ def test_shipped_configs_load(name: str, backend: str, key: str | None) -> None:
     s = load_settings(REPO / "config" / name, env=dict(SHIPPED_ENV))
     assert s.backend == backend
     assert s.api_key == key
-    assert s.workers >= 1 and s.max_pages_per_request >= 1
+    assert s.max_pages_per_request >= 1
+    if backend == "local":
+        assert s.rps == 0  # the engine's processes are the limit, not a rate
+    else:  # hosted: rate and concurrency learned, nothing pinned by the shipped file
+        assert (s.rps, s.workers, s.max_in_flight) == (None, None, None)
     if backend == "azure":
         assert s.endpoint == AZURE_ROUTE
 
@@ -251,3 +255,20 @@ def test_shipped_remote_configs_without_their_key_say_which_variable(name: str, 
         load_settings(REPO / "config" / name, env=env)
     assert var in str(info.value)
     assert name in str(info.value)
+
+
+@pytest.mark.parametrize("source", ["file", "flag"])
+def test_rps_workers_and_in_flight_take_auto_or_a_number(tmp_path: Path, source: str) -> None:
+    values = {"backend": "mistral", "rps": "auto", "workers": "auto", "max_in_flight": "auto"}
+    env = {"MISTRAL_API_KEY": KEY}
+    if source == "file":
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text("\n".join(f"{k}: {v}" for k, v in values.items()))
+        s = load_settings(cfg, env=env)
+    else:
+        s = load_settings(None, values, env=env)
+    assert (s.rps, s.workers, s.max_in_flight) == (None, None, None)
+    capped = load_settings(None, {**values, "rps": "12.5", "workers": "3"}, env=env)
+    assert (capped.rps, capped.workers) == (12.5, 3)
+    with pytest.raises(ConfigError, match="rps"):
+        load_settings(None, {**values, "rps": "fast"}, env=env)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+import pipeline.run.document_job
 import pipeline.run.runner
 import pipeline.stages.plan
 from pipeline.errors import ExitCode
@@ -164,14 +165,14 @@ async def test_a_split_that_never_returns_times_out_alone(tmp_path: Path, fake_s
                                                           monkeypatch) -> None:
     server = await fake_server()
     make_docs(tmp_path / "in", 4)
-    real_iter_chunks = pipeline.run.runner.iter_chunks
+    real_iter_chunks = pipeline.run.document_job.iter_chunks
 
     def maybe_stuck(path, rel, *args, **kwargs):  # type: ignore[no-untyped-def]
         if rel == "d00.pdf":
             time.sleep(3)  # a pypdf loop on a hostile file, as far as the run can tell
         yield from real_iter_chunks(path, rel, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.run.runner, "iter_chunks", maybe_stuck)
+    monkeypatch.setattr(pipeline.run.document_job, "iter_chunks", maybe_stuck)
     settings = make_settings(tmp_path / "in", tmp_path / "out", server.url, workers=1,
                              document_timeout=0.5)
     run = pipeline.run.runner.Run(settings)

@@ -252,7 +252,7 @@ async def test_only_failed_category_retries_just_that_category(tmp_path: Path,
     report = await run_pipeline(tmp_path / "in", tmp_path / "out", server.url,
                                 retry_failed=True, retry_categories=["too_large"],
                                 allow_large_documents=True)
-    assert report.plan == {"retry": 1, "failed": 1}
+    assert report.plan == {"retry": 1, "failed_earlier": 1}
     assert report.documents_done == 1
 
 

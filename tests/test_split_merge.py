@@ -17,9 +17,10 @@ from reportlab.lib.utils import ImageReader
 from reportlab.pdfgen import canvas
 
 import pipeline.stages.split as split_module
+from pipeline.backends.base import check_response
 from pipeline.errors import Category, EncryptedError, InputError, RetryableError, TooLargeError
 from pipeline.models import Chunk
-from pipeline.stages.merge import check_response, merge_responses
+from pipeline.stages.merge import merge_responses
 from pipeline.stages.split import iter_chunks
 from tests.pdfgen import page_text, pdf_bytes, write_pdf
 

@@ -395,13 +395,13 @@ def test_plan_changed_content_is_redone(doc: SourceFile) -> None:
 
 def test_plan_failed_documents_wait_for_retry_failed(doc: SourceFile) -> None:
     failed = row_for(doc, "failed", sha="s", category="rejected")
-    assert decide(doc, failed).decision == Decision.FAILED_BEFORE
+    assert decide(doc, failed).decision == Decision.FAILED_EARLIER
     assert decide(doc, failed, retry_failed=True).decision == Decision.RETRY
     assert decide(doc, failed, retry_failed=True, retry_categories={"rejected"}).decision == Decision.RETRY
     assert decide(
         doc, failed, retry_failed=True, retry_categories={"backend", "timeout"}
-    ).decision == Decision.FAILED_BEFORE
-    assert Decision.FAILED_BEFORE not in TODO and Decision.RETRY in TODO
+    ).decision == Decision.FAILED_EARLIER
+    assert Decision.FAILED_EARLIER not in TODO and Decision.RETRY in TODO
 
 
 def test_plan_a_failed_document_that_changed_is_redone(doc: SourceFile) -> None:

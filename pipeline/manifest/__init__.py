@@ -1,5 +1,20 @@
 """The resumable manifest: SQL in `database`, the writer thread in `writer`."""
 
-from pipeline.manifest.database import DocumentRow, Manifest, ManifestError, PlannedDocument
+from pathlib import Path
 
-__all__ = ["DocumentRow", "Manifest", "ManifestError", "PlannedDocument"]
+from pipeline.manifest.database import DocumentRow, Manifest, ManifestError, PlannedDocument
+from pipeline.stages.discover import STATE_DIR
+
+MANIFEST_NAME = "manifest.sqlite3"
+
+__all__ = ["DocumentRow", "MANIFEST_NAME", "Manifest", "ManifestError", "PlannedDocument",
+           "manifest_path", "state_dir"]
+
+
+def state_dir(output: Path) -> Path:
+    """The output's state folder: manifest, lock, run reports, metrics."""
+    return output / STATE_DIR
+
+
+def manifest_path(output: Path) -> Path:
+    return state_dir(output) / MANIFEST_NAME

@@ -1,9 +1,15 @@
 """The resumable manifest: one SQLite (WAL) file, one row per document and one per chunk.
 
 All SQL of the project lives here, behind a small interface (record the plan, claim, checkpoint a
-chunk, finish, fail, query), so that another store (a shared PostgreSQL) can replace it.
-A chunk's response is committed the moment it arrives: a resumed run reuses it instead of paying
-for it again.
+chunk, finish, fail, query). The states and their allowed moves are in `pipeline.manifest.states`:
+every write names its target state and moves only rows in a state allowed to reach it (a move that
+is not allowed changes nothing). A chunk's response is committed the moment it arrives: a resumed
+run reuses it instead of paying for it again.
+
+Threads: a `Manifest` object is used by one thread at a time. During a run that is the manifest
+writer's thread (`pipeline.manifest.writer`, reached from the event loop through `AsyncManifest`);
+before and after the pool, the event loop's thread; the planner's thread has its own read-only
+connection (`Manifest.reader`).
 """
 
 from __future__ import annotations
@@ -18,20 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import FatalError
+from pipeline.manifest.states import ChunkState, DocState, check_constraint, sources, sql_in
 
 
 class ManifestError(FatalError):
     """The manifest cannot be read or written: stop the run (exit 3), resumable."""
 
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS documents (
     path TEXT PRIMARY KEY,
     sha256 TEXT,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     media_type TEXT,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    state TEXT NOT NULL {check_constraint(DocState)},
     attempts INTEGER NOT NULL DEFAULT 0,
     error_category TEXT,
     error_message TEXT,
@@ -48,7 +55,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     first_page INTEGER NOT NULL,
     page_count INTEGER NOT NULL,
     chunk_sha256 TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('done', 'merged')),
+    state TEXT NOT NULL {check_constraint(ChunkState)},
     response TEXT,
     updated_at REAL NOT NULL,
     PRIMARY KEY (path, doc_sha256, first_page, page_count)
@@ -63,18 +70,26 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+DOCUMENT_COLUMNS = ("path, sha256, size, mtime_ns, state, attempts, error_category, error_message,"
+                    " pages, media_type")
+
+
 @dataclass(frozen=True)
 class DocumentRow:
     path: str
     sha256: str | None
     size: int
     mtime_ns: int
-    state: str
+    state: DocState
     attempts: int
     error_category: str | None
     error_message: str | None
     pages: int | None
     media_type: str | None = None
+
+    @classmethod
+    def from_sql(cls, row: tuple[Any, ...]) -> DocumentRow:
+        return cls(row[0], row[1], row[2], row[3], DocState(row[4]), *row[5:])
 
 
 @dataclass(frozen=True)
@@ -86,7 +101,7 @@ class PlannedDocument:
 
 
 class Manifest:
-    """The run's memory. Single-threaded: use it from the event loop's thread only."""
+    """The run's memory: one connection, used by one thread at a time (see the module's doc)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,19 +161,14 @@ class Manifest:
 
     # ---- planning ---------------------------------------------------------------------------
     def all_documents(self) -> dict[str, DocumentRow]:
-        rows = self._db.execute(
-            "SELECT path, sha256, size, mtime_ns, state, attempts, error_category,"
-            " error_message, pages, media_type FROM documents"
-        )
-        return {r[0]: DocumentRow(*r) for r in rows}
+        rows = self._db.execute(f"SELECT {DOCUMENT_COLUMNS} FROM documents")
+        return {r[0]: DocumentRow.from_sql(r) for r in rows}
 
     def lookup(self, path: str) -> DocumentRow | None:
         row = self._db.execute(
-            "SELECT path, sha256, size, mtime_ns, state, attempts, error_category,"
-            " error_message, pages, media_type FROM documents WHERE path=?",
-            (path,),
+            f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE path=?", (path,)
         ).fetchone()
-        return DocumentRow(*row) if row else None
+        return DocumentRow.from_sql(row) if row else None
 
     @classmethod
     def reader(cls, path: Path) -> Manifest:
@@ -178,11 +188,13 @@ class Manifest:
         with self._write() as db:
             db.executemany(
                 "INSERT INTO documents (path, size, mtime_ns, media_type, state, run_id,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (path) DO UPDATE SET size=excluded.size,"
-                " mtime_ns=excluded.mtime_ns, media_type=excluded.media_type, state='pending',"
-                " run_id=excluded.run_id, updated_at=excluded.updated_at",
-                [(d.path, d.size, d.mtime_ns, d.media_type, run_id, now, now) for d in todo],
+                " mtime_ns=excluded.mtime_ns, media_type=excluded.media_type, state=excluded.state,"
+                " run_id=excluded.run_id, updated_at=excluded.updated_at"
+                f" WHERE documents.state IN {sql_in(sources(DocState.PENDING))}",
+                [(d.path, d.size, d.mtime_ns, d.media_type, DocState.PENDING, run_id, now, now)
+                 for d in todo],
             )
 
     def touch_unchanged(self, path: str, size: int, mtime_ns: int) -> None:
@@ -197,9 +209,10 @@ class Manifest:
               mtime_ns: int | None = None) -> None:
         """Mark a document running, with the hash (and stat) of the content actually read."""
         self._tx(
-            "UPDATE documents SET state='running', sha256=?, attempts=attempts+1, run_id=?,"
-            " size=COALESCE(?, size), mtime_ns=COALESCE(?, mtime_ns), updated_at=? WHERE path=?",
-            (sha256, run_id, size, mtime_ns, time.time(), path),
+            "UPDATE documents SET state=?, sha256=?, attempts=attempts+1, run_id=?,"
+            " size=COALESCE(?, size), mtime_ns=COALESCE(?, mtime_ns), updated_at=? WHERE path=?"
+            f" AND state IN {sql_in(sources(DocState.RUNNING))}",
+            (DocState.RUNNING, sha256, run_id, size, mtime_ns, time.time(), path),
         )
 
     def chunk_response(
@@ -223,8 +236,8 @@ class Manifest:
     ) -> None:
         self._tx(
             "INSERT OR REPLACE INTO chunks (path, doc_sha256, first_page, page_count,"
-            " chunk_sha256, state, response, updated_at) VALUES (?, ?, ?, ?, ?, 'done', ?, ?)",
-            (path, doc_sha256, first_page, page_count, chunk_sha256,
+            " chunk_sha256, state, response, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (path, doc_sha256, first_page, page_count, chunk_sha256, ChunkState.DONE,
              json.dumps(response, ensure_ascii=False), time.time()),
         )
 
@@ -233,13 +246,14 @@ class Manifest:
         now = time.time()
         with self._write() as db:
             db.execute(
-                "UPDATE documents SET state='done', pages=?, cost=?, error_category=NULL,"
-                " error_message=NULL, updated_at=? WHERE path=?",
-                (pages, cost, now, path),
+                "UPDATE documents SET state=?, pages=?, cost=?, error_category=NULL,"
+                " error_message=NULL, updated_at=? WHERE path=?"
+                f" AND state IN {sql_in(sources(DocState.DONE))}",
+                (DocState.DONE, pages, cost, now, path),
             )
             db.execute(
-                "UPDATE chunks SET state='merged', response=NULL, updated_at=? WHERE path=?",
-                (now, path),
+                "UPDATE chunks SET state=?, response=NULL, updated_at=? WHERE path=?",
+                (ChunkState.MERGED, now, path),
             )
 
     def fail(self, path: str, category: str, message: str, *, size: int = 0,
@@ -247,27 +261,28 @@ class Manifest:
         now = time.time()
         self._tx(
             "INSERT INTO documents (path, size, mtime_ns, state, attempts, error_category,"
-            " error_message, created_at, updated_at) VALUES (?, ?, ?, 'failed', 1, ?, ?, ?, ?)"
-            " ON CONFLICT (path) DO UPDATE SET state='failed', error_category=excluded.error_category,"
+            " error_message, created_at, updated_at) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)"
+            " ON CONFLICT (path) DO UPDATE SET state=excluded.state,"
+            " error_category=excluded.error_category,"
             " error_message=excluded.error_message, updated_at=excluded.updated_at,"
             " size=CASE WHEN excluded.size > 0 THEN excluded.size ELSE documents.size END,"
             " mtime_ns=CASE WHEN excluded.mtime_ns > 0 THEN excluded.mtime_ns"
             " ELSE documents.mtime_ns END",
-            (path, size, mtime_ns, category, message, now, now),
+            (path, size, mtime_ns, DocState.FAILED, category, message, now, now),
         )
 
     def release(self, path: str) -> None:
         """An interrupted document goes back to pending: the next run resumes it."""
         self._tx(
-            "UPDATE documents SET state='pending', updated_at=? WHERE path=? AND state='running'",
-            (time.time(), path),
+            "UPDATE documents SET state=?, updated_at=? WHERE path=? AND state=?",
+            (DocState.PENDING, time.time(), path, DocState.RUNNING),
         )
 
     # ---- runs and queries -------------------------------------------------------------------
     def start_run(self, run_id: str) -> None:
         self._tx("INSERT INTO runs (run_id, started_at) VALUES (?, ?)", (run_id, time.time()))
         # A crash leaves rows 'running': they are resumable work, not in progress.
-        self._tx("UPDATE documents SET state='pending' WHERE state='running'")
+        self._tx("UPDATE documents SET state=? WHERE state=?", (DocState.PENDING, DocState.RUNNING))
 
     def finish_run(self, run_id: str, exit_code: int, summary: dict[str, Any]) -> None:
         self._tx(
@@ -275,16 +290,17 @@ class Manifest:
             (time.time(), exit_code, json.dumps(summary), run_id),
         )
 
-    def counts(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT state, COUNT(*) FROM documents GROUP BY state"))
+    def counts(self) -> dict[DocState, int]:
+        """Documents by state (states with no document are left out)."""
+        rows = self._db.execute("SELECT state, COUNT(*) FROM documents GROUP BY state")
+        return {DocState(state): n for state, n in rows}
 
     def failures(self, limit: int = 1000) -> list[DocumentRow]:
         rows = self._db.execute(
-            "SELECT path, sha256, size, mtime_ns, state, attempts, error_category,"
-            " error_message, pages FROM documents WHERE state='failed' ORDER BY path LIMIT ?",
-            (limit,),
+            f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE state=? ORDER BY path LIMIT ?",
+            (DocState.FAILED, limit),
         )
-        return [DocumentRow(*r) for r in rows]
+        return [DocumentRow.from_sql(r) for r in rows]
 
     def recent_runs(self, limit: int = 5) -> list[dict[str, Any]]:
         rows = self._db.execute(
@@ -298,12 +314,13 @@ class Manifest:
         ]
 
     def last_success(self) -> float | None:
-        row = self._db.execute("SELECT MAX(updated_at) FROM documents WHERE state='done'").fetchone()
+        row = self._db.execute("SELECT MAX(updated_at) FROM documents WHERE state=?",
+                               (DocState.DONE,)).fetchone()
         return row[0] if row else None
 
     def totals(self) -> dict[str, float]:
         row = self._db.execute(
             "SELECT COALESCE(SUM(pages), 0), COALESCE(SUM(cost), 0) FROM documents"
-            " WHERE state='done'"
+            " WHERE state=?", (DocState.DONE,)
         ).fetchone()
         return {"pages": row[0], "cost": row[1]}

@@ -5,6 +5,9 @@ SQLite commits with `synchronous=FULL` wait for the disk. On the event loop they
 every request in flight; one per document they would cap a run at the disk's fsync rate. Here the
 loop only waits for its own call's commit, and a commit covers every write queued meanwhile
 (group commit): durability per call, at a fraction of the fsyncs.
+
+The event loop reaches the manifest through `AsyncManifest` (`await manifest.claim(...)`); the
+`Manifest` object itself is then touched only by the writer thread until `stop()`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from pipeline.manifest.database import Manifest
+from pipeline.manifest.database import Manifest, PlannedDocument
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -39,7 +42,6 @@ class ManifestWriter:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="ocr-manifest", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.commits = 0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -90,6 +92,59 @@ class ManifestWriter:
                 return
             self._loop.call_soon_threadsafe(_settle, batch[0][3], None, exc)
             return
-        self.commits += 1
         for future, result in results:
             self._loop.call_soon_threadsafe(_settle, future, result, None)
+
+
+class AsyncManifest:
+    """The manifest as the event loop sees it during a run: every call runs on the writer
+    thread and returns once committed. The interface one document's job needs, and no SQL."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self._writer = ManifestWriter(manifest)
+
+    def start(self) -> None:
+        self._writer.start()
+
+    async def stop(self) -> None:
+        await self._writer.stop()
+
+    async def record_plan(self, todo: list[PlannedDocument], run_id: str) -> None:
+        await self._writer.run(self.manifest.record_plan, todo, run_id)
+
+    async def touch_unchanged(self, path: str, size: int, mtime_ns: int) -> None:
+        await self._writer.run(self.manifest.touch_unchanged, path, size, mtime_ns)
+
+    async def claim(self, path: str, sha256: str, run_id: str, *, size: int | None = None,
+                    mtime_ns: int | None = None) -> None:
+        await self._writer.run(self.manifest.claim, path, sha256, run_id, size=size,
+                               mtime_ns=mtime_ns)
+
+    async def chunk_response(self, path: str, doc_sha256: str, first_page: int,
+                             page_count: int) -> dict[str, Any] | None:
+        return await self._writer.run(self.manifest.chunk_response, path, doc_sha256,
+                                      first_page, page_count)
+
+    async def checkpoint_chunk(self, path: str, doc_sha256: str, first_page: int,
+                               page_count: int, chunk_sha256: str,
+                               response: dict[str, Any]) -> None:
+        await self._writer.run(self.manifest.checkpoint_chunk, path, doc_sha256, first_page,
+                               page_count, chunk_sha256, response)
+
+    async def finish(self, path: str, pages: int, cost: float) -> None:
+        await self._writer.run(self.manifest.finish, path, pages, cost)
+
+    async def fail(self, path: str, category: str, message: str, *, size: int = 0,
+                   mtime_ns: int = 0) -> None:
+        await self._writer.run(self.manifest.fail, path, category, message, size=size,
+                               mtime_ns=mtime_ns)
+
+    async def release(self, path: str) -> None:
+        await self._writer.run(self.manifest.release, path)
+
+    async def counts(self) -> dict[Any, int]:
+        return await self._writer.run(self.manifest.counts)
+
+    async def last_success(self) -> float | None:
+        return await self._writer.run(self.manifest.last_success)

@@ -1,86 +1,98 @@
-"""The run: lock, discover, plan, then an asyncio worker pool over documents; report at the end.
+"""The run around the documents: the lock, signals, feeding the plan to a pool of document jobs,
+stopping, and the report with its exit code.
 
-Documents flow through a bounded queue to `workers` tasks. Inside a document, chunks are cut one
-at a time (in a thread: pypdf is CPU work) and sent concurrently up to `chunks_per_document`, so
-memory holds at most workers x chunks_per_document chunks whatever the tree's or a PDF's size.
-Every answer is checkpointed in the manifest before anything else happens with it.
+One document's path is `pipeline.run.document_job`; how a chunk is answered is the transport's
+(`pipeline.transport`). The pool opens documents while the transport wants more requests ready
+(its `demand()`, sized by Little's law from the measured latency and rate) or, for a fixed
+`workers`, up to that many; memory stays bounded by a ceiling on open documents and their bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import hashlib
 import os
 import secrets
 import signal
-import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from pipeline import __version__
 from pipeline.backends.base import Backend
 from pipeline.config import Settings
-from pipeline.errors import (
-    Category,
-    ConfigError,
-    DocumentError,
-    ExitCode,
-    FatalError,
-    RetryableError,
-    StopRequested,
-    TooLargeError,
-)
+from pipeline.errors import ConfigError, FatalError
 from pipeline.logsetup import get_logger, redact
-from pipeline.manifest import Manifest, PlannedDocument
-from pipeline.manifest.writer import ManifestWriter
-from pipeline.models import Chunk
-from pipeline.pricing import cost, price_per_1000_pages
-from pipeline.run import crashpoints
+from pipeline.manifest import Manifest, PlannedDocument, manifest_path, state_dir
+from pipeline.manifest.writer import AsyncManifest
+from pipeline.pricing import price_per_1000_pages
 from pipeline.run.budget import Budget
-from pipeline.run.metrics import MetricsSnapshot, write_metrics
-from pipeline.run.progress import ProgressDisplay, ProgressSnapshot
+from pipeline.run.document_job import (
+    DocumentJob,
+    DocumentLimits,
+    DocumentResult,
+    DocumentStatus,
+    JobContext,
+)
+from pipeline.run.outcome import Outcome, StopReason, StopRequest, decide_outcome, exit_code
+from pipeline.run.progress import ProgressDisplay
 from pipeline.run.report import Failure, RunReport
-from pipeline.stages.discover import STATE_DIR, Skipped
-from pipeline.stages.merge import merge_responses
-from pipeline.stages.plan import Decision, PlanItem, file_sha256
+from pipeline.run.split_pool import SplitPool
+from pipeline.run.ticker import RunTicker
+from pipeline.stages.discover import Skipped
+from pipeline.stages.plan import Decision, PlanItem
 from pipeline.stages.planner import PlanEvent, PlanTally, Touch, estimate, plan_events, take
-from pipeline.stages.sniff import PDF
-from pipeline.stages.split import OpenedPdf, iter_chunks
-from pipeline.stages.store import remove_outputs, write_document
+from pipeline.timefmt import iso
 from pipeline.transport.ratelimit import RateLimiter
-from pipeline.transport.retry import EndpointHealth, RetryPolicy, RetryStats, call_with_retry
+from pipeline.transport.retry import EndpointHealth, RetryPolicy, RetryStats
+from pipeline.transport.sync import SyncTransport
 
-MANIFEST_NAME = "manifest.sqlite3"
 PLAN_BATCH = 256  # files planned per trip to a thread
-
-
-def state_dir(output: Path) -> Path:
-    return output / STATE_DIR
+MAX_OPEN_DOCUMENTS = 4096  # safety ceiling when the pool sizes itself
+MAX_OPEN_BYTES = 256 * 1024 * 1024  # input bytes of open documents, beyond the first one
+CHUNKS_IN_FLIGHT_AUTO = 8  # requests of one document at once when workers/max_in_flight are auto
 
 
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-def build_backend(settings: Settings) -> Backend:
+def build_backend(settings: Settings, limiter: RateLimiter | None = None) -> Backend:
     if settings.backend == "local":
         from pipeline.backends.local import LocalBackend
 
         return LocalBackend(settings.local, model=settings.model)
     from pipeline.backends.mistral import MistralBackend
 
-    return MistralBackend(settings)
+    return MistralBackend(settings, rate_listener=limiter)
+
+
+def fixed_workers(s: Settings) -> int | None:
+    """Documents open at once when that is fixed: the setting, or for the local engine twice its
+    processes (it is the limit, not a rate); None when the transport's demand sizes the pool."""
+    if s.workers:
+        return s.workers
+    if s.backend == "local":
+        return 2 * (s.local.processes or os.cpu_count() or 1)
+    return None
+
+
+def document_limits(s: Settings) -> DocumentLimits:
+    if s.workers and s.max_in_flight:
+        per_document = max(1, s.max_in_flight // s.workers)
+    else:
+        per_document = min(s.max_in_flight or CHUNKS_IN_FLIGHT_AUTO, CHUNKS_IN_FLIGHT_AUTO)
+    return DocumentLimits(
+        document_timeout=s.document_timeout,
+        max_document_bytes=s.max_document_bytes,
+        max_pages_per_request=s.max_pages_per_request,
+        max_bytes_per_request=s.max_bytes_per_request,
+        max_pages_per_document=None if s.allow_large_documents else s.max_pages_per_document,
+        chunks_in_flight=per_document,
+        retry_attempts=s.retry_attempts,
+        pdf_passwords=tuple(s.pdf_passwords),
+    )
 
 
 class Run:
@@ -93,57 +105,54 @@ class Run:
         self.state = state_dir(self.output)
         self.run_id = new_run_id()
         self.log = get_logger().bind(run_id=self.run_id)
-        self._backend = backend
         self.price = price_per_1000_pages(settings.backend, settings.model, settings.price_per_1000_pages)
-        self.stopping = False
+        self.stop: StopRequest | None = None
         self.fatal: FatalError | None = None
-        self.stats = RetryStats()
         self.limiter = RateLimiter(settings.rps, settings.max_in_flight)
-        self.health = EndpointHealth(settings.endpoint_deadline,
-                                     throttle_deadline=settings.throttle_deadline)
-        self.policy = RetryPolicy(settings.retry_attempts, settings.retry_initial, settings.retry_max)
-        self.chunks_per_document = max(1, settings.max_in_flight // settings.workers)
-        self._tasks: list[asyncio.Task[Any]] = []
+        self.transport = SyncTransport(
+            backend or build_backend(settings, self.limiter), self.limiter,
+            RetryPolicy(settings.retry_attempts, settings.retry_initial, settings.retry_max),
+            EndpointHealth(settings.endpoint_deadline, throttle_deadline=settings.throttle_deadline),
+            RetryStats(),
+        ) if not settings.dry_run else None
+        self.stats = self.transport.stats if self.transport else RetryStats()
+        self.budget = Budget(settings.max_pages, settings.max_cost, self.price)
+        self.workers = fixed_workers(settings)
+        self.splitter = SplitPool(min(self.workers or 4, 8))
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._grace_handle: asyncio.TimerHandle | None = None
         self._runtime_handle: asyncio.TimerHandle | None = None
-        self._split_pool = ThreadPoolExecutor(settings.workers, "ocr-split")
-        self._abandoned_pools: list[ThreadPoolExecutor] = []
-        self.budget = Budget(settings.max_pages, settings.max_cost, self.price)
-        self.metrics_path = settings.metrics_file or self.state / "metrics.prom"
         mode = settings.progress
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "json"
         self.progress = ProgressDisplay(mode, sys.stderr, self.log)
-        self.documents_total = 0
-        self.unchanged = 0
-        self.last_success: float | None = None
-        self.manifest_counts: dict[str, int] = {}
-        self.bytes_sent = 0
-        self._backend_in_use: Backend | None = None
         self.started = time.time()
         self.report = RunReport(
-            run_id=self.run_id,
-            started_at=_iso(self.started),
-            backend=settings.backend,
-            model=settings.model,
-            input=str(self.input),
-            output=str(self.output),
+            run_id=self.run_id, started_at=iso(self.started), backend=settings.backend,
+            model=settings.model, input=str(self.input), output=str(self.output),
             dry_run=settings.dry_run,
         )
+        self.ticker = RunTicker(self.report, self.stats, self.progress,
+                                settings.metrics_file or self.state / "metrics.prom",
+                                settings.progress_interval, self.log,
+                                lambda: self.transport.bytes_sent if self.transport else 0)
 
-    # ---- planning ---------------------------------------------------------------------------
-    def estimate(self, todo: Iterable[PlanItem]) -> dict[str, Any]:
-        return estimate(self.s, todo, self.price)
+    @property
+    def stopping(self) -> bool:
+        return self.stop is not None or self.fatal is not None
 
     # ---- the run ----------------------------------------------------------------------------
     async def execute(self) -> RunReport:
-        from pipeline.run.lock import RunLock
-
         if self.output == self.input:
             raise ConfigError(
                 f"the output folder is the input folder ({self.input}): outputs would be read back"
                 " as documents; choose another --output"
             )
+        if self.s.dry_run:
+            await self._with_signals(self._dry_run())
+            return self.report
+        from pipeline.run.lock import RunLock
+
         with contextlib.ExitStack() as held:
             try:
                 self.output.mkdir(parents=True, exist_ok=True)
@@ -152,44 +161,44 @@ class Run:
                 raise ConfigError(
                     f"cannot use {self.output} as the output folder: {exc.strerror or exc}"
                 ) from None
-            manifest = Manifest(self.state / MANIFEST_NAME)
+            manifest = Manifest(manifest_path(self.output))
             held.callback(manifest.close)
-            await self._execute(manifest)
+            await self._with_signals(self._plan_and_work(manifest))
         return self.report
 
-    async def _execute(self, manifest: Manifest) -> None:
+    async def _with_signals(self, work: Any) -> None:
         """Signals are handled from the start: a SIGTERM during a long scan still ends with a
         clean stop (130), not a kill."""
         loop = asyncio.get_running_loop()
         installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig, reason in ((signal.SIGINT, StopReason.SIGINT), (signal.SIGTERM, StopReason.SIGTERM)):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.request_stop, sig.name)
+                loop.add_signal_handler(sig, self.request_stop, StopRequest(reason))
                 installed.append(sig)
         try:
-            await self._plan_and_work(manifest)
+            await work
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
 
-    async def _plan_and_work(self, manifest: Manifest) -> None:
-        if not self.s.dry_run:
-            manifest.start_run(self.run_id)
+    async def _dry_run(self) -> None:
+        """Plan and estimate, calling nothing and writing nothing: the manifest, when there is
+        one, is only read."""
         tally = PlanTally()
-        reader = Manifest.reader(manifest.path)
+        path = manifest_path(self.output)
+        reader = Manifest.reader(path) if path.exists() else None
         try:
-            events = plan_events(self.s, self.input, self.output, reader.lookup, tally)
-            if self.s.dry_run:
-                await asyncio.to_thread(self._dry_run, events)
-                self._record_plan(tally)
-                self.log.info("plan", todo=tally.todo, **dict(tally.counts))
-                self._finish(manifest, record=False)
-                return
-            await self._work(events, tally, manifest)
+            events = plan_events(self.s, self.input, self.output,
+                                 reader.lookup if reader else (lambda rel: None), tally)
+            self.report.estimate = await asyncio.to_thread(self._estimate, events)
         finally:
-            reader.close()
+            if reader:
+                reader.close()
+        self._record_plan(tally)
+        self.log.info("plan", todo=tally.todo, **dict(tally.counts))
+        self._finish(None)
 
-    def _dry_run(self, events: Iterator[PlanEvent]) -> None:
+    def _estimate(self, events: Iterator[PlanEvent]) -> dict[str, Any]:
         def todo() -> Iterator[PlanItem]:
             for event in events:
                 if isinstance(event, PlanItem):
@@ -198,45 +207,58 @@ class Run:
                     self.report.failures.append(Failure(event.rel, event.category,
                                                         f"{event.rel}: {event.reason}"))
 
-        self.report.estimate = self.estimate(todo())
+        return estimate(self.s, todo(), self.price)
+
+    async def _plan_and_work(self, manifest: Manifest) -> None:
+        manifest.start_run(self.run_id)
+        tally = PlanTally()
+        reader = Manifest.reader(manifest.path)
+        db = AsyncManifest(manifest)
+        assert self.transport is not None
+        try:
+            events = plan_events(self.s, self.input, self.output, reader.lookup, tally)
+            if self.s.max_runtime:
+                self._runtime_handle = asyncio.get_running_loop().call_later(
+                    self.s.max_runtime, self.request_stop,
+                    StopRequest(StopReason.BUDGET, f"--max-runtime {self.s.max_runtime:g} s"))
+            db.start()
+            ticker = asyncio.create_task(self.ticker.tick_forever(db))
+            try:
+                await self._pool(self._planned(events, tally, db), self._context(db))
+            finally:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+                self.progress.clear()
+                for handle in (self._grace_handle, self._runtime_handle):
+                    if handle:
+                        handle.cancel()
+                await self.transport.close()
+                await db.stop()
+                self.splitter.shutdown()
+        finally:
+            reader.close()
+        self._record_plan(tally)
+        self.report.bytes_sent = self.transport.bytes_sent
+        self._finish(manifest)
+
+    def _context(self, db: AsyncManifest) -> JobContext:
+        assert self.transport is not None
+        return JobContext(
+            output=self.output, run_id=self.run_id, backend=self.s.backend, model=self.s.model,
+            price_per_1000=self.price, limits=document_limits(self.s), manifest=db,
+            transport=self.transport, budget=self.budget, splitter=self.splitter,
+            stopping=lambda: self.stopping, request_stop=self.request_stop,
+        )
 
     def _record_plan(self, tally: PlanTally) -> None:
         self.report.plan = dict(tally.counts)
-        self.unchanged = tally.counts.get(Decision.UNCHANGED.value, 0)
+        self.ticker.unchanged = tally.counts.get(Decision.UNCHANGED.value, 0)
         self.report.failed_earlier = tally.failed_earlier
         self.report.ignored = [Failure(i.rel, i.category, i.reason) for i in tally.ignored]
 
-    async def _work(self, events: Iterator[PlanEvent], tally: PlanTally,
-                    manifest: Manifest) -> None:
-        backend = self._backend or build_backend(self.s)
-        self._backend_in_use = backend
-        loop = asyncio.get_running_loop()
-        if self.s.max_runtime:
-            self._runtime_handle = loop.call_later(
-                self.s.max_runtime, self.request_stop, f"budget: --max-runtime {self.s.max_runtime:g} s"
-            )
-        self.db = ManifestWriter(manifest)
-        self.db.start()
-        ticker = asyncio.create_task(self._tick_forever(manifest))
-        try:
-            await self._pool(self._planned(events, tally, manifest), backend, manifest)
-        finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
-            self.progress.clear()
-            for handle in (self._grace_handle, self._runtime_handle):
-                if handle:
-                    handle.cancel()
-            await backend.close()
-            await self.db.stop()
-            self._split_pool.shutdown(wait=False, cancel_futures=True)
-        self._record_plan(tally)
-        self.report.bytes_sent = self._bytes_sent()
-        self._finish(manifest, record=True)
-
     async def _planned(self, events: Iterator[PlanEvent], tally: PlanTally,
-                       manifest: Manifest) -> AsyncIterator[PlanItem]:
+                       db: AsyncManifest) -> AsyncIterator[PlanItem]:
         """The documents to process, planned a batch of files at a time while earlier ones are
         already being processed; each batch is recorded as pending before its work starts."""
         while not self.stopping:
@@ -248,418 +270,153 @@ class Run:
             for event in batch:
                 if isinstance(event, Skipped):
                     message = f"{event.rel}: {event.reason}"
-                    await self.db.run(manifest.fail, event.rel, event.category, message,
-                                      size=event.size, mtime_ns=event.mtime_ns)
-                    self._record_failure(event.rel, event.category, message)
+                    await db.fail(event.rel, event.category, message, size=event.size,
+                                  mtime_ns=event.mtime_ns)
+                    self._record_failure(Failure(event.rel, event.category, message))
                 elif isinstance(event, Touch):
-                    await self.db.run(manifest.touch_unchanged, event.rel, event.size,
-                                      event.mtime_ns)
+                    await db.touch_unchanged(event.rel, event.size, event.mtime_ns)
             if todo:
-                await self.db.run(manifest.record_plan, [
+                await db.record_plan([
                     PlannedDocument(i.source.rel, i.source.size, i.source.mtime_ns,
                                     i.source.media_type)
                     for i in todo
                 ], self.run_id)
-            self.documents_total = tally.todo + tally.bad
+            self.ticker.documents_total = tally.todo + tally.bad
             for item in todo:
                 yield item
 
-    # ---- progress and metrics ---------------------------------------------------------------
-    def _bytes_sent(self) -> int:
-        return int(getattr(self._backend_in_use, "bytes_sent", 0) or 0)
+    # ---- the pool ---------------------------------------------------------------------------
+    def _room_for(self, open_bytes: int) -> bool:
+        """May one more document be opened now?"""
+        open_count = len(self._tasks)
+        if open_count == 0:
+            return True
+        if self.workers:
+            return open_count < self.workers
+        if open_count >= MAX_OPEN_DOCUMENTS or open_bytes >= MAX_OPEN_BYTES:
+            return False
+        return self.limiter.demand() > 0
 
-    def progress_snapshot(self) -> ProgressSnapshot:
-        r = self.report
-        return ProgressSnapshot(
-            documents_total=self.documents_total,
-            documents_done=r.documents_done,
-            documents_failed=r.documents_failed,
-            pages_done=r.pages_done,
-            retries=self.stats.retries,
-            throttled=self.stats.throttled,
-            elapsed_s=time.time() - self.started,
-        )
+    async def _pool(self, todo: AsyncIterator[PlanItem], ctx: JobContext) -> None:
+        """Open documents as the transport has room for their requests; each runs as one job."""
+        changed = asyncio.Event()  # a document finished: there may be room again
+        sizes: dict[asyncio.Task[Any], int] = {}
+        failures: list[BaseException] = []
 
-    def metrics_snapshot(self, *, in_progress: bool) -> MetricsSnapshot:
-        r = self.report
-        return MetricsSnapshot(
-            documents={
-                "done": r.documents_done,
-                "failed": r.documents_failed,
-                "interrupted": r.documents_interrupted,
-                "unchanged": self.unchanged,
-                "todo": self.documents_total,
-            },
-            pages={"done": r.pages_done, "from_checkpoint": r.pages_from_checkpoints},
-            requests_by_status=dict(self.stats.by_status),
-            retries=self.stats.retries,
-            throttled=self.stats.throttled,
-            bytes_sent=self._bytes_sent(),
-            cost=round(r.cost, 6),
-            duration_s=round(time.time() - self.started, 3),
-            in_progress=in_progress,
-            exit_code=None if in_progress else r.exit_code,
-            last_success=self.last_success,
-            manifest_documents=self.manifest_counts,
-        )
+        def done(task: asyncio.Task[Any]) -> None:
+            self._tasks.discard(task)
+            sizes.pop(task, None)
+            changed.set()
 
-    async def _refresh_manifest_figures(self, manifest: Manifest) -> None:
         try:
-            self.last_success = await self.db.run(manifest.last_success)
-            self.manifest_counts = await self.db.run(manifest.counts)
-        except (sqlite3.Error, FatalError) as exc:
-            self.log.warning("manifest figures not read", error=str(exc))
-
-    def _write_metrics(self, manifest: Manifest, *, in_progress: bool) -> None:
-        try:
-            if not in_progress:
-                self.last_success = manifest.last_success()
-                self.manifest_counts = manifest.counts()
-            write_metrics(self.metrics_path, self.metrics_snapshot(in_progress=in_progress))
-        except (OSError, sqlite3.Error) as exc:
-            self.log.warning("metrics file not written", path=str(self.metrics_path),
-                             error=str(exc))
-
-    async def _tick_forever(self, manifest: Manifest) -> None:
-        """Progress display and metrics file, refreshed while the pool works."""
-        bar = self.progress.mode == "bar"
-        interval = 0.5 if bar else self.s.progress_interval
-        since_metrics = 0.0
-        await self._refresh_manifest_figures(manifest)
-        self._write_metrics(manifest, in_progress=True)
-        while True:
-            await asyncio.sleep(interval)
-            self.progress.show(self.progress_snapshot())
-            since_metrics += interval
-            if since_metrics >= self.s.progress_interval:
-                since_metrics = 0.0
-                await self._refresh_manifest_figures(manifest)
-                self._write_metrics(manifest, in_progress=True)
-
-    async def _pool(self, todo: AsyncIterator[PlanItem], backend: Backend,
-                    manifest: Manifest) -> None:
-        queue: asyncio.Queue[PlanItem | None] = asyncio.Queue(maxsize=self.s.workers * 2)
-        planning_error: list[BaseException] = []
-
-        async def produce() -> None:
-            try:
-                async for item in todo:
+            async with contextlib.aclosing(todo) as planned:
+                async for item in planned:
+                    while not self._room_for(sum(sizes.values())) and not self.stopping:
+                        changed.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(changed.wait(), 0.02)
                     if self.stopping:
                         break
-                    await queue.put(item)
-            except FatalError as exc:
-                self._abort(exc)
-            except Exception as exc:  # planning broke: stop, and say why after the workers end
-                planning_error.append(exc)
-                self.request_stop("an error while planning")
-            finally:
-                if self.stopping:  # queued documents stay pending; make room for the sentinels
-                    while not queue.empty():
-                        queue.get_nowait()
-                for _ in range(self.s.workers):
-                    await queue.put(None)
-
-        async def work() -> None:
-            while True:
-                item = await queue.get()
-                if item is None or self.stopping:
-                    return
-                await self._document(item, backend, manifest)
-
-        producer = asyncio.create_task(produce())
-        self._tasks = [asyncio.create_task(work()) for _ in range(self.s.workers)]
-        results = await asyncio.gather(*self._tasks, return_exceptions=True)
-        producer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await producer
-        for result in [*results, *planning_error]:
+                    task = asyncio.create_task(self._document(ctx, item))
+                    self._tasks.add(task)
+                    sizes[task] = item.source.size
+                    task.add_done_callback(done)
+        except FatalError as exc:
+            self._abort(exc)
+        except Exception as exc:  # planning broke: stop, and say why after the documents end
+            failures.append(exc)
+            self.request_stop(StopRequest(StopReason.PLANNING_ERROR))
+        results = await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        for result in [*results, *failures]:
             if isinstance(result, BaseException) and not isinstance(
                 result, asyncio.CancelledError | FatalError
             ):
                 raise result
 
-    def request_stop(self, reason: str) -> None:
-        """Stop dispatching; in-flight requests get `shutdown_grace` seconds to finish."""
-        if self.stopping:
-            if reason in ("SIGINT", "SIGTERM"):
-                self.log.warning("second signal: stopping now", signal=reason)
+    async def _document(self, ctx: JobContext, item: PlanItem) -> None:
+        try:
+            result = await DocumentJob(ctx, item).run()
+        except asyncio.CancelledError:
+            self.report.documents_interrupted += 1
+            raise
+        except FatalError as exc:  # also from the manifest itself (disk full)
+            self.report.documents_interrupted += 1
+            self._abort(exc)
+            return
+        self._record(result)
+
+    def _record(self, result: DocumentResult) -> None:
+        r = self.report
+        if result.status == DocumentStatus.INTERRUPTED:
+            r.documents_interrupted += 1
+        elif result.status == DocumentStatus.FAILED and result.failure is not None:
+            self._record_failure(result.failure)
+        elif result.status == DocumentStatus.DONE:
+            r.documents_done += 1
+            r.pages_done += result.pages
+            r.pages_from_checkpoints += result.pages_reused
+            r.cost += result.cost
+            if result.source and result.source.get("repaired"):
+                self.log.warning("repaired", path=result.rel,
+                                 notes=result.source.get("repair_notes"))
+            log = self.log.debug if self.progress.mode == "bar" else self.log.info
+            log("document", path=result.rel, state="done", pages=result.pages,
+                seconds=result.seconds)
+
+    def _record_failure(self, failure: Failure) -> None:
+        self.report.failures.append(failure)
+        self.report.documents_failed += 1
+        self.log.warning("document", path=failure.path, state="failed", category=failure.category,
+                         error=failure.message)
+
+    # ---- stopping ---------------------------------------------------------------------------
+    def request_stop(self, request: StopRequest) -> None:
+        """Stop dispatching; requests in flight get `shutdown_grace` seconds to finish."""
+        if self.stop is not None:
+            if request.reason.is_signal:
+                self.log.warning("second signal: stopping now", signal=str(request.reason))
                 self._cancel_all()
             return
-        self.stopping = True
-        if not reason.startswith("budget"):
+        self.stop = request
+        if request.reason != StopReason.BUDGET and self.transport:
             # Requests not sent yet stay unsent; within a budget, reserved ones may go.
-            self.limiter.close()
-        self.report.message = self.report.message or f"stopped by {reason}"
-        self.log.warning("stopping", reason=reason, grace_s=self.s.shutdown_grace)
-        if reason in ("SIGINT", "SIGTERM"):
-            self.report.outcome = "interrupted"
-        elif reason.startswith("budget"):
-            self.report.outcome = "budget"
-            self.report.message = f"budget reached ({reason.removeprefix('budget: ')})"
-        loop = asyncio.get_running_loop()
-        self._grace_handle = loop.call_later(self.s.shutdown_grace, self._cancel_all)
+            self.transport.stop()
+        if request.reason == StopReason.BUDGET:
+            self.report.message = f"budget reached ({request.detail})"
+        else:
+            self.report.message = self.report.message or f"stopped by {request.reason}"
+        in_flight = self.limiter.in_flight
+        self.log.warning(
+            "stopping", reason=str(request.reason), grace_s=self.s.shutdown_grace,
+            in_flight=in_flight,
+            message=f"waiting up to {self.s.shutdown_grace:g} s for {in_flight} requests in flight;"
+                    " Ctrl-C again to stop now",
+        )
+        self._grace_handle = asyncio.get_running_loop().call_later(self.s.shutdown_grace,
+                                                                   self._cancel_all)
 
     def _cancel_all(self) -> None:
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
 
     def _abort(self, error: FatalError) -> None:
         if self.fatal is None:
             self.fatal = error
             self.log.error("fatal", error=redact(str(error)))
-        self.stopping = True
-        self.limiter.close()
+        if self.transport:
+            self.transport.stop()
         self._cancel_all()
-
-    # ---- one document -----------------------------------------------------------------------
-    async def _document(self, item: PlanItem, backend: Backend, manifest: Manifest) -> None:
-        try:
-            await self._document_recorded(item, backend, manifest)
-        except FatalError as exc:  # also from the manifest itself (disk full)
-            self._abort(exc)
-            raise
-
-    async def _document_recorded(self, item: PlanItem, backend: Backend,
-                                 manifest: Manifest) -> None:
-        src = item.source
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(self.s.document_timeout):
-                pages = await self._document_inner(item, backend, manifest, started)
-        except StopRequested:
-            await self.db.run(manifest.release, src.rel)
-            self.report.documents_interrupted += 1
-            return
-        except asyncio.CancelledError:
-            self.report.documents_interrupted += 1
-            with contextlib.suppress(FatalError, asyncio.CancelledError):
-                await self.db.run(manifest.release, src.rel)
-            raise
-        except FatalError as exc:
-            with contextlib.suppress(FatalError):
-                await self.db.run(manifest.release, src.rel)
-            self.report.documents_interrupted += 1
-            self._abort(exc)
-            raise
-        except TimeoutError:
-            await self._fail(manifest, src.rel, Category.TIMEOUT,
-                       f"{src.rel}: not finished within {self.s.document_timeout:g} s"
-                       " (document_timeout); its answered chunks are kept for the next try")
-            return
-        except RetryableError as exc:
-            await self._fail(manifest, src.rel, exc.category,
-                       f"{exc.message} (gave up after {self.s.retry_attempts} tries;"
-                       " answered chunks are kept, --retry-failed resumes it)")
-            return
-        except DocumentError as exc:
-            await self._fail(manifest, src.rel, exc.category, str(exc))
-            return
-        except Exception as exc:  # a bug: record it against the document, keep the run going
-            self.log.exception("internal error", path=src.rel)
-            await self._fail(manifest, src.rel, Category.INTERNAL,
-                       f"{src.rel}: unexpected {type(exc).__name__}: {exc}"
-                       " (a bug in ocr-pipeline: please report it with this message)")
-            return
-        self.report.documents_done += 1
-        self.report.pages_done += pages
-        log = self.log.debug if self.progress.mode == "bar" else self.log.info
-        log("document", path=src.rel, state="done", pages=pages,
-            seconds=round(time.monotonic() - started, 3))
-
-    async def _fail(self, manifest: Manifest, rel: str, category: str, message: str) -> None:
-        message = redact(message if message.startswith(rel) else f"{rel}: {message}")
-        await self.db.run(manifest.fail, rel, str(category), message)
-        self._record_failure(rel, str(category), message)
-
-    def _record_failure(self, rel: str, category: str, message: str) -> None:
-        if not message.startswith(rel):
-            message = f"{rel}: {message}"
-        self.report.failures.append(Failure(rel, category, message))
-        self.report.documents_failed += 1
-        self.log.warning("document", path=rel, state="failed", category=category, error=message)
-
-    async def _document_inner(
-        self, item: PlanItem, backend: Backend, manifest: Manifest, started: float
-    ) -> int:
-        src = item.source
-        try:
-            st = os.stat(src.path)
-            if st.st_size > self.s.max_document_bytes:
-                raise TooLargeError(
-                    f"{src.rel}: {st.st_size:,} bytes, above max_document_bytes"
-                    f" ({self.s.max_document_bytes:,})",
-                    hint="split the file, or raise max_document_bytes if the machine has the memory",
-                )
-            data, sha = await asyncio.to_thread(_read_and_hash, src.path)
-        except FileNotFoundError:
-            raise DocumentError(Category.INPUT, f"{src.rel}: file vanished before it was read")\
-                from None
-        except OSError as exc:
-            raise DocumentError(Category.INPUT, f"{src.rel}: cannot read: {exc.strerror}",
-                                hint="check its permissions") from None
-        if st.st_size != len(data):
-            raise DocumentError(Category.INPUT, f"{src.rel}: file changed while it was being read",
-                                hint="it will be picked up by the next run")
-        size = len(data)
-        await self.db.run(manifest.claim, src.rel, sha, self.run_id, size=size,
-                          mtime_ns=st.st_mtime_ns)
-        if item.decision == Decision.CHANGED:
-            remove_outputs(self.output, src.rel)
-        repair_info: dict[str, Any] = {"repaired": False}
-        # Known page count: the loop stops after the last chunk without one more hop to the
-        # split pool (which would only say "no more"). Unknown for TIFF (frames) until the end.
-        known_pages = {"total": None if src.media_type in (PDF, "image/tiff") else 1}
-
-        def opened(pdf: OpenedPdf) -> None:
-            known_pages["total"] = pdf.pages
-            repair_info.update(repaired=pdf.repaired, repair_notes=pdf.repair_notes[:20])
-
-        chunks = iter_chunks(
-            src.path, src.rel, src.media_type,
-            max_pages=self.s.max_pages_per_request,
-            max_bytes=self.s.max_bytes_per_request,
-            passwords=self.s.pdf_passwords,
-            data=data,
-            max_document_pages=None if self.s.allow_large_documents
-            else self.s.max_pages_per_document,
-            on_open=opened,
-        )
-        # A document no earlier run touched has no answers to reuse: skip the look-ups.
-        may_have_answers = item.decision != Decision.NEW
-        del data
-        answers: list[tuple[Chunk, dict[str, Any] | None]] = []
-        sizes: list[int] = []
-        gate = asyncio.Semaphore(self.chunks_per_document)
-        tasks: list[asyncio.Task[None]] = []
-        reused_pages = 0
-
-        async def send(position: int, chunk: Chunk) -> None:
-            paid = False
-            try:
-                crashpoints.reached("request")
-                response = await call_with_retry(
-                    backend, chunk, self.limiter, self.policy, self.health, self.stats
-                )
-                paid = True
-                await self.db.run(manifest.checkpoint_chunk, src.rel, sha, chunk.first_page,
-                                  chunk.page_count, chunk.sha256, response)
-                crashpoints.reached("chunk_persisted")
-                answers[position] = (answers[position][0], response)
-            finally:
-                self.budget.settle(chunk.page_count, paid=paid)
-                gate.release()
-
-        try:
-            while True:
-                await gate.acquire()
-                if self.stopping:
-                    gate.release()
-                    raise StopRequested()
-                if any(t.done() and not t.cancelled() and t.exception() for t in tasks):
-                    gate.release()
-                    break  # a chunk failed for good: send no more of this document
-                total = known_pages["total"]
-                if total is not None and answers and answers[-1][0].last_page >= total:
-                    gate.release()
-                    break
-                chunk = await self._split_next(chunks)
-                if chunk is None:
-                    gate.release()
-                    break
-                light = dataclasses.replace(chunk, data=b"")
-                sizes.append(len(chunk.data))
-                saved = None
-                if may_have_answers:
-                    saved = await self.db.run(manifest.chunk_response, src.rel, sha,
-                                              chunk.first_page, chunk.page_count)
-                answers.append((light, saved))
-                if saved is not None:
-                    reused_pages += chunk.page_count
-                    gate.release()
-                    continue
-                if not self.budget.reserve(chunk.page_count):
-                    gate.release()
-                    self.request_stop(f"budget: {self.budget.page_limit} pages"
-                                      f" (--max-pages/--max-cost)")
-                    raise StopRequested()
-                tasks.append(asyncio.create_task(send(len(answers) - 1, chunk)))
-                del chunk
-        except (StopRequested, DocumentError):
-            # Requests already sent are paid for: let their answers land in the manifest.
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        finally:
-            with contextlib.suppress(ValueError):  # ValueError: a split still running (stuck)
-                chunks.close()  # frees the open PDF now, not when garbage-collected
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            fatal = [e for e in errors if isinstance(e, FatalError | asyncio.CancelledError)]
-            raise (fatal or errors)[0]
-        if self.stopping and any(resp is None for _, resp in answers):
-            raise StopRequested()
-        merged = merge_responses([(c, r) for c, r in answers if r is not None])
-        page_count = len(merged["pages"])
-        doc_cost = cost(page_count, self.price)
-        source = {
-            "path": src.rel,
-            "sha256": sha,
-            "bytes": size,
-            "media_type": src.media_type,
-            "pages": page_count,
-            "backend": self.s.backend,
-            "model": self.s.model,
-            "chunks": [
-                {"first_page": c.first_page, "pages": c.page_count, "bytes": size,
-                 "sha256": c.sha256}
-                for (c, _), size in zip(answers, sizes, strict=True)
-            ],
-            "pages_from_checkpoint": reused_pages,
-            **repair_info,
-            "run_id": self.run_id,
-            "seconds": round(time.monotonic() - started, 3),
-            "pipeline_version": __version__,
-            "processed_at": _iso(time.time()),
-        }
-        if repair_info["repaired"]:
-            self.log.warning("repaired", path=src.rel, notes=repair_info.get("repair_notes"))
-        crashpoints.reached("before_store")
-        await asyncio.to_thread(write_document, self.output, src.rel, merged, source)
-        crashpoints.reached("after_store")
-        await self.db.run(manifest.finish, src.rel, page_count, doc_cost)
-        crashpoints.reached("document_done")
-        self.report.pages_from_checkpoints += reused_pages
-        self.report.cost += cost(page_count - reused_pages, self.price)
-        return page_count
-
-    async def _split_next(self, chunks: Iterator[Chunk]) -> Chunk | None:
-        """The next chunk, cut in the split pool (pypdf is CPU work and may, on a hostile file,
-        never return: a thread cannot be killed, so an abandoned one gets a fresh pool beside it
-        and the process exits without waiting for it)."""
-        pool = self._split_pool
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, next, chunks, None)
-        except asyncio.CancelledError:
-            if pool is self._split_pool:
-                self._abandoned_pools.append(pool)
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._split_pool = ThreadPoolExecutor(self.s.workers, "ocr-split")
-            raise
 
     def has_stuck_threads(self) -> bool:
         """True when a split abandoned after a timeout is still running (see cli.main)."""
-        return any(t.is_alive() for pool in self._abandoned_pools for t in pool._threads)
+        return self.splitter.has_stuck_threads()
 
     # ---- the end ----------------------------------------------------------------------------
-    def _finish(self, manifest: Manifest, *, record: bool) -> None:
+    def _finish(self, manifest: Manifest | None) -> None:
+        """Close the report: outcome, exit code, request figures; save it when the run wrote."""
         r = self.report
         now = time.time()
-        r.finished_at = _iso(now)
+        r.finished_at = iso(now)
         r.duration_s = round(now - self.started, 3)
         r.cost = round(r.cost, 6)
         r.requests = {
@@ -668,31 +425,21 @@ class Run:
             "throttled": self.stats.throttled,
             "by_status": dict(self.stats.by_status),
         }
-        if self.fatal is not None:
-            r.exit_code, r.outcome = int(ExitCode.FATAL), "fatal"
+        outcome = decide_outcome(fatal=self.fatal is not None, stop=self.stop,
+                                 failed_now=r.documents_failed,
+                                 failed_earlier=0 if self.s.dry_run else r.failed_earlier)
+        r.outcome, r.exit_code = str(outcome), int(exit_code(outcome))
+        if outcome == Outcome.FATAL:
             r.message = redact(str(self.fatal))
-        elif self.stopping and r.outcome == "interrupted":
-            r.exit_code = int(ExitCode.INTERRUPTED)
-        elif self.stopping and r.outcome == "budget":
-            r.exit_code = int(ExitCode.FATAL)
-        elif r.documents_failed:
-            r.exit_code, r.outcome = int(ExitCode.SOME_FAILED), "some_failed"
-        else:
-            r.exit_code, r.outcome = int(ExitCode.OK), "ok"
-        if record:
-            try:
-                manifest.finish_run(self.run_id, r.exit_code, r.to_dict())
-                r.write(self.state / "runs")
-            except (OSError, FatalError) as exc:
-                self.log.error("run report not saved", error=redact(str(exc)))
-            self._write_metrics(manifest, in_progress=False)
+        if manifest is None:
+            return
+        try:
+            manifest.finish_run(self.run_id, r.exit_code, r.to_dict())
+            r.write(self.state / "runs")
+        except (OSError, FatalError) as exc:
+            self.log.error("run report not saved", error=redact(str(exc)))
+        self.ticker.write_final_metrics(manifest)
 
 
-def _read_and_hash(path: Path) -> tuple[bytes, str]:
-    """The file's bytes and their sha256, in one trip to a thread: hash what was read, not what
-    was planned (the file may have changed since)."""
-    data = path.read_bytes()
-    return data, hashlib.sha256(data).hexdigest()
+__all__ = ["Run", "build_backend", "document_limits"]
 
-
-__all__ = ["Run", "state_dir", "file_sha256", "MANIFEST_NAME"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.manifest import DocumentRow
+from pipeline.manifest.states import UNFINISHED, DocState
 from pipeline.models import SourceFile
 
 
@@ -21,7 +22,7 @@ class Decision(enum.StrEnum):
     RESUME = "resume"  # pending or running in the manifest: an earlier run did not finish it
     RETRY = "retry"  # failed before, retried on request
     UNCHANGED = "unchanged"
-    FAILED_BEFORE = "failed"  # failed before, left alone (use --retry-failed)
+    FAILED_EARLIER = "failed_earlier"  # failed in an earlier run, left alone (--retry-failed)
 
 
 TODO = {Decision.NEW, Decision.CHANGED, Decision.RESUME, Decision.RETRY}
@@ -33,6 +34,15 @@ def file_sha256(path: Path, block: int = 1 << 20) -> str:
         while chunk := fh.read(block):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def wants_retry(row: DocumentRow | None, *, retry_failed: bool,
+                retry_categories: set[str] | None) -> bool:
+    """Is this failed document to be tried again? (--retry-failed, optionally only for some
+    categories: --only-failed-category)."""
+    return retry_failed and (
+        not retry_categories or (row is not None and (row.error_category or "") in retry_categories)
+    )
 
 
 @dataclass(frozen=True)
@@ -55,15 +65,13 @@ def decide(
     if force:
         return PlanItem(source, Decision.CHANGED)
     same_stat = row.size == source.size and row.mtime_ns == source.mtime_ns
-    if row.state in ("pending", "running"):
+    if row.state in UNFINISHED:
         return PlanItem(source, Decision.RESUME)
-    if row.state == "failed":
+    if row.state == DocState.FAILED:
         if not same_stat:
             return PlanItem(source, Decision.CHANGED)
-        wanted = retry_failed and (
-            not retry_categories or (row.error_category or "") in retry_categories
-        )
-        return PlanItem(source, Decision.RETRY if wanted else Decision.FAILED_BEFORE)
+        wanted = wants_retry(row, retry_failed=retry_failed, retry_categories=retry_categories)
+        return PlanItem(source, Decision.RETRY if wanted else Decision.FAILED_EARLIER)
     if same_stat:
         return PlanItem(source, Decision.UNCHANGED)
     sha = file_sha256(source.path)

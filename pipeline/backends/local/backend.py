@@ -30,6 +30,7 @@ class LocalBackend:
     """Text layers and Tesseract OCR in a process pool; answers in Mistral's OCRResponse shape."""
 
     name = "local"
+    bytes_sent = 0  # nothing leaves the machine
 
     def __init__(self, settings: LocalSettings, model: str = "local-tesseract") -> None:
         self.model = model

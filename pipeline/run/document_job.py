@@ -1,0 +1,346 @@
+"""One document's path, top to bottom: read, claim, cut into chunks, answer each chunk, assemble,
+store, finish. Returns a typed `DocumentResult`; only a condition that ends the whole run
+(`FatalError`) or a cancellation escapes as an exception.
+
+The job knows nothing of how chunks are answered (a `ChunkTransport`: synchronous requests, a
+batch job, a remote executor), nor of the pool that runs it. Every answer is checkpointed in the
+manifest before anything else happens with it, so a crash never pays twice for a chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.backends.base import OCRResponse
+from pipeline.errors import (
+    Category,
+    DocumentError,
+    FatalError,
+    RetryableError,
+    StopRequested,
+    TooLargeError,
+)
+from pipeline.logsetup import redact
+from pipeline.manifest.writer import AsyncManifest
+from pipeline.models import Chunk
+from pipeline.pricing import cost
+from pipeline.run import crashpoints
+from pipeline.run.budget import Budget
+from pipeline.run.outcome import StopReason, StopRequest
+from pipeline.run.report import Failure
+from pipeline.run.split_pool import SplitPool
+from pipeline.stages.merge import merge_responses
+from pipeline.stages.plan import Decision, PlanItem
+from pipeline.stages.sniff import PDF
+from pipeline.stages.split import OpenedPdf, iter_chunks
+from pipeline.stages.store import remove_outputs, write_document
+from pipeline.timefmt import iso
+from pipeline.transport.base import ChunkTransport
+
+
+class DocumentStatus(enum.StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # the run stopped first: back to pending, resumable
+
+
+@dataclass(frozen=True)
+class DocumentResult:
+    rel: str
+    status: DocumentStatus
+    pages: int = 0
+    pages_reused: int = 0  # answered by an earlier run's checkpoints, not paid again
+    cost: float = 0.0  # of the pages paid for in this run
+    source: dict[str, Any] | None = None
+    failure: Failure | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class DocumentLimits:
+    """What bounds one document's work (from the run's settings)."""
+
+    document_timeout: float
+    max_document_bytes: int
+    max_pages_per_request: int
+    max_bytes_per_request: int
+    max_pages_per_document: int | None  # None: any size (allow_large_documents)
+    chunks_in_flight: int  # requests of one document sent at once
+    retry_attempts: int  # for the message of a document that gave up
+    pdf_passwords: tuple[str, ...] = ()
+
+
+@dataclass
+class JobContext:
+    """Everything a document's job uses, shared by all jobs of a run."""
+
+    output: Path
+    run_id: str
+    backend: str
+    model: str
+    price_per_1000: float
+    limits: DocumentLimits
+    manifest: AsyncManifest
+    transport: ChunkTransport
+    budget: Budget
+    splitter: SplitPool
+    stopping: Callable[[], bool]
+    request_stop: Callable[[StopRequest], None]
+
+
+@dataclass
+class _Cut:
+    """The chunks of one document as they are cut and answered, in page order."""
+
+    chunks: list[Chunk] = field(default_factory=list)  # without their bytes
+    answers: list[OCRResponse | None] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    pages_reused: int = 0
+    total_pages: int | None = None  # known once the PDF is open (1 for a plain image)
+    repair: dict[str, Any] = field(default_factory=lambda: {"repaired": False})
+
+    def complete(self) -> bool:
+        """All pages are cut: no need for one more trip to the split pool to hear "no more"."""
+        return (self.total_pages is not None and bool(self.chunks)
+                and self.chunks[-1].last_page >= self.total_pages)
+
+
+class DocumentJob:
+    def __init__(self, ctx: JobContext, item: PlanItem) -> None:
+        self.ctx = ctx
+        self.item = item
+        self.src = item.source
+        self.started = time.monotonic()
+
+    def _result(self, status: DocumentStatus, **kw: Any) -> DocumentResult:
+        return DocumentResult(self.src.rel, status, seconds=round(time.monotonic() - self.started, 3),
+                              **kw)
+
+    async def run(self) -> DocumentResult:
+        """The document's outcome. Failures of the document become a FAILED result recorded in
+        the manifest; a stop puts it back to pending; FatalError and cancellation propagate."""
+        rel, limits = self.src.rel, self.ctx.limits
+        try:
+            async with asyncio.timeout(limits.document_timeout):
+                return await self._process()
+        except StopRequested:
+            await self.ctx.manifest.release(rel)
+            return self._result(DocumentStatus.INTERRUPTED)
+        except (asyncio.CancelledError, FatalError):
+            with contextlib.suppress(FatalError, asyncio.CancelledError):
+                await self.ctx.manifest.release(rel)
+            raise
+        except TimeoutError:
+            return await self._fail(Category.TIMEOUT,
+                                    f"not finished within {limits.document_timeout:g} s"
+                                    " (document_timeout); its answered chunks are kept for the next try")
+        except RetryableError as exc:
+            return await self._fail(exc.category,
+                                    f"{exc.message} (gave up after {limits.retry_attempts} tries;"
+                                    " answered chunks are kept, --retry-failed resumes it)")
+        except DocumentError as exc:
+            return await self._fail(exc.category, str(exc))
+        except Exception as exc:  # a bug: record it against the document, keep the run going
+            return await self._fail(Category.INTERNAL,
+                                    f"unexpected {type(exc).__name__}: {exc}"
+                                    " (a bug in ocr-pipeline: please report it with this message)",
+                                    internal=True)
+
+    async def _fail(self, category: Category, message: str, *, internal: bool = False
+                    ) -> DocumentResult:
+        rel = self.src.rel
+        message = redact(message if message.startswith(rel) else f"{rel}: {message}")
+        await self.ctx.manifest.fail(rel, str(category), message)
+        return self._result(DocumentStatus.FAILED, failure=Failure(rel, str(category), message))
+
+    async def _process(self) -> DocumentResult:
+        data, sha, st = await self._read()
+        await self.ctx.manifest.claim(self.src.rel, sha, self.ctx.run_id, size=len(data),
+                                      mtime_ns=st.st_mtime_ns)
+        if self.item.decision == Decision.CHANGED:
+            remove_outputs(self.ctx.output, self.src.rel)
+        cut = await self._answer_all(data, sha)
+        del data
+        merged = merge_responses([(c, r) for c, r in zip(cut.chunks, cut.answers, strict=True)
+                                  if r is not None])
+        pages = len(merged["pages"])
+        source = self._source_block(sha, st.st_size, pages, cut)
+        crashpoints.reached("before_store")
+        await asyncio.to_thread(write_document, self.ctx.output, self.src.rel, merged, source)
+        crashpoints.reached("after_store")
+        await self.ctx.manifest.finish(self.src.rel, pages, cost(pages, self.ctx.price_per_1000))
+        crashpoints.reached("document_done")
+        return self._result(DocumentStatus.DONE, pages=pages, pages_reused=cut.pages_reused,
+                            cost=cost(pages - cut.pages_reused, self.ctx.price_per_1000),
+                            source=source)
+
+    async def _read(self) -> tuple[bytes, str, os.stat_result]:
+        """The file's bytes and their hash (of what was read, not what was planned)."""
+        rel, limits = self.src.rel, self.ctx.limits
+        try:
+            st = os.stat(self.src.path)
+            if st.st_size > limits.max_document_bytes:
+                raise TooLargeError(
+                    f"{rel}: {st.st_size:,} bytes, above max_document_bytes"
+                    f" ({limits.max_document_bytes:,})",
+                    hint="split the file, or raise max_document_bytes if the machine has the memory",
+                )
+            data, sha = await asyncio.to_thread(read_and_hash, self.src.path)
+        except FileNotFoundError:
+            raise DocumentError(Category.INPUT, f"{rel}: file vanished before it was read") from None
+        except OSError as exc:
+            raise DocumentError(Category.INPUT, f"{rel}: cannot read: {exc.strerror}",
+                                hint="check its permissions") from None
+        if st.st_size != len(data):
+            raise DocumentError(Category.INPUT, f"{rel}: file changed while it was being read",
+                                hint="it will be picked up by the next run")
+        return data, sha, st
+
+    def _chunks(self, data: bytes, cut: _Cut) -> Iterator[Chunk]:
+        limits = self.ctx.limits
+        # Known page count: the loop stops after the last chunk without one more hop to the
+        # split pool. Unknown for PDF and TIFF (frames) until the file is open.
+        cut.total_pages = None if self.src.media_type in (PDF, "image/tiff") else 1
+
+        def opened(pdf: OpenedPdf) -> None:
+            cut.total_pages = pdf.pages
+            cut.repair.update(repaired=pdf.repaired, repair_notes=pdf.repair_notes[:20])
+
+        return iter_chunks(
+            self.src.path, self.src.rel, self.src.media_type,
+            max_pages=limits.max_pages_per_request,
+            max_bytes=limits.max_bytes_per_request,
+            passwords=list(limits.pdf_passwords),
+            data=data,
+            max_document_pages=limits.max_pages_per_document,
+            on_open=opened,
+        )
+
+    async def _answer_all(self, data: bytes, sha: str) -> _Cut:
+        """Cut the document one chunk at a time and get every chunk's answer: from an earlier
+        run's checkpoint when there is one, else through the transport, at most
+        `chunks_in_flight` at once (so memory holds that many chunks, whatever the PDF's size)."""
+        cut = _Cut()
+        chunks = self._chunks(data, cut)
+        gate = asyncio.Semaphore(self.ctx.limits.chunks_in_flight)
+        sending: list[asyncio.Task[None]] = []
+        try:
+            while await self._next_slot(gate, sending, cut):
+                chunk = await self.ctx.splitter.next_chunk(chunks)
+                if chunk is None:
+                    gate.release()
+                    break
+                task = await self._take(chunk, sha, cut, gate)
+                if task is not None:
+                    sending.append(task)
+                del chunk
+        except (StopRequested, DocumentError):
+            # Requests already sent are paid for: let their answers land in the manifest.
+            await asyncio.gather(*sending, return_exceptions=True)
+            raise
+        except BaseException:
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
+            raise
+        finally:
+            with contextlib.suppress(ValueError):  # ValueError: a split still running (stuck)
+                chunks.close()  # frees the open PDF now, not when garbage-collected
+        results = await asyncio.gather(*sending, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            fatal = [e for e in errors if isinstance(e, FatalError | asyncio.CancelledError)]
+            raise (fatal or errors)[0]
+        if self.ctx.stopping() and any(a is None for a in cut.answers):
+            raise StopRequested()
+        return cut
+
+    async def _next_slot(self, gate: asyncio.Semaphore, sending: list[asyncio.Task[None]],
+                         cut: _Cut) -> bool:
+        """Wait for room for one more chunk; False when no more should be cut."""
+        await gate.acquire()
+        if self.ctx.stopping():
+            gate.release()
+            raise StopRequested()
+        failed = any(t.done() and not t.cancelled() and t.exception() for t in sending)
+        if failed or cut.complete():  # a chunk failed for good: send no more of this document
+            gate.release()
+            return False
+        return True
+
+    async def _take(self, chunk: Chunk, sha: str, cut: _Cut, gate: asyncio.Semaphore
+                    ) -> asyncio.Task[None] | None:
+        """Record the chunk; reuse its checkpointed answer, or start sending it."""
+        position = len(cut.chunks)
+        cut.chunks.append(dataclasses.replace(chunk, data=b""))
+        cut.sizes.append(len(chunk.data))
+        saved = None
+        if self.item.decision != Decision.NEW:  # a new document has no answers to reuse
+            saved = await self.ctx.manifest.chunk_response(self.src.rel, sha, chunk.first_page,
+                                                           chunk.page_count)
+        cut.answers.append(saved)
+        if saved is not None:
+            cut.pages_reused += chunk.page_count
+            gate.release()
+            return None
+        budget = self.ctx.budget
+        if not budget.reserve(chunk.page_count):
+            gate.release()
+            self.ctx.request_stop(StopRequest(StopReason.BUDGET,
+                                              f"{budget.page_limit} pages (--max-pages/--max-cost)"))
+            raise StopRequested()
+        return asyncio.create_task(self._send(position, chunk, sha, cut, gate))
+
+    async def _send(self, position: int, chunk: Chunk, sha: str, cut: _Cut,
+                    gate: asyncio.Semaphore) -> None:
+        paid = False
+        try:
+            crashpoints.reached("request")
+            response = await self.ctx.transport.answer(chunk)
+            paid = True
+            await self.ctx.manifest.checkpoint_chunk(self.src.rel, sha, chunk.first_page,
+                                                     chunk.page_count, chunk.sha256, response)
+            crashpoints.reached("chunk_persisted")
+            cut.answers[position] = response
+        finally:
+            self.ctx.budget.settle(chunk.page_count, paid=paid)
+            gate.release()
+
+    def _source_block(self, sha: str, size: int, pages: int, cut: _Cut) -> dict[str, Any]:
+        """The JSON's `source` block: where the document came from and how it was processed."""
+        return {
+            "path": self.src.rel,
+            "sha256": sha,
+            "bytes": size,
+            "media_type": self.src.media_type,
+            "pages": pages,
+            "backend": self.ctx.backend,
+            "model": self.ctx.model,
+            "chunks": [
+                {"first_page": c.first_page, "pages": c.page_count, "bytes": n, "sha256": c.sha256}
+                for c, n in zip(cut.chunks, cut.sizes, strict=True)
+            ],
+            "pages_from_checkpoint": cut.pages_reused,
+            **cut.repair,
+            "run_id": self.ctx.run_id,
+            "seconds": round(time.monotonic() - self.started, 3),
+            "pipeline_version": __version__,
+            "processed_at": iso(time.time()),
+        }
+
+
+def read_and_hash(path: Path) -> tuple[bytes, str]:
+    """The file's bytes and their sha256, in one trip to a thread."""
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
