@@ -34,9 +34,10 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--backend", choices=BACKENDS)
     p.add_argument("--endpoint", help="service base URL, e.g. https://api.mistral.ai")
     p.add_argument("--model")
-    p.add_argument("--workers", type=int, help="documents processed at once")
-    p.add_argument("--rps", type=float, help="requests per second for all workers (0: no limit)")
-    p.add_argument("--max-in-flight", type=int, help="requests under way at once")
+    p.add_argument("--workers", help="documents processed at once (a cap; default auto)")
+    p.add_argument("--rps", help="requests per second for all workers: a hard cap in any 1-second"
+                   " window, 0 for no limit, auto (the default for hosted backends) to learn it")
+    p.add_argument("--max-in-flight", help="requests under way at once (a cap; default auto)")
     p.add_argument("--max-pages-per-request", type=int,
                    help="split PDFs into requests of at most this many pages")
     p.add_argument("--max-bytes-per-request", type=int,

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.manifest import Manifest
+from pipeline.manifest import MANIFEST_NAME, Manifest, state_dir
 from pipeline.run.report import failure_text
-from pipeline.run.runner import MANIFEST_NAME, state_dir
 
 
 def status(output: Path) -> dict[str, Any]:

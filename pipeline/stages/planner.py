@@ -100,7 +100,7 @@ def plan_events(
             if (row and row.state == "failed" and row.size == found.size
                     and row.mtime_ns == found.mtime_ns and not retry):
                 tally.failed_earlier += 1
-                tally.count(Decision.FAILED_BEFORE.value)
+                tally.count(Decision.FAILED_EARLIER.value)
                 continue
             tally.bad += 1
             tally.count("bad_input")
@@ -124,7 +124,7 @@ def plan_events(
         if item.decision in TODO:
             tally.todo += 1
             yield item
-        elif item.decision == Decision.FAILED_BEFORE:
+        elif item.decision == Decision.FAILED_EARLIER:
             tally.failed_earlier += 1
         elif item.decision == Decision.UNCHANGED and item.sha256 is not None:
             yield Touch(found.rel, found.size, found.mtime_ns)
