@@ -163,34 +163,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stderr = BarTerminal(stderr)
     try:
         configure_logging(settings.log_level)
-        if mode == "off":
-            _drop_document_lines()
         return _execute(settings)
     finally:
         sys.stderr = stderr
 
 
-def _drop_document_lines() -> None:
-    import structlog
-
-    from pipeline.run.progress import drop_document_info
-
-    processors = structlog.get_config()["processors"]
-    structlog.configure(processors=[drop_document_info, *processors])
-
-
 def _execute(settings: Settings) -> int:
-    from pipeline.run.runner import Run, build_backend
+    from pipeline.run.runner import Run
 
-    if settings.backend == "local" and not settings.dry_run:
-        # The offline summary says how pages were read (text layer or OCR): counted on the way.
-        from pipeline.run.pagemethods import PageMethodCounter
-
-        counter = PageMethodCounter(build_backend(settings))
-        run = Run(settings, counter)
-        run.report.page_methods = counter.counts
-    else:
-        run = Run(settings)
+    run = Run(settings)
     report = asyncio.run(run.execute())
     for line in report.summary_lines():
         print(redact(line))

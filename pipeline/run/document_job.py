@@ -38,7 +38,7 @@ from pipeline.pricing import cost
 from pipeline.run import crashpoints
 from pipeline.run.budget import Budget
 from pipeline.run.outcome import StopReason, StopRequest
-from pipeline.run.report import Failure
+from pipeline.run.report import Failure, tally_page_methods
 from pipeline.run.split_pool import SplitPool
 from pipeline.stages.merge import merge_responses
 from pipeline.stages.plan import Decision, PlanItem
@@ -65,6 +65,7 @@ class DocumentResult:
     source: dict[str, Any] | None = None
     failure: Failure | None = None
     seconds: float = 0.0
+    page_methods: dict[str, int] = field(default_factory=dict)  # local engine: text_layer / ocr
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,10 @@ class DocumentJob:
         crashpoints.reached("after_store")
         await self.ctx.manifest.finish(self.src.rel, pages, cost(pages, self.ctx.price_per_1000))
         crashpoints.reached("document_done")
+        methods: dict[str, int] = {}
+        tally_page_methods(methods, merged["pages"])
         return self._result(DocumentStatus.DONE, pages=pages, pages_reused=cut.pages_reused,
+                            page_methods=methods,
                             cost=cost(pages - cut.pages_reused, self.ctx.price_per_1000),
                             source=source)
 

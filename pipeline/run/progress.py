@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, TextIO
@@ -166,16 +166,6 @@ class BarTerminal:
         self.wrapped.write(CLEAR_LINE + line)
         self.wrapped.flush()
         self._drawn = True
-
-
-def drop_document_info(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
-    """structlog processor for `--progress off`: no line per finished document (failures are
-    warnings and still shown)."""
-    import structlog
-
-    if method == "info" and event.get("event") == "document":
-        raise structlog.DropEvent
-    return event
 
 
 class ProgressDisplay:

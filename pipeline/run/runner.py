@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import signal
@@ -95,6 +96,23 @@ def document_limits(s: Settings) -> DocumentLimits:
     )
 
 
+class ReadinessWatch:
+    """The pool's view of the transport: which open documents have not asked for an answer yet
+    (still reading, claiming, cutting). The pool opens another document only while the transport
+    wants more requests than these are about to bring (`demand() > len(getting_ready)`)."""
+
+    def __init__(self, inner: SyncTransport) -> None:
+        self.inner = inner
+        self.getting_ready: set[str] = set()
+
+    async def answer(self, chunk: Any) -> Any:
+        self.getting_ready.discard(chunk.doc_rel)
+        return await self.inner.answer(chunk)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
 class Run:
     def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         if settings.input is None or settings.output is None:
@@ -120,6 +138,7 @@ class Run:
         self.workers = fixed_workers(settings)
         self.splitter = SplitPool(min(self.workers or 4, 8))
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._watch = ReadinessWatch(self.transport) if self.transport else None
         self._grace_handle: asyncio.TimerHandle | None = None
         self._runtime_handle: asyncio.TimerHandle | None = None
         mode = settings.progress
@@ -195,7 +214,6 @@ class Run:
             if reader:
                 reader.close()
         self._record_plan(tally)
-        self.log.info("plan", todo=tally.todo, **dict(tally.counts))
         self._finish(None)
 
     def _estimate(self, events: Iterator[PlanEvent]) -> dict[str, Any]:
@@ -247,7 +265,7 @@ class Run:
         return JobContext(
             output=self.output, run_id=self.run_id, backend=self.s.backend, model=self.s.model,
             price_per_1000=self.price, limits=document_limits(self.s), manifest=db,
-            transport=self.transport, budget=self.budget, splitter=self.splitter,
+            transport=self._watch, budget=self.budget, splitter=self.splitter,
             stopping=lambda: self.stopping, request_stop=self.request_stop,
         )
 
@@ -264,8 +282,7 @@ class Run:
         while not self.stopping:
             batch = await asyncio.to_thread(take, events, PLAN_BATCH)
             if not batch:
-                self.log.info("plan", todo=tally.todo, **dict(tally.counts))
-                return
+                return  # the planner said "plan" when its walk ended
             todo = [e for e in batch if isinstance(e, PlanItem)]
             for event in batch:
                 if isinstance(event, Skipped):
@@ -295,7 +312,8 @@ class Run:
             return open_count < self.workers
         if open_count >= MAX_OPEN_DOCUMENTS or open_bytes >= MAX_OPEN_BYTES:
             return False
-        return self.limiter.demand() > 0
+        assert self._watch is not None
+        return self.limiter.demand() > len(self._watch.getting_ready)
 
     async def _pool(self, todo: AsyncIterator[PlanItem], ctx: JobContext) -> None:
         """Open documents as the transport has room for their requests; each runs as one job."""
@@ -303,9 +321,11 @@ class Run:
         sizes: dict[asyncio.Task[Any], int] = {}
         failures: list[BaseException] = []
 
-        def done(task: asyncio.Task[Any]) -> None:
+        def done(task: asyncio.Task[Any], rel: str) -> None:
             self._tasks.discard(task)
             sizes.pop(task, None)
+            if self._watch:
+                self._watch.getting_ready.discard(rel)
             changed.set()
 
         try:
@@ -320,7 +340,9 @@ class Run:
                     task = asyncio.create_task(self._document(ctx, item))
                     self._tasks.add(task)
                     sizes[task] = item.source.size
-                    task.add_done_callback(done)
+                    if self._watch:
+                        self._watch.getting_ready.add(item.source.rel)
+                    task.add_done_callback(functools.partial(done, rel=item.source.rel))
         except FatalError as exc:
             self._abort(exc)
         except Exception as exc:  # planning broke: stop, and say why after the documents end
@@ -356,10 +378,14 @@ class Run:
             r.pages_done += result.pages
             r.pages_from_checkpoints += result.pages_reused
             r.cost += result.cost
+            for method, n in result.page_methods.items():
+                r.page_methods[method] = r.page_methods.get(method, 0) + n
             if result.source and result.source.get("repaired"):
                 self.log.warning("repaired", path=result.rel,
                                  notes=result.source.get("repair_notes"))
-            log = self.log.debug if self.progress.mode == "bar" else self.log.info
+            # A line per document only where it is the progress (JSON events); a bar or
+            # --progress off shows none.
+            log = self.log.info if self.progress.mode == "json" else self.log.debug
             log("document", path=result.rel, state="done", pages=result.pages,
                 seconds=result.seconds)
 
