@@ -35,6 +35,7 @@ from pipeline.logsetup import redact
 from pipeline.manifest.writer import AsyncManifest
 from pipeline.models import Chunk
 from pipeline.pricing import cost
+from pipeline.reasons import exception_text
 from pipeline.run import crashpoints
 from pipeline.run.budget import Budget
 from pipeline.run.outcome import StopReason, StopRequest
@@ -154,7 +155,7 @@ class DocumentJob:
             return await self._fail(exc.category, str(exc))
         except Exception as exc:  # a bug: record it against the document, keep the run going
             return await self._fail(Category.INTERNAL,
-                                    f"unexpected {type(exc).__name__}: {exc}"
+                                    f"unexpected {type(exc).__name__}: {exception_text(exc)}"
                                     " (a bug in ocr-pipeline: please report it with this message)",
                                     internal=True)
 

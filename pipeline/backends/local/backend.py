@@ -93,13 +93,13 @@ class LocalBackend:
                 f"the local OCR engine failed unexpectedly: {type(exc).__name__}: {exception_text(exc)}",
                 hint="please report this with the input file",
             ) from exc
-        if outcome[0] == "error":
-            _, kind, message, hint = outcome
-            cls = worker.ERRORS.get(kind)
+        failure = outcome.failure
+        if failure is not None:
+            cls = worker.ERRORS.get(failure.kind)
             if cls is None:
-                raise DocumentError(Category.INTERNAL, message, hint=hint)
-            raise cls(message, hint=hint) if hint else cls(message)
-        return outcome[1]
+                raise DocumentError(Category.INTERNAL, failure.message, hint=failure.hint)
+            raise cls(failure.message, hint=failure.hint) if failure.hint else cls(failure.message)
+        return outcome.value
 
     async def warm_up(self) -> None:
         """Start every worker and load Tesseract in it (optional: the first page does it too)."""

@@ -1,9 +1,9 @@
 """What runs inside the pool's worker processes: one page at a time, in and out as plain data.
 
 Each call opens its input from bytes, handles one page (or, for the text-layer pass, reads every
-page's text without rendering), and returns plain dicts. Failures come back as data too
-(`("error", kind, message, hint)`): the error classes carry keyword arguments that do not
-survive pickling, and a worker must never die of a bad document.
+page's text without rendering), and returns plain dicts in a `WorkerOutcome`. Failures come back
+as data too (`WorkerFailure`): the error classes carry keyword arguments that do not survive
+pickling, and a worker must never die of a bad document.
 """
 
 from __future__ import annotations
@@ -23,7 +23,25 @@ from pipeline.backends.local.engine import Engine
 from pipeline.backends.local.orientation import recognize_upright
 from pipeline.errors import EncryptedError, InputError, PipelineError, TooLargeError
 
-Outcome = tuple[Any, ...]
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """A `PipelineError` raised in a worker, as data: its class name, message and hint."""
+
+    kind: str
+    message: str
+    hint: str | None
+
+
+@dataclass(frozen=True)
+class WorkerOutcome:
+    """A worker call's result, or the failure that stopped it."""
+
+    value: Any = None
+    failure: WorkerFailure | None = None
+
+
+Outcome = WorkerOutcome
 
 
 @dataclass(frozen=True)
@@ -105,14 +123,14 @@ def terminal_signals_blocked() -> Iterator[None]:
 
 def warm_up(cfg: WorkerConfig) -> Outcome:
     engine(cfg)
-    return ("ok", None)
+    return WorkerOutcome()
 
 
 def _guard(fn: Any, *args: Any) -> Outcome:
     try:
-        return ("ok", fn(*args))
+        return WorkerOutcome(fn(*args))
     except PipelineError as exc:
-        return ("error", type(exc).__name__, exc.message, exc.hint)
+        return WorkerOutcome(failure=WorkerFailure(type(exc).__name__, exc.message, exc.hint))
 
 
 def _page(
