@@ -18,7 +18,7 @@ Box = tuple[int, int, int, int]
 
 MAX_GLYPH_LINES = 2.5  # a component taller or wider than this many line heights is no glyph
 MIN_GLYPH_LINES = 0.3  # ... and one shorter than this is a dot, a speck or noise
-MIN_REGION_GLYPHS = 2  # a lone mark is not worth a second reading
+MIN_REGION_GLYPHS = 1  # a lone page number "7" is one glyph
 MAX_REGIONS = 40  # past this the page is mostly unread: the caller reads it whole instead
 
 

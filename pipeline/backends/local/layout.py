@@ -332,8 +332,8 @@ def _is_lead_in(para: Paragraph, nxt: Paragraph | list[list[str]] | None) -> boo
     if len(lines) != 1 or len(lines[0].words) > LEAD_IN_WORDS or not isinstance(nxt, Paragraph):
         return False
     text = lines[0].text
-    return text[-1:] not in ".,;:" and not AMOUNT.match(lines[0].words[-1].text) and bool(
-        _entries_markdown(nxt)
+    return (
+        text[-1:] not in ".,;:" and not AMOUNT.match(lines[0].words[-1].text) and bool(_entries_markdown(nxt))
     )
 
 
@@ -348,3 +348,15 @@ def _paragraph_markdown(para: Paragraph, body: float, lead_in: bool = False) -> 
     if text[0] in "#>":
         text = "\\" + text
     return text
+
+
+def margins(blocks: list[Block]) -> dict[str, str | None]:
+    """The page's running header and footer text (blocks classified by regions.arrange), or None.
+
+    Named as the Mistral API names its per-page fields, for the page dict to carry.
+    """
+    out: dict[str, str | None] = {}
+    for kind in ("header", "footer"):
+        text = " ".join(_join_lines(p.lines) for b in blocks if b.kind == kind for p in b.paragraphs).strip()
+        out[kind] = text or None
+    return out

@@ -106,9 +106,11 @@ def merge_lines(blocks: list[Block], recovered: list[Line], slope: float = 0.0) 
     "the same height" follows the page's tilt (`slope`, dy/dx).
     """
     existing = [line for b in blocks for p in b.paragraphs for line in p.lines if line.words]
+    pending: list[Line] = []
     for new in recovered:
         best = None
-        for line in existing:
+        # Only a short part (a price, a page number) joins a line; longer text is its own block.
+        for line in existing if len(new.words) <= MAX_JOINED_WORDS else []:
             gap = max(line.box[0] - new.box[2], new.box[0] - line.box[2])
             if gap < 0:
                 continue
@@ -123,15 +125,17 @@ def merge_lines(blocks: list[Block], recovered: list[Line], slope: float = 0.0) 
             if _v_overlap(moved, new.box) > 0.5 and (best is None or gap < best[0]):
                 best = (gap, line)
         if best is None:
-            blocks.append(Block([Paragraph([new])]))
-            existing.append(new)
+            pending.append(new)
             continue
         line = best[1]
         line.words = sorted(line.words + new.words, key=lambda w: w.box[0])
         line.box = _union([line.box, new.box])
         line.cells = None
+    if pending:
+        blocks.append(Block([Paragraph(pending)]))
 
 
+MAX_JOINED_WORDS = 2
 # --- classification and reading order ----------------------------------------------------------
 
 
@@ -172,6 +176,8 @@ def arrange(blocks: list[Block], width: int, height: int) -> list[Block]:
         return blocks
     body = body_size(blocks)
     classify(blocks, width, height, body)
-    return sorted(blocks, key=lambda b: (b.box or (0, 0, 0, 0))[1]) if any(
-        b.kind == "table" for b in blocks
-    ) else blocks
+    return (
+        sorted(blocks, key=lambda b: (b.box or (0, 0, 0, 0))[1])
+        if any(b.kind == "table" for b in blocks)
+        else blocks
+    )

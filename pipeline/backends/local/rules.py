@@ -103,20 +103,48 @@ def prepare(image: Image.Image, dpi: int | None) -> Prepared:
     max_thick = max(3, int(MAX_THICK_INCH * res))
     hsegs = _segments(hmask, True, max_thick)
     vsegs = _segments(vmask, False, max_thick)
-    if not hsegs and not vsegs:
+    leaders = dot_leaders(ink, res)
+    if not hsegs and not vsegs and not leaders.any():
         return Prepared(image, ink.astype(bool))
     # Only thin segments are rules: a filled dark area survives the opening too.
     both = hmask | vmask
     rules = np.zeros_like(ink)
     for x0, y0, x1, y1 in hsegs + vsegs:
         rules[y0:y1, x0:x1] = both[y0:y1, x0:x1]
-    rules = cv2.dilate(rules, np.ones((5, 5), np.uint8))
+    rules = cv2.dilate(rules, np.ones((5, 5), np.uint8)) | leaders
     grids = _grids(rules, hsegs, vsegs, max(2, int(MERGE_INCH * res)))
     arr = np.array(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
     arr[rules.astype(bool)] = 255
     cleaned = Image.fromarray(arr)
     cleaned.info = dict(image.info)
     return Prepared(cleaned, (ink & ~rules).astype(bool), grids, len(hsegs) + len(vsegs))
+
+
+MAX_DOT_INCH = 0.035  # a leader dot is no larger than this
+MIN_LEADER_INCH = 0.6  # dots spaced at most DOT_GAP_INCH apart over this length are a leader
+DOT_GAP_INCH = 0.09
+
+
+def dot_leaders(ink: np.ndarray, res: int) -> np.ndarray:
+    """Mask of dot leaders (`Intro . . . . . 3`): rows of small dots, which Tesseract reads as garbage."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+    if count <= 1:
+        return np.zeros_like(ink)
+    w, h = stats[:, 2], stats[:, 3]
+    most = max(2, int(MAX_DOT_INCH * res))
+    is_dot = (w <= most) & (h <= most) & (w * 3 >= h) & (h * 3 >= w) & (stats[:, 4] >= 2)
+    is_dot[0] = False
+    if not is_dot.any():
+        return np.zeros_like(ink)
+    dots = is_dot[labels].astype(np.uint8)
+    gap = max(3, int(DOT_GAP_INCH * res))
+    joined = cv2.morphologyEx(dots, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (gap, 1)))
+    run = max(10, int(MIN_LEADER_INCH * res))
+    runs = cv2.morphologyEx(joined, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (run, 1)))
+    if not runs.any():
+        return np.zeros_like(ink)
+    runs = cv2.dilate(runs, np.ones((3, 3), np.uint8))
+    return (runs & cv2.dilate(dots, np.ones((3, 3), np.uint8))).astype(ink.dtype)
 
 
 def _grids(rules: np.ndarray, hsegs: list[Box], vsegs: list[Box], merge: int) -> list[Grid]:

