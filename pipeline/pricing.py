@@ -24,3 +24,12 @@ def price_per_1000_pages(backend: str, model: str, override: float | None = None
 
 def cost(pages: int, price_per_1000: float) -> float:
     return round(pages * price_per_1000 / 1000.0, 6)
+
+
+#: The Batch API costs 50% of the synchronous price.
+BATCH_DISCOUNT = 0.5
+
+
+def batch_price(price_per_1000: float) -> float:
+    """The price per 1,000 pages of a request sent through a batch job."""
+    return price_per_1000 * BATCH_DISCOUNT

@@ -30,9 +30,22 @@ def status(output: Path) -> dict[str, Any]:
                  "attempts": f.attempts}
                 for f in manifest.failures()
             ],
+            "batch_jobs": _batch_jobs(manifest),
         }
     finally:
         manifest.close()
+
+
+def _batch_jobs(manifest: Manifest) -> list[dict[str, Any]]:
+    """Batch jobs still open (docs/batch.md), with their progress in requests."""
+    from pipeline.manifest.states import OPEN_BATCH_JOBS, BatchJobState
+
+    return [
+        {"job_id": j["job_id"], "state": j["state"], "status": j["status"],
+         "requests": j["requests"], "completed": j["completed"], "succeeded": j["succeeded"],
+         "failed": j["failed"], "run_id": j["run_id"], "created_at": iso_time(j["created_at"])}
+        for j in manifest.batch_jobs(OPEN_BATCH_JOBS) if j["state"] != BatchJobState.WRITING
+    ]
 
 
 def iso_time(ts: float | None) -> str | None:
@@ -58,6 +71,11 @@ def render_status(data: dict[str, Any]) -> list[str]:
         for run in data["recent_runs"]:
             code = "running or killed" if run["exit_code"] is None else f"exit {run['exit_code']}"
             lines.append(f"  {run['run_id']}  started {run['started_at'] or '-'}  {code}")
+    if data.get("batch_jobs"):
+        lines.append(f"batch jobs pending ({len(data['batch_jobs'])}):")
+        for j in data["batch_jobs"]:
+            lines.append(f"  {j['job_id'] or '(not created yet)'}  {j['status'] or j['state']}"
+                         f"  {j['completed']}/{j['requests']} requests")
     if data["failures"]:
         lines.append(f"failures ({len(data['failures'])}):")
         for f in data["failures"]:

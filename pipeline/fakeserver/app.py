@@ -71,6 +71,9 @@ def make_app(state: ServerState) -> web.Application:
     app.router.add_get("/_stats", handle_stats)
     app.router.add_post("/_reset", handle_reset)
     app.router.add_get("/health", handle_health)
+    from pipeline.fakeserver.batch import add_batch_routes  # files + batch jobs
+
+    add_batch_routes(app, state.stats, state.options)
     return app
 
 

@@ -54,3 +54,44 @@ def sql_in(values: tuple[str, ...]) -> str:
 
 def check_constraint(states: type[enum.StrEnum]) -> str:
     return "CHECK (state IN " + sql_in(tuple(s.value for s in states)) + ")"
+
+
+# ---- batch mode (docs/batch.md) ----------------------------------------------------------------
+class BatchJobState(enum.StrEnum):
+    """One batch job's life, from its JSONL file on disk to its collected results."""
+
+    WRITING = "writing"  # request lines being appended to its file
+    SEALED = "sealed"  # file complete and synced; not uploaded yet
+    UPLOADED = "uploaded"  # file id known; no job recorded (a crash here: the job is adopted)
+    SUBMITTED = "submitted"  # job id recorded: the service is working on it
+    COLLECTED = "collected"  # results downloaded, every answer checkpointed
+    ENDED = "ended"  # FAILED / TIMEOUT_EXCEEDED / CANCELLED / results gone: chunks back to pending
+    DISCARDED = "discarded"  # never sealed (a crash while writing): chunks back to pending
+
+
+#: Jobs whose chunks are still on their way.
+OPEN_BATCH_JOBS = frozenset({BatchJobState.WRITING, BatchJobState.SEALED, BatchJobState.UPLOADED,
+                             BatchJobState.SUBMITTED})
+
+BATCH_JOB_MOVES: dict[BatchJobState, frozenset[BatchJobState]] = {
+    BatchJobState.WRITING: frozenset({BatchJobState.SEALED, BatchJobState.DISCARDED}),
+    BatchJobState.SEALED: frozenset({BatchJobState.UPLOADED}),
+    BatchJobState.UPLOADED: frozenset({BatchJobState.SUBMITTED, BatchJobState.UPLOADED}),
+    BatchJobState.SUBMITTED: frozenset({BatchJobState.COLLECTED, BatchJobState.ENDED}),
+    BatchJobState.COLLECTED: frozenset(),
+    BatchJobState.ENDED: frozenset(),
+    BatchJobState.DISCARDED: frozenset(),
+}
+
+
+class SubmittedState(enum.StrEnum):
+    """A chunk sent as a batch request line. A chunk whose job ended without its answer, or whose
+    line failed (its document then fails), has no row: it is not submitted."""
+
+    QUEUED = "queued"  # its line is in a job's file, the answer is awaited
+    ANSWERED = "answered"  # its answer is checkpointed in `chunks` (CHUNK_DONE)
+
+
+def batch_job_sources(target: BatchJobState) -> tuple[str, ...]:
+    """The job states allowed to move to `target`, for a SQL `state IN (...)`."""
+    return tuple(sorted(s.value for s, moves in BATCH_JOB_MOVES.items() if target in moves))

@@ -148,3 +148,20 @@ class AsyncManifest:
 
     async def last_success(self) -> float | None:
         return await self._writer.run(self.manifest.last_success)
+
+    # ---- batch mode (docs/batch.md): the same calls, on the writer thread ----------------------
+    async def batch_call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Any `Manifest.batch_*` method, committed on the writer thread."""
+        if not name.startswith("batch_"):
+            raise AttributeError(name)
+        return await self._writer.run(getattr(self.manifest, name), *args, **kwargs)
+
+    async def batch_enqueue(self, path: str, first_page: int, page_count: int,
+                            chunk_sha256: str, part_id: str, output_id: str
+                            ) -> tuple[str, str, dict[str, Any] | None]:
+        return await self._writer.run(self.manifest.batch_enqueue, path, first_page, page_count,
+                                      chunk_sha256, part_id, output_id)
+
+    async def batch_answered(self, custom_id: str, response: dict[str, Any]
+                             ) -> list[tuple[str, str]]:
+        return await self._writer.run(self.manifest.batch_answered, custom_id, response)

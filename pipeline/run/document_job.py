@@ -48,12 +48,14 @@ from pipeline.stages.split import OpenedPdf, iter_chunks
 from pipeline.stages.store import remove_outputs, write_document
 from pipeline.timefmt import iso
 from pipeline.transport.base import ChunkTransport
+from pipeline.transport.batch.deferred import ChunkDeferred
 
 
 class DocumentStatus(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # the run stopped first: back to pending, resumable
+    DEFERRED = "deferred"  # batch mode: chunks submitted to a batch job; back to pending
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,8 @@ class JobContext:
     splitter: SplitPool
     stopping: Callable[[], bool]
     request_stop: Callable[[StopRequest], None]
+    # Batch mode: more of the `source` block for a document (the jobs that answered it).
+    source_notes: Callable[[str], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -136,6 +140,9 @@ class DocumentJob:
         try:
             async with asyncio.timeout(limits.document_timeout):
                 return await self._process()
+        except ChunkDeferred:  # batch mode: its answers come with the job's results
+            await self.ctx.manifest.release(rel)
+            return self._result(DocumentStatus.DEFERRED)
         except StopRequested:
             await self.ctx.manifest.release(rel)
             return self._result(DocumentStatus.INTERRUPTED)
@@ -278,7 +285,8 @@ class DocumentJob:
         if self.ctx.stopping():
             gate.release()
             raise StopRequested()
-        failed = any(t.done() and not t.cancelled() and t.exception() for t in sending)
+        failed = any(t.done() and not t.cancelled() and t.exception()
+                     and not isinstance(t.exception(), ChunkDeferred) for t in sending)
         if failed or cut.complete():  # a chunk failed for good: send no more of this document
             gate.release()
             return False
@@ -342,6 +350,7 @@ class DocumentJob:
             "seconds": round(time.monotonic() - self.started, 3),
             "pipeline_version": __version__,
             "processed_at": iso(time.time()),
+            **(self.ctx.source_notes(self.src.rel) if self.ctx.source_notes else {}),
         }
 
 

@@ -47,6 +47,7 @@ class RunReport:
     failed_earlier: int = 0  # failed in an earlier run, left alone (see --retry-failed)
     estimate: dict[str, Any] | None = None
     page_methods: dict[str, int] = field(default_factory=dict)  # local engine: text_layer / ocr
+    batch: dict[str, Any] | None = None  # batch mode: jobs, requests, pending (docs/batch.md)
     version: int = REPORT_VERSION
 
     def failures_by_category(self) -> dict[str, list[dict[str, str]]]:
@@ -85,6 +86,8 @@ class RunReport:
                 f" cost: ${self.cost:.4f}; {self.duration_s:.1f} s"
             )
             lines += self._backend_lines()
+            if self.batch is not None:
+                lines.append(batch_line(self.batch))
         for category, items in sorted(self.failures_by_category().items()):
             lines.append(f"  failed ({category}): {len(items)}")
             for item in items[:20]:
@@ -153,3 +156,14 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def batch_line(b: dict[str, Any]) -> str:
+    """Batch mode, in one line: what was submitted, collected and is still pending."""
+    pending = b.get("jobs_pending") or []
+    waiting = sum(int(j.get("requests") or 0) - int(j.get("completed") or 0) for j in pending)
+    return (f"  batch: {b.get('requests_queued', 0)} requests submitted in"
+            f" {b.get('jobs_created', 0)} jobs ({b.get('jobs_adopted', 0)} adopted),"
+            f" {b.get('answers_collected', 0)} answers collected, {b.get('lines_failed', 0)} failed;"
+            f" {len(pending)} jobs pending ({waiting} requests), at the batch price"
+            f" ${b.get('price_per_1000_pages', 0):g}/1000 pages")

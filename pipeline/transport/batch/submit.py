@@ -1,0 +1,103 @@
+"""The transport the document job sees in batch mode: `answer(chunk)` queues the chunk's request
+line in a JSONL part file, records it in the manifest as submitted, and raises `ChunkDeferred`.
+
+A chunk whose line is already in an open job is not queued again (a resumed run, a document
+planned twice); a chunk whose content (document sha256 + page range) is already answered, or
+already queued, for another path shares that answer or that line (content dedup).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.backends.base import OCRResponse
+from pipeline.backends.mistral import MistralBackend
+from pipeline.config import Settings
+from pipeline.manifest.writer import AsyncManifest
+from pipeline.models import Chunk
+from pipeline.run.budget import Budget
+from pipeline.transport.batch.deferred import ChunkDeferred
+from pipeline.transport.batch.jsonl import PartWriter
+
+CUSTOM_ID_BYTES = 120  # a line's bytes around its body: {"custom_id": "<~90>", "body": ...}
+
+
+@dataclass
+class SubmitTally:
+    queued: int = 0  # lines written this run
+    pages_queued: int = 0
+    already: int = 0  # chunks found in an open job (an earlier run's)
+    shared: int = 0  # the same content queued for another path: no second line
+    dedup_answers: int = 0  # the same content answered for another path: reused
+    pages_deduplicated: int = 0
+    documents: set[str] = field(default_factory=set)
+
+
+class BatchSubmitTransport:
+    def __init__(self, settings: Settings, run_id: str, folder: Path, budget: Budget) -> None:
+        self.settings = settings
+        self.run_id = run_id
+        self.budget = budget
+        self.writer = PartWriter(folder, settings.batch.max_requests_per_job,
+                                 settings.batch.max_file_bytes)
+        self._bodies = MistralBackend(settings)  # builds the request body, sends nothing
+        self.db: AsyncManifest | None = None
+        self.output_id = ""
+        self.tally = SubmitTally()
+        self.stopped = False
+        self.uploaded_bytes = 0
+
+    def bind(self, db: AsyncManifest, output_id: str) -> None:
+        self.db, self.output_id = db, output_id
+
+    def request_body(self, chunk: Chunk) -> dict[str, Any]:
+        """The OCRRequest of a line: as a synchronous request, without `model` (the job's)."""
+        body = self._bodies.request_body(chunk)
+        body.pop("model", None)
+        return body
+
+    async def answer(self, chunk: Chunk) -> OCRResponse:
+        assert self.db is not None, "bind() first"
+        body = json.dumps(self.request_body(chunk), separators=(",", ":"))
+        size = len(body) + CUSTOM_ID_BYTES
+        part, new = self.writer.place(size)
+        if new:
+            await self.db.batch_call("batch_open_part", part.part_id, part.path.name, self.run_id)
+        verdict, custom_id, response = await self.db.batch_enqueue(
+            chunk.doc_rel, chunk.first_page, chunk.page_count, chunk.sha256, part.part_id,
+            self.output_id)
+        tally = self.tally
+        tally.documents.add(chunk.doc_rel)
+        if verdict != "queued":
+            self.writer.unplace(part, size)
+        if verdict == "answer":
+            assert response is not None
+            tally.dedup_answers += 1
+            tally.pages_deduplicated += chunk.page_count
+            return response
+        if verdict == "queued":
+            line = '{"custom_id":' + json.dumps(custom_id) + ',"body":' + body + "}\n"
+            self.writer.write(part, line.encode("utf-8"))
+            # Paid once the job runs: counted against --max-pages / --max-cost now.
+            self.budget.spent += chunk.page_count
+            tally.queued += 1
+            tally.pages_queued += chunk.page_count
+        elif verdict == "shared":
+            tally.shared += 1
+            tally.pages_deduplicated += chunk.page_count
+        else:
+            tally.already += 1
+        raise ChunkDeferred()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.uploaded_bytes
+
+    async def close(self) -> None:
+        await self._bodies.close()
