@@ -1,25 +1,23 @@
 """LocalBackend: the offline engine behind the Backend interface.
 
-The event loop only dispatches: every CPU-bound step (PDF text layer, rendering, OCR) runs in a
-ProcessPoolExecutor with one process per core (Tesseract's pip build has no OpenMP; threads would
-serialise). A chunk's pages are separate tasks, so one chunk uses every core, and each worker
-holds one rendered page at a time.
+The event loop only dispatches: every CPU-bound step (PDF text layer, rendering, OCR) runs on a
+`PageExecutor`: a ProcessPoolExecutor with one process per core (Tesseract's pip build has no
+OpenMP; threads would serialise), or a Dask cluster when `local.cluster` is set. A chunk's pages
+are separate tasks, so one chunk uses every core, and each worker holds one rendered page at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from pipeline.backends.base import OCRResponse
 from pipeline.backends.local import worker
+from pipeline.backends.local.executors import PageExecutor, ProcessExecutor
 from pipeline.backends.local.langdata import check_languages, has_osd, resolve_tessdata
 from pipeline.config import LocalSettings
-from pipeline.errors import Category, DocumentError, InputError, RetryableError
+from pipeline.errors import Category, DocumentError, InputError, PipelineError
 from pipeline.models import Chunk
 from pipeline.reasons import exception_text
 
@@ -27,66 +25,57 @@ IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/tiff", "image/webp", 
 
 
 class LocalBackend:
-    """Text layers and Tesseract OCR in a process pool; answers in Mistral's OCRResponse shape."""
+    """Text layers and Tesseract OCR in a process pool, or on a Dask cluster (`local.cluster`);
+    answers in Mistral's OCRResponse shape."""
 
     name = "local"
-    bytes_sent = 0  # nothing leaves the machine
+    bytes_sent = 0  # nothing leaves the machine (a cluster's traffic is not a service's bytes)
 
-    def __init__(self, settings: LocalSettings, model: str = "local-tesseract") -> None:
+    def __init__(self, settings: LocalSettings, model: str = "local-tesseract",
+                 executor: PageExecutor | None = None) -> None:
         self.model = model
         self.settings = settings
-        folder, source = resolve_tessdata(settings.tessdata_path)
-        check_languages(folder, source, settings.language)
-        self.tessdata = folder
-        self.orientation_detection = has_osd(folder)
-        self.processes = settings.processes or os.cpu_count() or 1
+        self.cluster: str | None = getattr(settings, "cluster", None) or None
+        if executor is None and self.cluster:
+            # Each worker resolves and checks its own language data (cluster.connect).
+            from pipeline.backends.local.cluster import connect
+
+            executor = connect(self.cluster, settings.language, settings.tessdata_path)
+            tessdata = settings.tessdata_path or ""
+            self.orientation_detection = True  # decided on each worker by its own data
+        else:
+            folder, source = resolve_tessdata(settings.tessdata_path)
+            check_languages(folder, source, settings.language)
+            tessdata = str(folder)
+            self.orientation_detection = has_osd(folder)
+        self.tessdata = tessdata
+        self.executor: PageExecutor = executor or ProcessExecutor(
+            settings.processes or os.cpu_count() or 1
+        )
         self._cfg = worker.WorkerConfig(
-            tessdata=str(folder),
+            tessdata=tessdata,
             language=settings.language,
             dpi=settings.dpi,
             force_ocr=settings.force_ocr,
             max_pixels=settings.max_pixels,
         )
-        self._pool: ProcessPoolExecutor | None = None
-        self._closed = False
 
-    # -- pool ------------------------------------------------------------------------------------
+    @property
+    def processes(self) -> int:
+        """Pages that can be read at once now: this machine's processes, or the cluster's
+        threads (growing and shrinking with its workers). The run opens twice as many documents."""
+        return self.executor.capacity
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._closed:
-            raise RuntimeError("LocalBackend is closed")
-        if self._pool is None:
-            # spawn, not fork: the parent runs an event loop and threads; forking those is unsafe.
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.processes,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=worker.init_process,
-            )
-        return self._pool
+    @property
+    def workers(self) -> int:
+        """OCR processes here, or Dask workers connected now (progress, report, metrics)."""
+        return self.executor.workers
 
     async def _call(self, fn: Any, *args: Any) -> Any:
-        pool = self._executor()
-        loop = asyncio.get_running_loop()
         try:
-            with worker.terminal_signals_blocked():  # a worker started now is born deaf to Ctrl-C
-                future = loop.run_in_executor(pool, fn, *args)
-            outcome = await future
-        except KeyboardInterrupt as exc:
-            # Only a worker can raise it here (the run's own SIGINT goes to its signal handler);
-            # it must not escape into the event loop and end the run without its report.
-            raise RetryableError(
-                "a local OCR worker process was interrupted", category=Category.BACKEND
-            ) from exc
-        except BrokenProcessPool as exc:
-            # A worker died (a crash inside a native library, or the OOM killer). Start a fresh
-            # pool for what follows; this chunk may be retried.
-            if self._pool is pool:
-                self._pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
-            raise RetryableError(
-                "a local OCR worker process died (native crash or out of memory)",
-                category=Category.BACKEND,
-            ) from exc
+            outcome = await self.executor.run(fn, *args)
+        except (PipelineError, asyncio.CancelledError):
+            raise
         except Exception as exc:  # a bug in the worker: this document fails, the run goes on
             raise DocumentError(
                 Category.INTERNAL,
@@ -125,17 +114,27 @@ class LocalBackend:
         }
 
     async def _ocr_pdf(self, data: bytes) -> list[dict[str, Any]]:
-        count, done, todo = await self._call(worker.scan_pdf, data, self._cfg)
-        ocred = await self._gather([self._call(worker.ocr_pdf_page, data, i, self._cfg) for i in todo])
-        pages = sorted([*done, *ocred], key=lambda p: p["index"])
-        assert len(pages) == count
-        return pages
+        shared = self.executor.share(data)  # the chunk's bytes, sent once for all its pages
+        try:
+            count, done, todo = await self._call(worker.scan_pdf, shared, self._cfg)
+            ocred = await self._gather(
+                [self._call(worker.ocr_pdf_page, shared, i, self._cfg) for i in todo]
+            )
+        finally:
+            self.executor.unshare(shared)
+        return _one_per_index([*done, *ocred], count)
 
     async def _ocr_image(self, data: bytes, media_type: str) -> list[dict[str, Any]]:
-        frames = await self._call(worker.scan_image, data, media_type, self._cfg)
-        return await self._gather(
-            [self._call(worker.ocr_image_page, data, media_type, i, self._cfg) for i in range(frames)]
-        )
+        shared = self.executor.share(data)
+        try:
+            frames = await self._call(worker.scan_image, shared, media_type, self._cfg)
+            pages = await self._gather(
+                [self._call(worker.ocr_image_page, shared, media_type, i, self._cfg)
+                 for i in range(frames)]
+            )
+        finally:
+            self.executor.unshare(shared)
+        return _one_per_index(pages, frames)
 
     @staticmethod
     async def _gather(calls: list[Any]) -> list[Any]:
@@ -150,9 +149,17 @@ class LocalBackend:
             raise
 
     async def close(self) -> None:
-        self._closed = True
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: pool.shutdown(wait=True, cancel_futures=True)
-            )
+        await self.executor.close()
+
+
+def _one_per_index(pages: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The chunk's pages in order, exactly one per index 0..count-1 (an answer that lost or
+    repeated a page is a bug, never written as a document)."""
+    pages = sorted(pages, key=lambda p: p["index"])
+    if [p["index"] for p in pages] != list(range(count)):
+        raise DocumentError(
+            Category.INTERNAL,
+            f"the local engine returned pages {[p['index'] for p in pages]} for {count} pages",
+            hint="please report this with the input file",
+        )
+    return pages

@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeline.backends.local import images, layout, render, textlayer
 from pipeline.backends.local.engine import Engine
+from pipeline.backends.local.langdata import has_osd, parse_languages, resolve_tessdata
 from pipeline.backends.local.orientation import recognize_upright
 from pipeline.errors import EncryptedError, InputError, PipelineError, TooLargeError
 
@@ -46,7 +47,7 @@ Outcome = WorkerOutcome
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    tessdata: str
+    tessdata: str  # "" on a cluster: each worker resolves its own (TESSDATA_PREFIX, the package)
     language: str
     dpi: int
     force_ocr: bool
@@ -64,7 +65,8 @@ def engine(cfg: WorkerConfig) -> Engine:
     if _ENGINE is None or key != _ENGINE_KEY:
         if _ENGINE is not None:
             _ENGINE.close()
-        _ENGINE = Engine(Path(cfg.tessdata), cfg.language)
+        folder = Path(cfg.tessdata) if cfg.tessdata else resolve_tessdata(None)[0]
+        _ENGINE = Engine(folder, cfg.language)
         _ENGINE_KEY = key
     return _ENGINE
 
@@ -124,6 +126,32 @@ def terminal_signals_blocked() -> Iterator[None]:
 def warm_up(cfg: WorkerConfig) -> Outcome:
     engine(cfg)
     return WorkerOutcome()
+
+
+def probe(language: str, tessdata_path: str | None) -> dict[str, Any]:
+    """What a cluster worker has (run on each one before any work): the pipeline's version and
+    which of `language`'s models its tessdata folder lacks. Never raises: the client decides."""
+    from pipeline import __version__
+
+    found: dict[str, Any] = {"version": __version__, "tessdata": None, "missing": [], "osd": False,
+                             "problem": None}
+    try:
+        folder, source = resolve_tessdata(tessdata_path)
+    except PipelineError as exc:
+        found["problem"] = exc.message
+        return found
+    found["tessdata"] = f"{folder} (from {source})"
+    found["missing"] = [
+        lang for lang in parse_languages(language) if not (folder / f"{lang}.traineddata").is_file()
+    ]
+    found["osd"] = has_osd(folder)
+    return found
+
+
+def hold(data: bytes) -> bytes:
+    """A chunk's bytes as a cluster task of their own: every page task of the chunk depends on it
+    (sent to the cluster once, not once per page), and it is recomputed if its worker dies."""
+    return data
 
 
 def _guard(fn: Any, *args: Any) -> Outcome:

@@ -1,0 +1,234 @@
+"""The local engine's page work on a Dask cluster (`run --cluster tcp://HOST:8786`).
+
+Only this module imports `distributed`, and only when a cluster is configured. The run itself
+(walk, plan, manifest, outputs) stays on the client; each chunk's bytes go to the cluster once
+(a `hold` task that the chunk's page tasks depend on, recomputed if its worker dies) and each
+page's answer comes back as plain data. Workers need no access to the input or output folders.
+
+- Before any work: the scheduler must answer (else FatalError, exit 3, naming the address) and
+  every worker must run this pipeline's version and have the configured Tesseract languages
+  (else ConfigError, exit 2, naming each worker and what it lacks).
+- Backpressure: tasks in flight are capped at IN_FLIGHT_PER_THREAD x the cluster's threads,
+  read again every REFRESH_S, so the cap grows when workers join and shrinks when they leave.
+- A worker killed mid-task: the scheduler runs its tasks elsewhere (`retries=` also re-runs a
+  task that raised); each page's answer is one future, so a page is never counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.backends.local import worker
+from pipeline.errors import Category, ConfigError, FatalError, RetryableError
+
+IN_FLIGHT_PER_THREAD = 2  # one task running per thread, one waiting so no thread idles
+TASK_RETRIES = 2  # a task that raised runs again (a lost worker is the scheduler's business)
+CONNECT_TIMEOUT_S = 10.0
+WORKERS_TIMEOUT_S = 30.0  # a cluster with no worker at start: FatalError after this
+REFRESH_S = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerCheck:
+    """One worker's answer to `worker.probe`, or why it could not answer."""
+
+    address: str
+    version: str | None
+    missing: tuple[str, ...]
+    tessdata: str | None
+    problem: str | None
+
+
+def worker_problems(checks: list[WorkerCheck], version: str, language: str) -> list[str]:
+    """What is wrong with each worker, one line per worker, in address order."""
+    lines = []
+    for c in sorted(checks, key=lambda c: c.address):
+        why = []
+        if c.problem:
+            why.append(c.problem)
+        elif c.version != version:
+            why.append(f"runs ocr-pipeline {c.version}, this client {version}")
+        if c.missing:
+            names = ", ".join(f"{lang}.traineddata" for lang in c.missing)
+            why.append(f"lacks {names} for local.language {language!r} in {c.tessdata}")
+        if why:
+            lines.append(f"worker {c.address}: " + "; ".join(why))
+    return lines
+
+
+def _check(address: str, answer: Any) -> WorkerCheck:
+    if isinstance(answer, BaseException):
+        return WorkerCheck(address, None, (), None,
+                           f"cannot run the pipeline's worker code: {type(answer).__name__}: {answer}")
+    return WorkerCheck(address, answer.get("version"), tuple(answer.get("missing") or ()),
+                       answer.get("tessdata"), answer.get("problem"))
+
+
+class CapacityGate:
+    """At most `limit()` holders at once, the limit read again whenever a holder waits."""
+
+    def __init__(self, limit: Any) -> None:
+        self.limit = limit
+        self.held = 0
+        self._changed = asyncio.Event()
+
+    async def acquire(self) -> None:
+        while self.held >= max(1, self.limit()):
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), REFRESH_S)
+        self.held += 1
+
+    def release(self) -> None:
+        self.held -= 1
+        self._changed.set()
+
+
+class DaskExecutor:
+    """Runs worker functions as Dask tasks through a synchronous `distributed.Client` (its own
+    IO thread); results are handed to the run's event loop as the futures finish."""
+
+    def __init__(self, client: Any, address: str) -> None:
+        self.client = client
+        self.address = address
+        self._threads = 0
+        self._workers = 0
+        self._refreshed = 0.0
+        self._refresher: asyncio.Task[None] | None = None
+        self.gate = CapacityGate(lambda: IN_FLIGHT_PER_THREAD * self._threads)
+        self.peak_workers = 0
+        self._update(client.scheduler_info(n_workers=0))
+
+    # -- cluster size --------------------------------------------------------------------------
+    def _update(self, info: dict[str, Any]) -> None:
+        self._threads = int(info.get("total_threads") or 0)
+        self._workers = int(info.get("n_workers") or 0)
+        self.peak_workers = max(self.peak_workers, self._workers)
+        self._refreshed = time.monotonic()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            with contextlib.suppress(OSError, TimeoutError, RuntimeError):
+                self._update(await asyncio.to_thread(self.client.scheduler_info, n_workers=0))
+
+    @property
+    def capacity(self) -> int:
+        return max(1, self._threads)
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    # -- work ----------------------------------------------------------------------------------
+    def share(self, data: bytes) -> Any:
+        return self.client.submit(worker.hold, data, pure=False, retries=TASK_RETRIES,
+                                  key=f"hold-{uuid.uuid4().hex}")
+
+    def unshare(self, handle: Any) -> None:
+        handle.release()
+
+    async def run(self, fn: Any, *args: Any) -> worker.WorkerOutcome:
+        if self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh_forever())
+        await self.gate.acquire()
+        try:
+            return await self._submit_and_wait(fn, args)
+        finally:
+            self.gate.release()
+
+    async def _submit_and_wait(self, fn: Any, args: tuple[Any, ...]) -> worker.WorkerOutcome:
+        from distributed.scheduler import KilledWorker
+
+        loop = asyncio.get_running_loop()
+        settled: asyncio.Future[tuple[Any, BaseException | None]] = loop.create_future()
+
+        def settle(value: Any, error: BaseException | None) -> None:
+            if not settled.done():
+                settled.set_result((value, error))
+
+        def on_done(fut: Any) -> None:  # in Dask's callback thread
+            try:
+                value, error = fut.result(), None
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop as data
+                value, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, value, error)
+
+        try:
+            future = self.client.submit(fn, *args, pure=False, retries=TASK_RETRIES,
+                                        key=f"{fn.__name__}-{uuid.uuid4().hex}")
+        except (OSError, RuntimeError) as exc:
+            raise RetryableError(f"cannot submit work to the Dask scheduler at {self.address}: "
+                                 f"{exc}", category=Category.BACKEND) from exc
+        future.add_done_callback(on_done)
+        try:
+            value, error = await settled
+        finally:
+            future.release()  # cancelled or done: the cluster may forget it
+        if error is None:
+            return value
+        if isinstance(error, KilledWorker):
+            raise RetryableError(f"the Dask workers running a page died repeatedly ({error})",
+                                 category=Category.BACKEND) from error
+        if isinstance(error, (OSError, TimeoutError)) or type(error).__name__.endswith("CancelledError"):
+            raise RetryableError(f"a page's task on the Dask cluster at {self.address} was lost:"
+                                 f" {type(error).__name__}: {error}", category=Category.BACKEND) from error
+        raise error
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        await asyncio.to_thread(self.client.close)
+
+
+def connect(address: str, language: str, tessdata_path: str | None) -> DaskExecutor:
+    """Connect to the scheduler and check every worker, before any work.
+
+    FatalError (exit 3) when the scheduler does not answer or has no worker; ConfigError (exit 2)
+    naming each worker with another pipeline version or a missing language.
+    """
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ConfigError(
+            f"--cluster {address} needs Dask's distributed package on this machine",
+            hint="pip install 'ocr-pipeline[cluster]'",
+        ) from None
+    from pipeline import __version__
+
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise FatalError(
+            f"cannot reach the Dask scheduler at {address}: {type(exc).__name__}: {exc}",
+            hint="is `dask scheduler` running there, and the port open from this machine?",
+        ) from None
+    try:
+        try:
+            client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
+        except (TimeoutError, OSError) as exc:
+            raise FatalError(
+                f"the Dask scheduler at {address} has no worker after {WORKERS_TIMEOUT_S:g} s",
+                hint="start workers with `dask worker " + address + "`",
+            ) from exc
+        answers = client.run(worker.probe, language, tessdata_path, on_error="return")
+        checks = [_check(addr, answer) for addr, answer in answers.items()]
+        problems = worker_problems(checks, __version__, language)
+        if problems:
+            raise ConfigError(
+                f"Dask workers at {address} cannot run this job: " + " | ".join(problems),
+                hint="install the same ocr-pipeline version and the Tesseract models on every"
+                " worker (e.g. pip install tessdata.fast-<lang>), or point TESSDATA_PREFIX at them",
+            )
+        return DaskExecutor(client, address)
+    except BaseException:
+        client.close()
+        raise
