@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from pipeline.config import BACKEND_DEFAULTS, Settings, interpolate, load_settings
+from pipeline.config import (
+    BACKEND_DEFAULTS,
+    LimitSettings,
+    ServiceSettings,
+    Settings,
+    file_keys,
+    interpolate,
+    load_settings,
+)
 from pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,10 +72,10 @@ def test_interpolated_strings_are_coerced_to_the_key_types(tmp_path: Path) -> No
         "workers: ${W}\nrps: ${R:-2.5}\nfollow_symlinks: ${FOLLOW}\nmodel: ${M:-local-x}\n",
     )
     s = load_settings(path, env={"W": "7", "FOLLOW": "false"})
-    assert s.workers == 7
-    assert s.rps == 2.5
-    assert s.follow_symlinks is False
-    assert s.model == "local-x"
+    assert s.limits.workers == 7
+    assert s.limits.rps == 2.5
+    assert s.run.follow_symlinks is False
+    assert s.service.model == "local-x"
 
 
 # ---- precedence -------------------------------------------------------------------------------
@@ -74,12 +84,12 @@ def test_interpolated_strings_are_coerced_to_the_key_types(tmp_path: Path) -> No
 def test_flags_override_the_file_which_overrides_the_defaults(tmp_path: Path) -> None:
     path = write_config(tmp_path, "workers: 3\nrps: 2\nmax_in_flight: 5\nlocal:\n  dpi: 200\n")
     s = load_settings(path, {"workers": 9, "rps": None}, env={})
-    assert s.workers == 9  # flag beats file
-    assert s.rps == 2.0  # a flag left unset (None) does not erase the file's value
-    assert s.max_in_flight == 5  # file beats default
+    assert s.limits.workers == 9  # flag beats file
+    assert s.limits.rps == 2.0  # a flag left unset (None) does not erase the file's value
+    assert s.limits.max_in_flight == 5  # file beats default
     assert s.local.dpi == 200
-    assert s.connect_timeout == Settings().connect_timeout  # untouched default
-    assert s.backend == "local"
+    assert s.service.connect_timeout == Settings().service.connect_timeout  # untouched default
+    assert s.service.backend == "local"
 
 
 def test_per_backend_defaults_apply_and_azure_is_smaller_than_mistral() -> None:
@@ -87,28 +97,28 @@ def test_per_backend_defaults_apply_and_azure_is_smaller_than_mistral() -> None:
     azure = load_settings(
         None, {"backend": "azure", "endpoint": AZURE_ROUTE}, env={"AZURE_API_KEY": KEY}
     )
-    assert mistral.endpoint == BACKEND_DEFAULTS["mistral"]["endpoint"].rstrip("/")
-    assert mistral.model == "mistral-ocr-latest"
-    assert mistral.api_key == KEY  # from MISTRAL_API_KEY when the config names no key
-    assert azure.api_key == KEY  # from AZURE_API_KEY
-    assert azure.max_pages_per_request < mistral.max_pages_per_request
-    assert azure.max_bytes_per_request < mistral.max_bytes_per_request
+    assert mistral.service.endpoint == BACKEND_DEFAULTS["mistral"]["endpoint"].rstrip("/")
+    assert mistral.service.model == "mistral-ocr-latest"
+    assert mistral.service.api_key == KEY  # from MISTRAL_API_KEY when the config names no key
+    assert azure.service.api_key == KEY  # from AZURE_API_KEY
+    assert azure.limits.max_pages_per_request < mistral.limits.max_pages_per_request
+    assert azure.limits.max_bytes_per_request < mistral.limits.max_bytes_per_request
     local = load_settings(None, env={})
     assert local.backend == "local"
-    assert local.api_key is None
+    assert local.service.api_key is None
 
 
 def test_file_overrides_the_backend_default_and_flag_overrides_the_backend(tmp_path: Path) -> None:
     path = write_config(tmp_path, f"backend: azure\nendpoint: {AZURE_ROUTE}\nmax_pages_per_request: 12\n")
     s = load_settings(path, env={"AZURE_API_KEY": KEY})
-    assert s.max_pages_per_request == 12
-    assert s.max_bytes_per_request == BACKEND_DEFAULTS["azure"]["max_bytes_per_request"]
+    assert s.limits.max_pages_per_request == 12
+    assert s.limits.max_bytes_per_request == BACKEND_DEFAULTS["azure"]["max_bytes_per_request"]
 
     local_file = write_config(tmp_path, "backend: local\nworkers: 2\n", name="local.yaml")
     switched = load_settings(local_file, {"backend": "mistral"}, env={"MISTRAL_API_KEY": KEY})
     assert switched.backend == "mistral"
-    assert switched.max_pages_per_request == BACKEND_DEFAULTS["mistral"]["max_pages_per_request"]
-    assert switched.workers == 2
+    assert switched.limits.max_pages_per_request == BACKEND_DEFAULTS["mistral"]["max_pages_per_request"]
+    assert switched.limits.workers == 2
 
 
 # ---- validation ---------------------------------------------------------------------------------
@@ -209,13 +219,13 @@ def test_redacted_and_repr_hide_the_key_and_passwords() -> None:
     s = load_settings(
         None, {"backend": "mistral", "pdf_passwords": ["hunter2-pw"]}, env={"MISTRAL_API_KEY": KEY}
     )
-    assert s.api_key == KEY  # still usable in memory
+    assert s.service.api_key == KEY  # still usable in memory
     shown = s.redacted()
     dumped = json.dumps(shown, default=str)
     assert KEY not in dumped
     assert "hunter2-pw" not in dumped
-    assert shown["api_key"] == "***"
-    assert shown["workers"] == s.workers  # the rest is still shown
+    assert shown["service"]["api_key"] == "***"
+    assert shown["limits"]["workers"] == s.limits.workers  # the rest is still shown
     assert KEY not in repr(s)
     assert "hunter2-pw" not in repr(s)
 
@@ -236,15 +246,15 @@ SHIPPED_ENV = {
 )
 def test_shipped_configs_load(name: str, backend: str, key: str | None) -> None:
     s = load_settings(REPO / "config" / name, env=dict(SHIPPED_ENV))
-    assert s.backend == backend
-    assert s.api_key == key
-    assert s.max_pages_per_request >= 1
+    assert s.service.backend == backend
+    assert s.service.api_key == key
+    assert s.limits.max_pages_per_request >= 1
     if backend == "local":
-        assert s.rps == 0  # the engine's processes are the limit, not a rate
+        assert s.limits.rps == 0  # the engine's processes are the limit, not a rate
     else:  # hosted: rate and concurrency learned, nothing pinned by the shipped file
-        assert (s.rps, s.workers, s.max_in_flight) == (None, None, None)
+        assert (s.limits.rps, s.limits.workers, s.limits.max_in_flight) == (None, None, None)
     if backend == "azure":
-        assert s.endpoint == AZURE_ROUTE
+        assert s.service.endpoint == AZURE_ROUTE
 
 
 @pytest.mark.parametrize(("name", "var"), [("mistral.yaml", "MISTRAL_API_KEY"),
@@ -267,8 +277,51 @@ def test_rps_workers_and_in_flight_take_auto_or_a_number(tmp_path: Path, source:
         s = load_settings(cfg, env=env)
     else:
         s = load_settings(None, values, env=env)
-    assert (s.rps, s.workers, s.max_in_flight) == (None, None, None)
+    assert (s.limits.rps, s.limits.workers, s.limits.max_in_flight) == (None, None, None)
     capped = load_settings(None, {**values, "rps": "12.5", "workers": "3"}, env=env)
-    assert (capped.rps, capped.workers) == (12.5, 3)
+    assert (capped.limits.rps, capped.limits.workers) == (12.5, 3)
     with pytest.raises(ConfigError, match="rps"):
         load_settings(None, {**values, "rps": "fast"}, env=env)
+
+
+# ---- groups and where a value came from ---------------------------------------------------------
+
+
+def test_a_bad_flag_value_is_named_as_the_flag_not_as_a_file_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "workers: 2\n")
+    with pytest.raises(ConfigError, match=r"^command line: --workers: .*greater than or equal to 1"):
+        load_settings(path, {"workers": "0"}, env={})
+
+
+def test_a_bad_file_value_names_the_file_and_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "local:\n  dpi: 20\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: key 'local.dpi': .*50"):
+        load_settings(path, env={})
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "request_timeout: ${OCR_TIMEOUT}\n")
+    wanted = r"key 'request_timeout' \(from the environment: \$\{OCR_TIMEOUT\}\)"
+    with pytest.raises(ConfigError, match=wanted):
+        load_settings(path, env={"OCR_TIMEOUT": "soon"})
+
+
+def test_command_line_switches_are_not_file_keys(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "dry_run: true\n")
+    with pytest.raises(ConfigError, match="unknown key 'dry_run'"):
+        load_settings(path, env={})
+    assert "dry_run" not in file_keys() and "retry_failed" not in file_keys()
+
+
+def test_each_component_gets_its_group_and_groups_are_frozen() -> None:
+    s = load_settings(None, {"backend": "mistral", "rps": "7"}, env={"MISTRAL_API_KEY": KEY})
+    assert isinstance(s.service, ServiceSettings) and isinstance(s.limits, LimitSettings)
+    assert "rps" not in ServiceSettings.model_fields and "endpoint" not in LimitSettings.model_fields
+    with pytest.raises(ValidationError):
+        s.limits.rps = 1.0  # type: ignore[misc]
+
+
+def test_batch_mode_is_refused_for_azure_with_the_reason() -> None:
+    with pytest.raises(ConfigError, match="batch mode needs the mistral backend"):
+        load_settings(None, {"backend": "azure", "mode": "batch", "endpoint": "https://x.example"},
+                      env={"AZURE_API_KEY": KEY})

@@ -25,7 +25,6 @@ HOSTED_ONLY = ("endpoint", "api_key", "auth_header", "azure_api_version", "verif
                "connect_timeout", "request_timeout", "endpoint_deadline", "throttle_deadline",
                "extra_request", "price_per_1000_pages")
 LOCAL_ONLY = ("local",)
-RUN_SWITCHES = ("dry_run", "retry_failed", "force", "retry_categories")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
 
@@ -62,17 +61,25 @@ async def ping(settings: Settings) -> str:
         response = check_response(chunk, await backend.ocr(chunk))
     finally:
         await backend.close()
-    return (f"ping ok: {settings.backend} answered one page in {time.monotonic() - started:.2f} s"
-            f" (model {response.get('model', settings.model)})")
+    return (f"ping ok: {settings.service.backend} answered one page in {time.monotonic() - started:.2f} s"
+            f" (model {response.get('model', settings.service.model)})")
 
 
 def effective_settings(settings: Settings) -> list[str]:
     """The settings that apply to this backend, as YAML (secrets redacted); keys left unset
     are named on one line instead of being shown as `null`."""
-    skip = set(RUN_SWITCHES) | set(LOCAL_ONLY if settings.backend != "local" else HOSTED_ONLY)
+    skip = set(LOCAL_ONLY if settings.service.backend != "local" else HOSTED_ONLY)
+    if settings.service.mode != "batch":
+        skip.add("batch")
+    groups = settings.redacted()
+    flat: dict[str, Any] = {}
+    for name in ("service", "limits", "run", "outputs"):
+        flat.update(groups[name])
+    flat["local"] = groups["local"]
+    flat["batch"] = groups["batch"]
     shown: dict[str, Any] = {}
     unset: list[str] = []
-    for key, value in settings.redacted().items():
+    for key, value in flat.items():
         if key in skip:
             continue
         if value is None and key in ("workers", "rps", "max_in_flight"):
@@ -91,11 +98,11 @@ def effective_settings(settings: Settings) -> list[str]:
 def still_needed(settings: Settings) -> list[str]:
     """What `run` would still refuse with this config alone."""
     needs = []
-    if settings.input is None:
+    if settings.run.input is None:
         needs.append("an input (--input or `input:`)")
-    elif not settings.input.exists():
-        needs.append(f"an input that exists ({settings.input} is not found)")
-    if settings.output is None:
+    elif not settings.run.input.exists():
+        needs.append(f"an input that exists ({settings.run.input} is not found)")
+    if settings.run.output is None:
         needs.append("an output folder (--output or `output:`)")
     return needs
 
@@ -116,7 +123,7 @@ def check_config(
     verdict = ("valid; `run` still needs " + " and ".join(needs)) if needs \
         else "valid; ready for `run`"
     lines.append(f"config {config or '(defaults)'}: {verdict}")
-    for name in referenced_variables(config, settings.backend):
+    for name in referenced_variables(config, settings.service.backend):
         lines.append(f"  env {name}: {'set' if env.get(name) else 'MISSING'}")
     lines += effective_settings(settings)
     if not do_ping:

@@ -47,6 +47,11 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--allow-large-documents", action="store_true",
                    help="no cap on pages per document")
     p.add_argument("--document-timeout", type=float, help="seconds one document may take")
+    p.add_argument("--mode", choices=["sync", "batch"],
+                   help="sync: a request per chunk (default); batch: Mistral's Batch API at half"
+                   " the price, resumable across runs (docs/batch.md)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="batch: submit, collect what has finished, exit 0; a later run collects")
     budget = p.add_argument_group("budgets (when reached: stop dispatching, exit 3, resumable)")
     budget.add_argument("--max-pages", type=int, help="pages this run may send")
     budget.add_argument("--max-cost", type=float, help="US$ this run may spend")
@@ -115,11 +120,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("input", "output", "backend", "endpoint", "model", "workers", "rps",
             "max_in_flight", "log_level", "retry_categories", "max_pages_per_request",
             "max_bytes_per_request", "max_pages_per_document", "document_timeout", "max_pages",
-            "max_cost", "max_runtime", "metrics_file", "progress")
+            "max_cost", "max_runtime", "metrics_file", "progress", "mode")
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     for flag in ("dry_run", "retry_failed", "force", "allow_large_documents"):
         if getattr(args, flag, False):
             out[flag] = True
+    if getattr(args, "no_wait", False):
+        out["batch"] = {"wait": False}
     if out.get("retry_categories"):
         out["retry_failed"] = True  # naming the categories to retry is asking for a retry
     if getattr(args, "quiet", False):
@@ -131,18 +138,18 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_input(settings: Settings) -> None:
-    if settings.input is None or settings.output is None:
+    if settings.run.input is None or settings.run.output is None:
         raise ConfigError("both an input and an output folder are needed (--input, --output)")
-    if not settings.input.exists():
-        raise ConfigError(f"input not found: {settings.input}")
-    if not (settings.input.is_dir() or settings.input.is_file()):
-        raise ConfigError(f"input is neither a folder nor a regular file: {settings.input}")
+    if not settings.run.input.exists():
+        raise ConfigError(f"input not found: {settings.run.input}")
+    if not (settings.run.input.is_dir() or settings.run.input.is_file()):
+        raise ConfigError(f"input is neither a folder nor a regular file: {settings.run.input}")
 
 
 def _progress_mode(settings: Settings) -> str:
-    if settings.progress == "auto":
+    if settings.run.progress == "auto":
         return "bar" if sys.stderr.isatty() else "json"
-    return settings.progress
+    return settings.run.progress
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -152,8 +159,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None and DEFAULT_CONFIG.exists() and args.backend is None:
         config = DEFAULT_CONFIG
     settings: Settings = load_settings(config, _overrides(args))
-    register_secret(settings.api_key)
-    for password in settings.pdf_passwords:
+    register_secret(settings.service.api_key)
+    for password in settings.run.pdf_passwords:
         register_secret(password)
     _check_input(settings)
     stderr = sys.stderr
@@ -162,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Log lines and the bar share the terminal: the bar stays below the lines.
         sys.stderr = BarTerminal(stderr)
     try:
-        configure_logging(settings.log_level)
+        configure_logging(settings.run.log_level)
         return _execute(settings)
     finally:
         sys.stderr = stderr
@@ -186,14 +193,14 @@ def _execute(settings: Settings) -> int:
 
 def _status_output(args: argparse.Namespace) -> Path:
     """--output, else the `output` of --config (or of config/default.yaml when present)."""
-    from pipeline.config import load_yaml
+    from pipeline.config import interpolate, load_yaml
 
     if args.output is not None:
         return Path(args.output)
     config = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     if config is None:
         raise ConfigError("which output? give --output DIR, or --config FILE with an `output` key")
-    data, _ = load_yaml(config, dict(os.environ))
+    data = interpolate(load_yaml(config), dict(os.environ), [])
     if not data.get("output"):
         raise ConfigError(f"{config} has no `output` key: give --output DIR")
     return Path(str(data["output"])).expanduser()

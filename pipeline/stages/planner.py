@@ -65,7 +65,7 @@ def plan_events(
     before any work (Skipped) and the stats to refresh (Touch); counts go into `tally`.
     """
     skip_dirs = [output_dir] if output_dir.is_relative_to(input_dir) else []
-    retry_categories = set(s.retry_categories) if s.retry_categories else None
+    retry_categories = set(s.command.retry_categories) if s.command.retry_categories else None
     last: dict[str, DocumentRow | None] = {}  # the row looked up for the current file
 
     def row_for(rel: str) -> DocumentRow | None:
@@ -76,16 +76,16 @@ def plan_events(
 
     def known(rel: str, size: int, mtime_ns: int) -> str | None:
         row = row_for(rel)
-        if (row is None or s.force or row.state != "done" or row.size != size
+        if (row is None or s.command.force or row.state != "done" or row.size != size
                 or row.mtime_ns != mtime_ns):
             return None
         return row.media_type
 
     for found in discover(
         input_dir,
-        include=s.include,
-        exclude=s.exclude,
-        follow_symlinks=s.follow_symlinks,
+        include=s.run.include,
+        exclude=s.run.exclude,
+        follow_symlinks=s.run.follow_symlinks,
         skip_dirs=skip_dirs,
         known=known,
     ):
@@ -94,7 +94,7 @@ def plan_events(
                 tally.ignored.append(found)
                 continue
             row = row_for(found.rel)
-            retry = s.retry_failed and (
+            retry = s.command.retry_failed and (
                 not retry_categories or (row and row.error_category in retry_categories)
             )
             if (row and row.state == "failed" and row.size == found.size
@@ -110,8 +110,8 @@ def plan_events(
             item = decide(
                 found,
                 row_for(found.rel),
-                force=s.force,
-                retry_failed=s.retry_failed,
+                force=s.command.force,
+                retry_failed=s.command.retry_failed,
                 retry_categories=retry_categories,
             )
         except OSError as exc:  # re-hashing a changed file failed: that file alone fails
@@ -149,7 +149,7 @@ def tiff_frame_count(path: Path) -> int:
 def _pages(s: Settings, item: PlanItem) -> int:
     src = item.source
     if src.media_type == "application/pdf":
-        return pdf_page_count(src.path.read_bytes(), src.rel, s.pdf_passwords)
+        return pdf_page_count(src.path.read_bytes(), src.rel, s.run.pdf_passwords)
     if src.media_type == "image/tiff":
         return tiff_frame_count(src.path)
     return 1
@@ -175,8 +175,8 @@ def estimate(s: Settings, todo: Iterable[PlanItem], price: float) -> dict[str, A
             unreadable += 1
             continue
         pages += n
-        requests += -(-n // s.max_pages_per_request)
-    rate = s.rps or 0.0  # None: auto (learned from the service), unknown beforehand
+        requests += -(-n // s.limits.max_pages_per_request)
+    rate = s.limits.rps or 0.0  # None: auto (learned from the service), unknown beforehand
     result: dict[str, Any] = {
         "documents": documents,
         "pages": pages,
@@ -187,7 +187,7 @@ def estimate(s: Settings, todo: Iterable[PlanItem], price: float) -> dict[str, A
         "seconds": requests / rate if rate else 0.0,
         "unreadable": unreadable,
     }
-    if s.backend == "local":
+    if s.service.backend == "local":
         processes = local_processes(s)
         per_min = LOCAL_OCR_PAGES_PER_MIN_PER_CORE * processes
         result.update(seconds=pages / per_min * 60, pages_per_min=per_min, processes=processes)
