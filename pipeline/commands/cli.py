@@ -38,6 +38,9 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--rps", help="requests per second for all workers: a hard cap in any 1-second"
                    " window, 0 for no limit, auto (the default for hosted backends) to learn it")
     p.add_argument("--max-in-flight", help="requests under way at once (a cap; default auto)")
+    p.add_argument("--cluster", metavar="tcp://HOST:PORT",
+                   help="local engine: read the pages on this Dask scheduler's workers (pip install"
+                   " 'ocr-pipeline[cluster]'); config local.cluster")
     p.add_argument("--max-pages-per-request", type=int,
                    help="split PDFs into requests of at most this many pages")
     p.add_argument("--max-bytes-per-request", type=int,
@@ -125,6 +128,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     for flag in ("dry_run", "retry_failed", "force", "allow_large_documents"):
         if getattr(args, flag, False):
             out[flag] = True
+    if getattr(args, "cluster", None):
+        out["local"] = {"cluster": args.cluster}
     if getattr(args, "no_wait", False):
         out["batch"] = {"wait": False}
     if out.get("retry_categories"):

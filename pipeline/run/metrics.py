@@ -31,6 +31,8 @@ METRIC_NAMES = (
     "ocr_pipeline_run_exit_code",
     "ocr_pipeline_manifest_documents",
 )
+# Only for the local engine: OCR processes, or the Dask workers connected (`--cluster`).
+LOCAL_METRIC_NAMES = ("ocr_pipeline_workers",)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class MetricsSnapshot:
     exit_code: int | None = None
     last_success: float | None = None
     manifest_documents: dict[str, int] = field(default_factory=dict)
+    workers: int | None = None  # local engine: processes, or Dask workers connected now
 
 
 def render_registry(snap: MetricsSnapshot) -> CollectorRegistry:
@@ -81,6 +84,9 @@ def render_registry(snap: MetricsSnapshot) -> CollectorRegistry:
                      ["state"], registry=reg)
     for state, n in snap.manifest_documents.items():
         manifest.labels(state=state).set(n)
+    if snap.workers is not None:
+        Gauge("ocr_pipeline_workers", "Workers reading pages now (local engine: processes, or Dask"
+              " workers with --cluster)", registry=reg).set(snap.workers)
     return reg
 
 

@@ -30,6 +30,7 @@ class ProgressSnapshot:
     retries: int
     throttled: int
     elapsed_s: float
+    workers: int | None = None  # local engine on a cluster: Dask workers connected now
 
     @property
     def finished(self) -> int:
@@ -49,6 +50,7 @@ class ProgressSnapshot:
     def as_event(self) -> dict[str, Any]:
         data = asdict(self)
         data["pages_per_s"] = round(self.pages_per_s, 2)
+        data["pages_per_min"] = round(self.pages_per_s * 60, 1)
         data["eta_s"] = None if self.eta_s is None else round(self.eta_s, 1)
         data["elapsed_s"] = round(self.elapsed_s, 1)
         return data
@@ -67,8 +69,11 @@ def _bar_fields(snap: ProgressSnapshot) -> list[str]:
     fields = [f"{snap.finished}/{snap.documents_total} docs"]
     if snap.documents_failed:
         fields.append(f"failed {snap.documents_failed}")
-    fields += [f"ETA {_clock(snap.eta_s)}", f"{snap.pages_per_s:.1f} pages/s",
-               f"{snap.pages_done} pages"]
+    speed = (f"{snap.pages_per_s * 60:.0f} pages/min" if snap.workers is not None
+             else f"{snap.pages_per_s:.1f} pages/s")
+    fields += [f"ETA {_clock(snap.eta_s)}", speed, f"{snap.pages_done} pages"]
+    if snap.workers is not None:
+        fields.append(f"{snap.workers} workers")
     if snap.retries:
         fields.append(f"retries {snap.retries}")
     if snap.throttled:

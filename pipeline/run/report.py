@@ -47,6 +47,8 @@ class RunReport:
     failed_earlier: int = 0  # failed in an earlier run, left alone (see --retry-failed)
     estimate: dict[str, Any] | None = None
     page_methods: dict[str, int] = field(default_factory=dict)  # local engine: text_layer / ocr
+    cluster: str | None = None  # local engine on a Dask cluster: the scheduler's address
+    workers: int | None = None  # local engine: the most workers (processes, Dask workers) seen
     batch: dict[str, Any] | None = None  # batch mode: jobs, requests, pending (docs/batch.md)
     version: int = REPORT_VERSION
 
@@ -121,11 +123,14 @@ class RunReport:
         if self.backend == "local":
             minutes = self.duration_s / 60
             rate = f"{self.pages_done / minutes:.0f} pages/min" if minutes > 0 else "-"
+            lines = [f"  speed: {rate}"]
             if self.page_methods:
                 text = self.page_methods.get("text_layer", 0)
                 ocr = self.page_methods.get("ocr", 0)
-                return [f"  pages read: {text} from text layers, {ocr} by OCR; {rate}"]
-            return [f"  speed: {rate}"]
+                lines = [f"  pages read: {text} from text layers, {ocr} by OCR; {rate}"]
+            if self.cluster:
+                lines.append(f"  cluster: {self.cluster}, {self.workers or 0} workers at most")
+            return lines
         req = self.requests
         if not req:
             return []

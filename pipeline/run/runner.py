@@ -155,6 +155,12 @@ class Run:
                                 settings.metrics_file or self.state / "metrics.prom",
                                 settings.progress_interval, self.log,
                                 lambda: self.transport.bytes_sent if self.transport else 0)
+        self._cluster = getattr(self.transport, "backend", None)  # the local engine on Dask
+        if getattr(self._cluster, "cluster", None):
+            self.report.cluster = self._cluster.cluster
+            self.ticker.workers = lambda: self._cluster.workers
+        else:
+            self._cluster = None
 
     @property
     def stopping(self) -> bool:
@@ -309,6 +315,9 @@ class Run:
         if open_count == 0:
             return True
         if self.workers:
+            if self._cluster is not None and not self.s.limits.workers:
+                # Twice the cluster's threads now: more documents open as workers join.
+                return open_count < 2 * self._cluster.processes
             return open_count < self.workers
         if open_count >= MAX_OPEN_DOCUMENTS or open_bytes >= MAX_OPEN_BYTES:
             return False

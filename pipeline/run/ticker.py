@@ -21,7 +21,7 @@ from pipeline.transport.retry import RetryStats
 class RunTicker:
     """Renders the run's figures; owns no state of the run (it reads the report and stats)."""
 
-    def __init__(self, report: RunReport, stats: RetryStats, progress: ProgressDisplay,
+    def __init__(self, report: RunReport, stats: Callable[[], RetryStats], progress: ProgressDisplay,
                  metrics_path: Path, interval: float, log: Any,
                  bytes_sent: Callable[[], int]) -> None:
         self.report = report
@@ -36,6 +36,8 @@ class RunTicker:
         self.unchanged = 0
         self.last_success: float | None = None
         self.manifest_counts: dict[str, int] = {}
+        # The local engine's workers now (a Dask cluster's, with --cluster); None: not shown.
+        self.workers: Callable[[], int | None] = lambda: None
 
     def progress_snapshot(self) -> ProgressSnapshot:
         r = self.report
@@ -44,13 +46,22 @@ class RunTicker:
             documents_done=r.documents_done,
             documents_failed=r.documents_failed,
             pages_done=r.pages_done,
-            retries=self.stats.retries,
-            throttled=self.stats.throttled,
+            retries=self.stats().retries,
+            throttled=self.stats().throttled,
             elapsed_s=time.time() - self.started,
+            workers=self._sample_workers(),
         )
+
+    def _sample_workers(self) -> int | None:
+        """Workers now; the report keeps the most seen during the run."""
+        workers = self.workers()
+        if workers is not None:
+            self.report.workers = max(self.report.workers or 0, workers)
+        return workers
 
     def metrics_snapshot(self, *, in_progress: bool) -> MetricsSnapshot:
         r = self.report
+        stats = self.stats()
         return MetricsSnapshot(
             documents={
                 "done": r.documents_done,
@@ -60,9 +71,9 @@ class RunTicker:
                 "todo": self.documents_total,
             },
             pages={"done": r.pages_done, "from_checkpoint": r.pages_from_checkpoints},
-            requests_by_status=dict(self.stats.by_status),
-            retries=self.stats.retries,
-            throttled=self.stats.throttled,
+            requests_by_status=dict(stats.by_status),
+            retries=stats.retries,
+            throttled=stats.throttled,
             bytes_sent=self.bytes_sent(),
             cost=round(r.cost, 6),
             duration_s=round(time.time() - self.started, 3),
@@ -70,6 +81,7 @@ class RunTicker:
             exit_code=None if in_progress else r.exit_code,
             last_success=self.last_success,
             manifest_documents={str(k): v for k, v in self.manifest_counts.items()},
+            workers=self._sample_workers(),
         )
 
     async def _refresh_manifest_figures(self, manifest: AsyncManifest) -> None:

@@ -35,7 +35,7 @@ class LocalBackend:
                  executor: PageExecutor | None = None) -> None:
         self.model = model
         self.settings = settings
-        self.cluster: str | None = getattr(settings, "cluster", None) or None
+        self.cluster: str | None = settings.cluster or None
         if executor is None and self.cluster:
             # Each worker resolves and checks its own language data (cluster.connect).
             from pipeline.backends.local.cluster import connect

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -59,6 +60,11 @@ def worker_problems(checks: list[WorkerCheck], version: str, language: str) -> l
         if why:
             lines.append(f"worker {c.address}: " + "; ".join(why))
     return lines
+
+
+def _named(address: str, name: Any) -> str:
+    """`w2 (tcp://10.0.0.5:40123)`: the name given to `dask worker --name`, and where it is."""
+    return f"{name} ({address})" if name not in (None, "", address) else address
 
 
 def _check(address: str, answer: Any) -> WorkerCheck:
@@ -189,6 +195,25 @@ class DaskExecutor:
         await asyncio.to_thread(self.client.close)
 
 
+def _reachable(address: str) -> None:
+    """A TCP scheduler that refuses the connection is said at once (Dask's client would retry
+    until its timeout); other schemes (tls://, ...) are left to the client."""
+    scheme, _, rest = address.partition("://")
+    if scheme != "tcp" or ":" not in rest:
+        return
+    host, _, port = rest.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            return
+    except ValueError:
+        return  # not a port number: the client says what is wrong with the address
+    except OSError as exc:
+        raise FatalError(
+            f"cannot reach the Dask scheduler at {address}: {exc.strerror or exc}",
+            hint="is `dask scheduler` running there, and the port open from this machine?",
+        ) from None
+
+
 def connect(address: str, language: str, tessdata_path: str | None) -> DaskExecutor:
     """Connect to the scheduler and check every worker, before any work.
 
@@ -204,6 +229,7 @@ def connect(address: str, language: str, tessdata_path: str | None) -> DaskExecu
         ) from None
     from pipeline import __version__
 
+    _reachable(address)
     try:
         client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
@@ -220,7 +246,9 @@ def connect(address: str, language: str, tessdata_path: str | None) -> DaskExecu
                 hint="start workers with `dask worker " + address + "`",
             ) from exc
         answers = client.run(worker.probe, language, tessdata_path, on_error="return")
-        checks = [_check(addr, answer) for addr, answer in answers.items()]
+        names = {addr: info.get("name") for addr, info in
+                 client.scheduler_info(n_workers=-1).get("workers", {}).items()}
+        checks = [_check(_named(addr, names.get(addr)), answer) for addr, answer in answers.items()]
         problems = worker_problems(checks, __version__, language)
         if problems:
             raise ConfigError(
