@@ -1,0 +1,114 @@
+"""Batch mode at scale: N one-page documents through `python -m pipeline run --mode batch`
+against the fake server's Batch API, with a SIGKILL at each crash point of a job's life and a
+resume after each (a fresh output per crash point). Prints documents done, chunks answered
+twice, cost against the synchronous price, and each run's peak RSS.
+
+    .venv/bin/python benchmarks/bench_batch.py --docs 1000
+    .venv/bin/python benchmarks/bench_batch.py --docs 10000 --points none   # peak RSS at 10x
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import PY, ROOT, SCRATCH, banner, table  # noqa: E402
+from pipeline.fakeserver import FakeServerOptions, start_fake_server  # noqa: E402
+from pipeline.fakeserver.batch import batch_of  # noqa: E402
+from tests.pdfgen import page_text, pdf_bytes  # noqa: E402
+
+POINTS = ["batch_before_upload", "batch_after_upload", "batch_job_created", "batch_polling",
+          "batch_downloading"]
+SYNC_PRICE = 4.0  # mistral-ocr-latest, US$ per 1,000 pages
+
+
+def make_tree(root: Path, docs: int) -> None:
+    marker = root / f".made-{docs}"
+    if marker.exists():
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    for i in range(docs):
+        rel = f"d{i // 1000:03d}/doc{i:05d}.pdf"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(pdf_bytes([page_text(rel, 0)]))
+    marker.touch()
+
+
+def run(args: list[str], env: dict[str, str]) -> tuple[int, float, int]:
+    """(exit code, seconds, peak RSS in MiB) of one pipeline process."""
+    started = time.monotonic()
+    proc = subprocess.Popen([PY, "-m", "pipeline", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.monotonic() - started, usage.ru_maxrss // 1024
+
+
+def manifest_done(out: Path) -> int:
+    with contextlib.closing(sqlite3.connect(out / ".ocr-pipeline" / "manifest.sqlite3")) as db:
+        return db.execute("SELECT COUNT(*) FROM documents WHERE state='done'").fetchone()[0]
+
+
+def report_costs(out: Path) -> float:
+    return sum(json.loads(p.read_text()).get("cost", 0.0)
+               for p in (out / ".ocr-pipeline" / "runs").glob("*.json"))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--docs", type=int, default=1000)
+    parser.add_argument("--points", default="all", help="all, none, or comma-separated")
+    opts = parser.parse_args()
+    points = POINTS if opts.points == "all" else [p for p in opts.points.split(",") if p != "none"]
+    banner(f"batch mode: {opts.docs:,} one-page documents, SIGKILL at {len(points)} crash points")
+    tree = SCRATCH / f"batch-in-{opts.docs}"
+    make_tree(tree, opts.docs)
+    server = await start_fake_server(FakeServerOptions(api_key="bench", cheap=True))
+    fake = batch_of(server)
+    fake.behaviour.speed = 20_000
+    config = SCRATCH / "batch.yaml"
+    config.write_text("batch:\n  poll_interval_min: 0.2\n  poll_interval_max: 1\n")
+    env = {**os.environ, "MISTRAL_API_KEY": "bench"}
+    rows = []
+    try:
+        for point in points or ["(none)"]:
+            out = SCRATCH / f"batch-out-{opts.docs}"
+            shutil.rmtree(out, ignore_errors=True)
+            fake.by_custom_id.clear()
+            args = ["run", "--backend", "mistral", "--endpoint", server.url, "--input", str(tree),
+                    "--output", str(out), "--mode", "batch", "--config", str(config),
+                    "--progress", "off"]
+            kill_code, kill_s, kill_rss = (None, 0.0, 0)
+            if point != "(none)":
+                kill_code, kill_s, kill_rss = await asyncio.to_thread(
+                    run, args, {**env, "OCR_PIPELINE_CRASH_AT": f"{point}:1"})
+            code, seconds, rss = await asyncio.to_thread(run, args, env)
+            twice = sum(1 for n in fake.by_custom_id.values() if n > 1)
+            cost = report_costs(out)
+            rows.append({
+                "crash point": point, "killed": kill_code, "resume exit": code,
+                "docs done": manifest_done(out), "answered twice": twice,
+                "cost $": round(cost, 4), "sync price $": opts.docs * SYNC_PRICE / 1000,
+                "cost/sync": round(cost / (opts.docs * SYNC_PRICE / 1000), 3),
+                "peak RSS MiB (killed, resume)": f"{kill_rss}, {rss}",
+                "seconds (killed, resume)": f"{kill_s:.1f}, {seconds:.1f}",
+            })
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        await server.stop()
+    print(table(rows, list(rows[0])))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
