@@ -16,8 +16,10 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
+from pipeline.backends.base import check_response
 from pipeline.backends.mistral import MistralBackend, ocr_url, parse_retry_after
 from pipeline.config import Settings, load_settings
+from pipeline.config.groups import ServiceSettings
 from pipeline.errors import (
     Category,
     FatalError,
@@ -26,8 +28,7 @@ from pipeline.errors import (
     StopRequested,
 )
 from pipeline.models import Chunk
-from pipeline.stages.merge import check_response
-from pipeline.transport.ratelimit import RateLimiter
+from pipeline.transport.ratelimit import RateInfo, RateLimiter
 from pipeline.transport.retry import EndpointHealth, RetryPolicy, RetryStats, call_with_retry
 from tests.conftest import serve_app
 from tests.pdfgen import page_text, pdf_bytes
@@ -79,7 +80,8 @@ async def test_requests_are_spaced_at_the_configured_rate(vt: VirtualTime) -> No
     limiter = RateLimiter(4.0, 8, clock=vt.clock)
     times = [await take(limiter, vt) for _ in range(6)]
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert gaps == pytest.approx([0.25] * 5)
+    # four a second, each window of 1 s widened by the jitter margin
+    assert gaps == pytest.approx([(1.0 + limiter.margin) / 4] * 5)
 
 
 async def test_an_unlimited_limiter_never_waits(vt: VirtualTime) -> None:
@@ -123,23 +125,12 @@ async def test_in_flight_requests_never_exceed_the_cap() -> None:
     assert limiter.in_flight == 0
 
 
-async def test_throttle_pauses_then_resumes_at_a_lower_rate(vt: VirtualTime) -> None:
-    limiter = RateLimiter(4.0, 8, clock=vt.clock)
-    first = await take(limiter, vt)
-    limiter.throttle(3.0)
-    assert limiter.throttled == 1
-    assert limiter.rate < 4.0
-    after_pause = await take(limiter, vt)
-    assert after_pause >= first + 3.0
-    following = await take(limiter, vt)
-    assert following - after_pause == pytest.approx(1.0 / limiter.rate)
-    assert following - after_pause > 0.25  # slower than before the 429
-
-
-async def test_throttle_holds_every_waiter_until_the_pause_has_passed() -> None:
+async def test_clustered_429s_hold_every_waiter_until_the_pause_has_passed() -> None:
     limiter = RateLimiter(20.0, 10)
-    async with limiter.slot():
-        pass
+    tickets = []
+    for _ in range(3):
+        async with limiter.slot() as ticket:
+            tickets.append(ticket)
     entries: list[float] = []
 
     async def request() -> None:
@@ -150,29 +141,28 @@ async def test_throttle_holds_every_waiter_until_the_pause_has_passed() -> None:
     await asyncio.sleep(0)  # every waiter is now queued on the rate
     assert entries == []
     throttled_at = time.monotonic()
-    limiter.throttle(0.3)
+    for ticket in tickets:  # three 429s within a second: a cluster, not a stray
+        limiter.rejected(ticket, 0.3)
     await asyncio.wait_for(asyncio.gather(*waiters), 10)
     assert len(entries) == 5
     assert min(entries) >= throttled_at + 0.3
-    assert limiter.rate < 20.0
+    assert limiter.pauses == 1
 
 
-async def test_a_learned_limit_caps_the_rate(vt: VirtualTime) -> None:
+async def test_an_announced_limit_caps_the_rate(vt: VirtualTime) -> None:
     limiter = RateLimiter(10.0, 8, clock=vt.clock)
-    limiter.learn_limit(2.0)
+    limiter.observe(RateInfo(200, limit_minute=120, remaining_minute=119))  # 2 a second
     assert 0 < limiter.rate <= 2.0
-    for _ in range(2000):
-        limiter.succeeded()  # successes creep up, never above the server's limit
-    assert limiter.rate <= 2.0
-    times = [await take(limiter, vt) for _ in range(4)]
+    times = [await take(limiter, vt) for _ in range(40)]
     assert all(b - a >= 0.5 - 1e-9 for a, b in zip(times, times[1:], strict=False))
+    assert limiter.rate <= 2.0, "answers never raise it above the server's limit"
 
     unlimited = RateLimiter(0, 8)
-    unlimited.learn_limit(3.0)
+    unlimited.observe(RateInfo(200, limit_minute=180))
     assert 0 < unlimited.rate <= 3.0
 
     stricter_config = RateLimiter(1.0, 8)
-    stricter_config.learn_limit(10.0)
+    stricter_config.observe(RateInfo(200, limit_minute=600))
     assert stricter_config.rate <= 1.0  # a generous server never raises the configured rate
 
 
@@ -277,7 +267,8 @@ def test_parse_retry_after_http_date() -> None:
     ],
 )
 def test_ocr_url(endpoint: str, version: str | None, expected: str) -> None:
-    assert ocr_url(Settings(endpoint=endpoint, azure_api_version=version)) == expected
+    service = ServiceSettings(endpoint=endpoint, azure_api_version=version)
+    assert ocr_url(Settings(service=service)) == expected
 
 
 # ---- call_with_retry against an in-test backend ---------------------------------------------------
@@ -380,7 +371,7 @@ async def test_429s_do_not_use_up_attempts() -> None:
     assert result == good_answer()
     assert backend.calls == 6
     assert stats.throttled == 5
-    assert limiter.throttled == 5
+    assert limiter.rejections == 5
 
 
 async def test_429s_between_failures_do_not_count_but_failures_do() -> None:
@@ -589,14 +580,30 @@ async def test_a_429_carries_its_retry_after(fake_server) -> None:
     assert info.value.retry_after == pytest.approx(2.5)
 
 
-async def test_the_backend_learns_the_announced_limit(fake_server) -> None:
+class HeardRates:
+    def __init__(self) -> None:
+        self.heard: list[RateInfo] = []
+
+    def observe(self, info: RateInfo) -> None:
+        self.heard.append(info)
+
+
+async def test_the_backend_reports_every_answers_rate_headers(fake_server) -> None:
     server = await fake_server(rps_limit=2.0)
-    backend = backend_for(server.url)
+    listener = HeardRates()
+    values = {"backend": "mistral", "endpoint": server.url, "request_timeout": 10.0}
+    backend = MistralBackend(load_settings(None, values, env={"MISTRAL_API_KEY": KEY}),
+                             rate_listener=listener)
     try:
         await backend.ocr(make_chunk(1))
+        await backend.ocr(make_chunk(1))
+        with pytest.raises(RetryableError):
+            await backend.ocr(make_chunk(1))  # the third within a second: 429
     finally:
         await backend.close()
-    assert backend.server_rps_limit == pytest.approx(2.0)
+    assert [info.status for info in listener.heard] == [200, 200, 429]
+    assert all(info.limit_minute == 120 for info in listener.heard)
+    assert listener.heard[-1].retry_after is not None
 
 
 async def test_a_hanging_request_times_out_as_retryable(fake_server) -> None:
@@ -626,7 +633,8 @@ async def test_a_refused_connection_is_retryable() -> None:
 
 async def test_close_wakes_a_waiter_in_a_long_retry_after_pause() -> None:
     limiter = RateLimiter(rps=10, max_in_flight=2)
-    limiter.throttle(retry_after=60)  # a 60 s Retry-After: a stop must not wait for it
+    # The server says its window is full for 60 s: a stop must not wait for it.
+    limiter.observe(RateInfo(429, limit_second=10, remaining_second=0, retry_after=60))
 
     async def wait_for_slot() -> None:
         async with limiter.slot():
@@ -640,43 +648,20 @@ async def test_close_wakes_a_waiter_in_a_long_retry_after_pause() -> None:
         await asyncio.wait_for(waiter, timeout=2)
 
 
-def test_stray_429s_among_successes_keep_the_rate_near_the_ceiling() -> None:
-    """A 429 now and then (one per 40 answers) must not walk the rate down to the floor."""
-    now = [0.0]
-    limiter = RateLimiter(rps=10, max_in_flight=4, clock=lambda: now[0])
-    rates = []
-    for _ in range(20):
-        limiter.throttle(retry_after=0)
-        for _ in range(40):
-            now[0] += 1.0 / limiter.rate  # answers arrive at the rate requests are sent
-            limiter.succeeded()
-            rates.append(limiter.rate)
-    assert min(rates) >= 7 - 1e-9, "one 429 lowers the rate once, by the decrease factor"
-    assert sum(rates) / len(rates) >= 9, "and it climbs straight back"
-    assert max(rates) <= 10, "never above the configured ceiling"
-
-
-def test_without_headers_a_429_settles_just_under_what_the_server_admitted() -> None:
-    now = [0.0]
-    limiter = RateLimiter(rps=0, max_in_flight=64, clock=lambda: now[0])
-    for _ in range(200):  # the server lets 40 answers a second through
-        now[0] += 1 / 40
-        limiter.succeeded()
-        limiter._recent.append(now[0])
-        limiter._recent.append(now[0])  # and we send at 80/s: half of it answered 429
-    limiter.throttle(retry_after=0.05)
-    assert 37 <= limiter.rate <= 40, limiter.rate
-
-
-def test_retry_after_zero_means_no_pause() -> None:
-    now = [5.0]
-    limiter = RateLimiter(rps=10, max_in_flight=4, clock=lambda: now[0])
-    limiter.throttle(retry_after=0)
-    assert limiter._paused_until <= now[0]
+async def test_retry_after_zero_means_no_wait(vt: VirtualTime) -> None:
+    limiter = RateLimiter(rps=10, max_in_flight=4, clock=vt.clock)
+    waits = []
+    for _ in range(3):
+        async with limiter.slot() as ticket:
+            waits.append(limiter.rejected(ticket, 0))
+    before = vt.now
+    await take(limiter, vt)
+    assert waits == [0.0, 0.0, 0.0]
+    assert vt.now - before <= 0.2, "no pause beyond the rate's own spacing"
 
 
 async def test_without_a_configured_rate_one_request_probes_before_the_rest() -> None:
-    limiter = RateLimiter(rps=0, max_in_flight=8)
+    limiter = RateLimiter(rps=None, max_in_flight=8)
     inside: list[int] = []
     first_done = asyncio.Event()
 
@@ -691,11 +676,12 @@ async def test_without_a_configured_rate_one_request_probes_before_the_rest() ->
     rest = [asyncio.create_task(request(n)) for n in range(1, 6)]
     await asyncio.sleep(0.05)
     assert inside == [0], "the others wait for the probe's answer (it may announce the limit)"
-    limiter.learn_limit(50)  # the probe's answer carried x-ratelimit-limit-req-minute: 3000
+    # The probe's answer carried x-ratelimit-limit-req-minute: 3000
+    limiter.observe(RateInfo(200, limit_minute=3000, remaining_minute=2999))
     first_done.set()
     await asyncio.wait_for(asyncio.gather(first, *rest), 5)
     assert sorted(inside) == [0, 1, 2, 3, 4, 5]
-    assert limiter.rate == pytest.approx(49.0)
+    assert limiter.rate == pytest.approx(50 / (1 + limiter.margin))
 
 
 async def test_a_configured_rate_needs_no_probe() -> None:
@@ -718,21 +704,8 @@ async def test_a_configured_rate_needs_no_probe() -> None:
 
 def test_an_announced_limit_above_the_configured_rate_leaves_it_alone() -> None:
     limiter = RateLimiter(rps=50, max_in_flight=8)
-    limiter.learn_limit(50.0)  # the server allows exactly what was configured
-    assert limiter.rate == 50 and limiter.ceiling == 50
-    limiter.learn_limit(20.0)  # the server allows less: it wins, with a margin
-    assert limiter.rate == pytest.approx(19.6)
-
-
-def test_with_no_429_for_a_while_the_rate_grows_faster() -> None:
-    now = [0.0]
-    limiter = RateLimiter(rps=0, max_in_flight=8, clock=lambda: now[0])
-    for _ in range(20):
-        now[0] += 0.1
-        limiter.succeeded()
-    limiter.throttle(retry_after=0)  # a first 429 sets a rate from what was admitted (10/s)
-    start = limiter.rate
-    for _ in range(300):  # 30 s of answers with no further 429
-        now[0] += 1 / limiter.rate
-        limiter.succeeded()
-    assert limiter.rate > 2 * start, "the limit is looked for further up, not at +0.02 a step"
+    configured = limiter.rate
+    limiter.observe(RateInfo(200, limit_minute=3000))  # exactly what was configured
+    assert limiter.rate == configured == pytest.approx(50 / (1 + limiter.margin))
+    limiter.observe(RateInfo(200, limit_minute=1200))  # the server allows less: it wins
+    assert limiter.rate == pytest.approx(20 / (1 + limiter.margin))

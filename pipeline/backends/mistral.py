@@ -7,9 +7,9 @@ error varies between the platform, Azure and the gateways in front of them.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import json
+import resource
 import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +22,7 @@ from pipeline.config import Settings
 from pipeline.errors import Category, FatalError, RejectedError, RetryableError, TooLargeError
 from pipeline.models import Chunk
 from pipeline.stages.encode import document_field
+from pipeline.transport.ratelimit import IN_FLIGHT_CEILING, RateListener, rate_info_from_headers
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 FATAL_STATUS = {401, 403}
@@ -30,13 +31,13 @@ MAX_ANSWER_BYTES = 512 * 1024 * 1024  # an answer larger than this is a broken s
 
 def ocr_url(settings: Settings) -> str:
     """`{endpoint}/v1/ocr`, unless the endpoint already names the OCR route (Azure Foundry)."""
-    parts = urlsplit(settings.endpoint)
+    parts = urlsplit(settings.service.endpoint)
     path = parts.path.rstrip("/")
     if not path.endswith("/ocr"):
         path = path + "/v1/ocr"
     query = parts.query
-    if settings.azure_api_version and "api-version=" not in query:
-        query = (query + "&" if query else "") + f"api-version={settings.azure_api_version}"
+    if settings.service.azure_api_version and "api-version=" not in query:
+        query = (query + "&" if query else "") + f"api-version={settings.service.azure_api_version}"
     return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
 
 
@@ -97,26 +98,60 @@ async def _read_capped(resp: aiohttp.ClientResponse, where: str) -> bytes:
     return b"".join(parts)
 
 
-class MistralBackend:
-    """`POST /v1/ocr` with Bearer (or Azure's `api-key`) authentication."""
+def connection_limit(settings: Settings) -> int:
+    """Connections the pool may open: the limiter's in-flight ceiling, never below it, so the
+    limiter alone decides how many requests are out."""
+    cap = settings.limits.max_in_flight
+    return cap if cap else IN_FLIGHT_CEILING
 
-    def __init__(self, settings: Settings) -> None:
-        self.name = settings.backend
-        self.model = settings.model
+
+_nofile_checked = False
+
+
+def raise_open_file_limit(needed: int) -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, once, when it is below `needed`.
+
+    Each request in flight holds a socket; with a ceiling of 2,048 the common soft limit of
+    1,024 would fail connections with EMFILE ("Too many open files") before the limiter's
+    target is reached. The hard limit is the administrator's, so it is never exceeded.
+    """
+    global _nofile_checked
+    if _nofile_checked:
+        return
+    _nofile_checked = True
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < needed and (hard == resource.RLIM_INFINITY
+                                                                  or hard > soft):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass  # not permitted here: the limiter's gate still bounds the sockets
+
+
+class MistralBackend:
+    """`POST /v1/ocr` with Bearer (or Azure's `api-key`) authentication.
+
+    `rate_listener` (the endpoint's RateLimiter) hears every answer's rate headers as a
+    `RateInfo`, 200 or not.
+    """
+
+    def __init__(self, settings: Settings, rate_listener: RateListener | None = None) -> None:
+        self.name = settings.service.backend
+        self.model = settings.service.model
         self.settings = settings
         self.url = ocr_url(settings)
         self._session: aiohttp.ClientSession | None = None
         self.bytes_sent = 0
-        self.server_rps_limit: float | None = None  # from x-ratelimit-limit-req-minute
+        self.rate_listener = rate_listener
 
     def _headers(self) -> dict[str, str]:
-        key = self.settings.api_key or ""
+        key = self.settings.service.api_key or ""
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": f"ocr-pipeline/{__version__}",
         }
-        if self.settings.auth_header == "api-key":
+        if self.settings.service.auth_header == "api-key":
             headers["api-key"] = key
         else:
             headers["Authorization"] = f"Bearer {key}"
@@ -125,11 +160,11 @@ class MistralBackend:
     def _session_for_loop(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             s = self.settings
-            connector = aiohttp.TCPConnector(
-                limit=max(s.max_in_flight, 1) * 2, ssl=None if s.verify_tls else False
-            )
+            limit = connection_limit(s)
+            raise_open_file_limit(limit * 2)
+            connector = aiohttp.TCPConnector(limit=limit, ssl=None if s.service.verify_tls else False)
             timeout = aiohttp.ClientTimeout(
-                total=s.request_timeout, sock_connect=s.connect_timeout, connect=None
+                total=s.service.request_timeout, sock_connect=s.service.connect_timeout, connect=None
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=timeout, headers=self._headers()
@@ -138,9 +173,9 @@ class MistralBackend:
 
     def request_body(self, chunk: Chunk) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "document": document_field(chunk)}
-        if self.settings.include_images:
+        if self.settings.outputs.include_images:
             body["include_image_base64"] = True
-        body.update(self.settings.extra_request)
+        body.update(self.settings.service.extra_request)
         return body
 
     async def ocr(self, chunk: Chunk) -> OCRResponse:
@@ -158,10 +193,12 @@ class MistralBackend:
                 status = resp.status
                 location = resp.headers.get("Location", "")
                 retry_after = parse_retry_after(resp.headers)
-                self._learn_limit(resp.headers)
+                if self.rate_listener is not None:
+                    self.rate_listener.observe(rate_info_from_headers(status, resp.headers,
+                                                                      retry_after))
         except TimeoutError:
             raise RetryableError(
-                f"{where}: no complete answer within {self.settings.request_timeout:g} s",
+                f"{where}: no complete answer within {self.settings.service.request_timeout:g} s",
                 category=Category.TIMEOUT,
             ) from None
         except aiohttp.ClientConnectorCertificateError as exc:
@@ -211,12 +248,6 @@ class MistralBackend:
         raise RejectedError(
             f"{where}: the service rejected the document (HTTP {status}: {detail})", status=status
         )
-
-    def _learn_limit(self, headers: Any) -> None:
-        value = headers.get("x-ratelimit-limit-req-minute")
-        if value:
-            with contextlib.suppress(ValueError):
-                self.server_rps_limit = float(value) / 60.0
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:

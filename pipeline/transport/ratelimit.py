@@ -1,200 +1,604 @@
-"""One rate limiter shared by every worker: requests per second, a concurrency cap, and a pause.
+"""One rate limiter per endpoint, shared by every request: a hard cap, a learned limit, and a
+concurrency gate sized by Little's law.
 
-Requests are spaced evenly at the current rate (no bursts that a server-side window would
-reject). A 429 pauses every worker until its Retry-After has passed and lowers the rate; each
-success raises it again slowly, never above the configured ceiling (additive increase,
-multiplicative decrease), so the pipeline settles just under the server's real limit.
+- `rps=N` is a HARD cap: no window of 1 s (plus a small jitter margin) ever holds more than N
+  of our sends. Sends are spaced evenly and checked against a log of the actual send times,
+  so a caller that wakes late never takes an earlier slot and never makes N + 1.
+- `rps=None` (auto) learns the limit: from `x-ratelimit-*` headers when the server sends them
+  (`observe(RateInfo)`, called by the backend for every answer), else from 429s: the number
+  of our sends the server admitted in the second before a rejection IS its window; we keep
+  to it and try one more now and then.
+- `rps=0` means no limit of ours (the local engine); a server that pushes back is still heard.
+- In-flight requests follow Little's law: rate x latency x headroom + a few, between a floor
+  and a ceiling (`max_in_flight`, when set, is a hard cap). The runner keeps `demand()`
+  requests ready so the pipe stays full.
+- A stray 429 costs only that request its Retry-After; 429s that cluster pause everyone.
+
+The policy is written out in docs/rate-limits.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import math
+import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Protocol
 
 from pipeline.errors import StopRequested
 
+TIME_EPSILON = 1e-6  # closer than this is now (a sleep that short may not move the clock)
 MAX_PAUSE = 900.0  # a Retry-After beyond 15 minutes is treated as 15 minutes
-# Added to the rate per successful answer: at any rate that is about +2% per second, so the
-# probe above a server's limit costs roughly one 429 per 50-100 requests.
-PROBE_STEP = 0.02
-QUIET_SECONDS = 5.0  # with no 429 for this long, the rate grows 5x faster (about 10% a second)
-QUIET_STEP = 0.1
+DEFAULT_RETRY_AFTER = 1.0  # a 429 without Retry-After: one window
+IN_FLIGHT_CEILING = 2048  # safety ceiling of the in-flight target when max_in_flight is unset
+UNLIMITED_IN_FLIGHT = 64  # in flight with no rate at all (rps 0, nothing learned)
+CLUSTER_COUNT = 3  # this many 429s within CLUSTER_SECONDS pause everyone
+CLUSTER_SECONDS = 1.0
+STRIKES = 3  # this many 429s within STRIKE_SENDS sends at a known limit: the limit is lower
+STRIKE_SENDS = 100
+RAMP_DOUBLING = 0.25  # while nothing is known, the rate doubles every this many seconds
+RAMP_MAX = 10_000.0
+PROBE_QUIET = 15.0  # a limit learned from 429s is tried one higher after this long without 429
+PROBE_QUIET_MAX = 300.0
+PROBE_VERDICT = 5.0  # a 429 for a send this soon after trying one higher: the try failed
+MARGIN_STEP = 0.01  # seconds added to the jitter margin per 429 at a known limit ...
+MARGIN_BUMP_SENDS = 200  # ... when the previous one was fewer than this many sends ago (> 0.5%)
+MARGIN_MAX = 0.2
+MARGIN_DECAY_SENDS = 1000  # this many sends without a 429 shrink the margin by MARGIN_STEP / 2
+
+
+# ---- what the server said ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateInfo:
+    """What one answer (200, 429 or other) said about the server's rate limit.
+
+    Counts are requests; None means the answer did not say.
+    """
+
+    status: int
+    limit_second: int | None = None
+    remaining_second: int | None = None
+    limit_minute: int | None = None
+    remaining_minute: int | None = None
+    retry_after: float | None = None
+
+    @property
+    def announces_limit(self) -> bool:
+        return self.limit_second is not None or self.limit_minute is not None
+
+
+class RateListener(Protocol):
+    """What a backend reports every answer to (the endpoint's RateLimiter)."""
+
+    def observe(self, info: RateInfo) -> None: ...
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_WINDOW = re.compile(r"w\s*=\s*(\d+)")
+
+
+def _count(headers: Mapping[str, str], *names: str) -> int | None:
+    """The first header of `names` that holds a number (its first number: "100, 100;w=60")."""
+    for name in names:
+        value = headers.get(name)
+        if value:
+            match = _NUMBER.search(value)
+            if match:
+                return int(float(match.group()))
+    return None
+
+
+def rate_info_from_headers(status: int, headers: Mapping[str, str],
+                           retry_after: float | None = None) -> RateInfo:
+    """Read Mistral's `x-ratelimit-{limit,remaining}-req-minute`, the `-req-second` variant,
+    OpenAI-style `x-ratelimit-{limit,remaining}-requests` (per minute) and the IETF
+    `RateLimit-Limit/-Remaining` with `RateLimit-Policy: N;w=1|60`."""
+    limit_minute = _count(headers, "x-ratelimit-limit-req-minute", "x-ratelimit-limit-requests")
+    remaining_minute = _count(headers, "x-ratelimit-remaining-req-minute",
+                              "x-ratelimit-remaining-requests")
+    limit_second = _count(headers, "x-ratelimit-limit-req-second")
+    remaining_second = _count(headers, "x-ratelimit-remaining-req-second")
+    policy = headers.get("ratelimit-policy") or ""
+    window = _WINDOW.search(policy)
+    if window and window.group(1) in ("1", "60"):
+        limit = _count(headers, "ratelimit-limit")
+        remaining = _count(headers, "ratelimit-remaining")
+        if window.group(1) == "1" and limit_second is None:
+            limit_second, remaining_second = limit, remaining
+        elif window.group(1) == "60" and limit_minute is None:
+            limit_minute, remaining_minute = limit, remaining
+    return RateInfo(status, limit_second, remaining_second, limit_minute, remaining_minute,
+                    retry_after)
+
+
+# ---- the limiter ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """At most `count` sends in any `seconds` (the jitter margin is added when checked)."""
+
+    count: int
+    seconds: float
+    source: str  # "configured" | "headers" | "429s"
+
+
+class Ticket:
+    """One request's pass through the limiter: when it was sent, and whether it was refused."""
+
+    __slots__ = ("sent_at", "rejected", "done")
+
+    def __init__(self, sent_at: float) -> None:
+        self.sent_at = sent_at
+        self.rejected = False
+        self.done = False
+
+
+@dataclass(frozen=True)
+class LimiterSnapshot:
+    """The limiter's state, for progress lines and metrics."""
+
+    rate: float  # requests per second it paces at now (0: no limit)
+    limit_source: str  # configured | headers | 429s | ramp | none
+    target_in_flight: int
+    in_flight: int
+    waiting: int
+    latency: float | None  # the mean latency Little's law uses (s), None before any answer
+    rejections: int  # 429s seen
+    pauses: int  # global pauses (clustered 429s, remaining = 0)
+    margin: float  # the jitter margin added to every window (s)
+
+
+def configured_windows(rps: float) -> list[Window]:
+    """A configured rate as a hard window: N >= 1 -> floor(N) per second; N < 1 -> one per 1/N s."""
+    if rps >= 1:
+        return [Window(int(math.floor(rps)), 1.0, "configured")]
+    return [Window(1, 1.0 / rps, "configured")]
 
 
 class RateLimiter:
+    """Paces sends, gates concurrency, learns the server's limit. One per endpoint.
+
+    Runner-facing figures: `target_in_flight` (how many requests may be in flight now),
+    `in_flight` (sent, not yet answered), `waiting` (callers blocked in `slot()`) and
+    `demand()` (how many more requests the runner should have ready to keep the pipe full).
+    """
+
     def __init__(
         self,
-        rps: float,
-        max_in_flight: int,
+        rps: float | None,
+        max_in_flight: int | None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        decrease: float = 0.7,
-        min_rps: float = 0.2,
+        probe_wait: float = 2.0,
+        initial_rps: float = 2.0,
+        headroom: float = 1.25,
+        extra_in_flight: int = 4,
+        min_in_flight: int = 4,
+        ceiling: int = IN_FLIGHT_CEILING,
+        margin: float = 0.02,
     ) -> None:
-        self.configured = rps if rps > 0 else 0.0
-        self.ceiling = self.configured  # 0: no limit known
-        self.rate = self.ceiling  # current target; 0 means unlimited
-        self.decrease = decrease
-        self.min_rps = min_rps
+        self.configured = rps
+        self.max_in_flight = max_in_flight if max_in_flight and max_in_flight > 0 else None
+        self.probe_wait = probe_wait
+        self.initial_rps = initial_rps
+        self.headroom = headroom
+        self.extra_in_flight = extra_in_flight
+        self.min_in_flight = min_in_flight
+        self.ceiling = min(ceiling, self.max_in_flight) if self.max_in_flight else ceiling
+        self.base_margin = margin
+        self.margin = margin
         self._clock = clock
-        self._sem = asyncio.Semaphore(max_in_flight)
+        self._configured_windows = configured_windows(rps) if rps else []
+        self._header_windows: dict[str, Window] = {}
+        self._learned: Window | None = None  # from 429s
+        self._ramp: float | None = None  # rate while nothing is known (auto mode)
+        self._ramp_at = 0.0
+        self._sends: deque[float] = deque()  # actual send times, for the windows
+        self._latency: float | None = None  # EWMA of answered requests' latency
+        self._outstanding: deque[Ticket] = deque()  # in send order; answered ones dropped lazily
         self._next_slot = 0.0
         self._paused_until = 0.0
-        self._recent: deque[float] = deque(maxlen=512)  # send times, to estimate the real rate
-        self._decreased_at = -1e9
-        self.learned = False  # the server announced its limit
-        self._recover_to = 0.0  # after a blind back-off, climb fast up to this rate
-        self._successes: deque[float] = deque(maxlen=2048)
-        self.throttled = 0  # 429s seen
-        self.in_flight = 0
-        self.closed = False  # set when the run stops dispatching: no new request may start
+        self._pacer = asyncio.Lock()
+        self._gate: deque[asyncio.Future[None]] = deque()
+        self._gate_timer: asyncio.TimerHandle | None = None
+        self._permits = 0  # callers past the gate (pacing or in flight)
+        self._waiting = 0
+        self._recent_429: deque[float] = deque()
+        self._strikes: deque[int] = deque()  # send numbers of recent 429s at a known limit
+        self._send_count = 0
+        self._send_count_at_429 = -MARGIN_BUMP_SENDS
+        self._margin_decayed_at = 0
+        self._changed_at = -math.inf  # last change of the learned limit
+        self._raised_at: float | None = None  # when the learned limit was last tried higher
+        self._probe_quiet = PROBE_QUIET
+        self._last_429 = -math.inf
+        self._probe_sent_at: float | None = None
+        self._probing = rps is None  # auto: one request first, the rest wait (a little)
+        self._answered = asyncio.Event()
         self._closed_event = asyncio.Event()
-        self._answered = asyncio.Event()  # the first request has come back
-        self._probe_sent = False
+        self.in_flight = 0
+        self.rejections = 0
+        self.pauses = 0
+        self.closed = False
+
+    # ---- the runner's view ---------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """Callers blocked in `slot()` (behind the probe, the gate, a pause or the pacing)."""
+        return self._waiting
+
+    @property
+    def rate(self) -> float:
+        """Requests per second the limiter paces at now; 0 when nothing limits it."""
+        interval = self._interval()
+        return 1.0 / interval if interval > 0 else 0.0
+
+    @property
+    def latency(self) -> float | None:
+        """The mean answer latency Little's law uses: an EWMA of answered requests (from send
+        to answer); before the first answer, the age of the oldest request in flight."""
+        if self._latency is not None:
+            return self._latency
+        self._drop_answered()
+        if not self._outstanding:
+            return None
+        return self._clock() - self._outstanding[0].sent_at
+
+    @property
+    def target_in_flight(self) -> int:
+        """Requests allowed in flight: rate x latency x headroom + a few (Little's law),
+        at least `min_in_flight`, at most the ceiling (`max_in_flight` when set)."""
+        rate = self.rate
+        if rate <= 0:
+            target = self.max_in_flight or UNLIMITED_IN_FLIGHT
+        else:
+            latency = self.latency or 1.0
+            target = math.ceil(rate * latency * self.headroom) + self.extra_in_flight
+        return max(min(self.min_in_flight, self.ceiling), min(target, self.ceiling))
+
+    def demand(self) -> int:
+        """How many more requests the runner should have ready: target - in flight - waiting."""
+        return max(0, self.target_in_flight - self.in_flight - self._waiting)
+
+    def snapshot(self) -> LimiterSnapshot:
+        return LimiterSnapshot(self.rate, self.limit_source, self.target_in_flight, self.in_flight,
+                               self._waiting, self._latency, self.rejections, self.pauses,
+                               self.margin)
+
+    @property
+    def limit_source(self) -> str:
+        if self._learned is not None:
+            return "429s"
+        if self._header_windows:
+            return "headers"
+        if self._configured_windows:
+            return "configured"
+        return "ramp" if self._ramp is not None else "none"
+
+    @property
+    def windows(self) -> list[Window]:
+        """Every window in force: configured, announced, learned."""
+        found = list(self._configured_windows) + list(self._header_windows.values())
+        if self._learned is not None:
+            found.append(self._learned)
+        return found
+
+    # ---- holding a request's place ---------------------------------------------------------
 
     def close(self) -> None:
+        """No request may start from now on: every waiter raises StopRequested."""
         self.closed = True
-        self._closed_event.set()  # wake everyone waiting out a pause or a slot
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closed_event.wait(), seconds)
+        self._closed_event.set()
+        while self._gate:
+            future = self._gate.popleft()
+            if not future.done():
+                future.set_exception(StopRequested())
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one request's place: waits for the concurrency cap, any pause, and the rate."""
-        async with self._sem:
-            await self._wait_turn()
-            self.in_flight += 1
-            try:
-                yield
-            finally:
-                self.in_flight -= 1
-                self._answered.set()  # whatever the outcome, the server has spoken
+    async def slot(self) -> AsyncIterator[Ticket]:
+        """Hold one request's place: the probe, the concurrency gate, any pause, the pacing.
 
-    async def _probe_first(self) -> None:
-        """Slow start: with no configured rate, one request goes first and the rest wait for its
-        answer, which may announce the server's limit (x-ratelimit-*); a blind burst of
-        max_in_flight requests would meet a wall of 429s."""
-        if self._answered.is_set() or self.ceiling > 0 or self.rate > 0:
-            return
-        if not self._probe_sent:
-            self._probe_sent = True
-            return
-        await self._sleep_until_answered()
-
-    async def _sleep_until_answered(self) -> None:
-        waiter = asyncio.ensure_future(self._answered.wait())
-        closer = asyncio.ensure_future(self._closed_event.wait())
+        Yields the request's Ticket; report a 429 with `rejected(ticket, retry_after)`.
+        An answer that leaves the block without an exception feeds the latency estimate.
+        """
+        self._waiting += 1
         try:
-            await asyncio.wait({waiter, closer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            closer.cancel()
-
-    async def _wait_turn(self) -> None:
-        await self._probe_first()
-        while True:
             if self.closed:
                 raise StopRequested()
-            now = self._clock()
-            if self._paused_until > now:
-                await self._sleep(self._paused_until - now)
-                continue
-            if self.rate <= 0:
-                self._recent.append(now)
-                return
-            interval = 1.0 / self.rate
-            # A request that reaches the limiter a little after its slot (the loop was busy)
-            # may still take it, up to half an interval late: otherwise every late arrival
-            # shifts the schedule and is rate lost for good.
-            floor = now - 0.5 * interval if self._next_slot else now
-            slot = max(floor, self._next_slot)
-            self._next_slot = slot + interval
-            if slot > now:
-                await self._sleep(slot - now)
-            if self._paused_until > self._clock() or self.closed:
-                continue  # a 429 (or a stop) arrived while we waited
-            self._recent.append(self._clock())
-            return
+            await self._after_probe()
+            await self._enter_gate()
+            try:
+                sent_at = await self._pace()
+            except BaseException:
+                self._leave_gate()
+                raise
+        finally:
+            self._waiting -= 1
+        ticket = Ticket(sent_at)
+        self.in_flight += 1
+        if self._latency is None:
+            self._outstanding.append(ticket)
+        answered = False
+        try:
+            yield ticket
+            answered = True
+        finally:
+            self.in_flight -= 1
+            ticket.done = True
+            self._drop_answered()
+            self._leave_gate()
+            if answered and not ticket.rejected:
+                self._record_latency(self._clock() - ticket.sent_at)
+            self._answered.set()  # whatever the outcome, the server has spoken
 
-    def observed_rate(self, window: float = 5.0) -> float:
+    async def _wait_event(self, event: asyncio.Event, timeout: float) -> None:
+        """Until `event` is set, the limiter is closed, or `timeout` has passed."""
+        if event.is_set() or self.closed or timeout <= 0:
+            return
+        waiters = {asyncio.ensure_future(event.wait()),
+                   asyncio.ensure_future(self._closed_event.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._closed_event.wait(), seconds)
+
+    async def _after_probe(self) -> None:
+        """Auto mode's slow start: the first request goes alone, as its answer may announce the
+        limit. The others wait for that answer, but at most `probe_wait`: a stuck first
+        request never holds the run; they go on at `initial_rps`, growing."""
+        if not self._probing:
+            return
+        if self._probe_sent_at is None:
+            self._probe_sent_at = self._clock()
+            return
+        deadline = self._probe_sent_at + self.probe_wait
+        await self._wait_event(self._answered, deadline - self._clock())
+        if self._probing:
+            self._probing = False
+            if not self.windows:
+                self._start_ramp(self._clock())
+
+    def _start_ramp(self, now: float) -> None:
+        self._ramp = self.initial_rps
+        self._ramp_at = now
+
+    # ---- the concurrency gate ------------------------------------------------------------
+
+    async def _enter_gate(self) -> None:
+        if not self._gate and self._permits < self.target_in_flight:
+            self._permits += 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._gate.append(future)
+        self._arm_gate_timer()
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._leave_gate()  # admitted just as we were cancelled: give the place back
+            with suppress(ValueError):
+                self._gate.remove(future)
+            raise
+
+    def _leave_gate(self) -> None:
+        self._permits -= 1
+        self._admit()
+
+    def _admit(self) -> None:
+        target = self.target_in_flight
+        while self._gate and self._permits < target:
+            future = self._gate.popleft()
+            if not future.done():
+                self._permits += 1
+                future.set_result(None)
+
+    def _arm_gate_timer(self) -> None:
+        """The target also grows with time (latency of requests still out, the ramp): look
+        again every 0.1 s while anyone waits at the gate."""
+        if self._gate_timer is None and self._gate:
+            self._gate_timer = asyncio.get_running_loop().call_later(0.1, self._gate_tick)
+
+    def _gate_tick(self) -> None:
+        self._gate_timer = None
+        self._admit()
+        self._arm_gate_timer()
+
+    # ---- pacing ---------------------------------------------------------------------------
+
+    def _interval(self) -> float:
+        """Seconds between two sends: the tightest window's even spacing (or the ramp's)."""
+        interval = 0.0
+        for window in self.windows:
+            interval = max(interval, (window.seconds + self.margin) / window.count)
+        if interval == 0.0 and self._ramp is not None:
+            interval = 1.0 / self._ramp
+        return interval
+
+    def _window_free_at(self) -> float:
+        """The earliest time a send keeps every window within its count."""
+        free = -math.inf
+        for window in self.windows:
+            if len(self._sends) >= window.count:
+                free = max(free, self._sends[-window.count] + window.seconds + self.margin)
+        return free
+
+    def _prune(self, now: float) -> None:
+        keep = max((w.seconds for w in self.windows), default=1.0) + MARGIN_MAX + 1.0
+        keep = max(keep, 2.0 + MARGIN_MAX)  # a second of history for the 429 estimate
+        while self._sends and self._sends[0] < now - keep:
+            self._sends.popleft()
+
+    async def _pace(self) -> float:
+        """Wait for this request's turn; returns its send time (already logged)."""
+        limited = self._pacer.locked()
+        async with self._pacer:
+            while True:
+                if self.closed:
+                    raise StopRequested()
+                now = self._clock()
+                self._grow(now, limited)
+                interval = self._interval()
+                # A caller that wakes a little late (a busy loop) keeps its place in the schedule,
+                # up to half an interval; after idle time the schedule restarts from now. The
+                # windows, not the schedule, guarantee the counts.
+                slot = self._next_slot if self._next_slot >= now - 0.5 * interval else now
+                at = max(slot, self._paused_until, self._window_free_at())
+                if at > now + TIME_EPSILON:
+                    limited = True
+                    await self._sleep(at - now)
+                    continue
+                self._sends.append(now)
+                self._send_count += 1
+                self._prune(now)
+                self._next_slot = slot + interval
+                self._admit()  # the ramp or the latency may have raised the target
+                return now
+
+    def _grow(self, now: float, limited: bool) -> None:
+        """Let the ramp grow while callers queue for it; decay the jitter margin when quiet;
+        try a limit learned from 429s one higher after a quiet while."""
+        if self._ramp is not None and not self.windows:
+            if limited:
+                self._ramp = min(RAMP_MAX, self._ramp * 2 ** ((now - self._ramp_at) / RAMP_DOUBLING))
+            self._ramp_at = now
+        last = max(self._send_count_at_429, self._margin_decayed_at)
+        if self.margin > self.base_margin and self._send_count - last >= MARGIN_DECAY_SENDS:
+            self.margin = max(self.base_margin, self.margin - MARGIN_STEP / 2)
+            self._margin_decayed_at = self._send_count
+        learned = self._learned
+        if learned is not None and limited and \
+                now - max(self._last_429, self._changed_at) > self._probe_quiet:
+            self._set_learned(learned.count + 1, now)
+            self._raised_at = now
+
+    # ---- what answers teach -------------------------------------------------------------------
+
+    def _drop_answered(self) -> None:
+        while self._outstanding and self._outstanding[0].done:
+            self._outstanding.popleft()
+
+    def _record_latency(self, seconds: float) -> None:
+        if self._latency is None:
+            self._latency = seconds
+            self._outstanding.clear()  # only needed before the first answer
+        else:
+            self._latency = 0.95 * self._latency + 0.05 * seconds
+
+    def _admitted_before(self, sent_at: float) -> int:
+        """Our sends the server has not refused in the second before `sent_at`: its count."""
+        return sum(1 for t in self._sends if sent_at - 1.0 < t < sent_at)
+
+    def _set_learned(self, count: int, now: float) -> None:
+        self._learned = Window(max(1, count), 1.0, "429s")
+        self._ramp = None
+        self._changed_at = now
+        self._raised_at = None
+        self._admit()
+
+    def observe(self, info: RateInfo) -> None:
+        """An answer's rate headers (the backend calls this for every answer): an announced
+        limit becomes a window; remaining = 0 pauses everyone until the window frees."""
         now = self._clock()
-        recent = [t for t in self._recent if now - t <= window]
-        if len(recent) < 2:
+        if info.limit_second is not None and info.limit_second > 0:
+            self._header_windows["second"] = Window(info.limit_second, 1.0, "headers")
+        if info.limit_minute is not None and info.limit_minute > 0:
+            self._header_windows["minute"] = Window(info.limit_minute, 60.0, "headers")
+            if info.limit_second is None and info.limit_minute % 60 == 0:
+                # A per-minute limit that is a whole number per second: keep each second to
+                # it too, so a server that enforces it per second never sees a burst.
+                self._header_windows["second"] = Window(info.limit_minute // 60, 1.0, "headers")
+        if info.announces_limit:
+            self._ramp = None
+            self._probing = False
+        if info.remaining_second == 0 or info.remaining_minute == 0:
+            seconds = 1.0 if info.remaining_second == 0 else 60.0
+            count = info.limit_second if info.remaining_second == 0 else info.limit_minute
+            self._pause(self._window_frees(now, seconds, count, info.retry_after))
+        self._answered.set()
+        self._admit()
+
+    def _window_frees(self, now: float, seconds: float, count: int | None,
+                      retry_after: float | None) -> float:
+        """When the server's full window frees a place: from our log of sends when it holds
+        the window's count, else the Retry-After, else one second."""
+        if count and len(self._sends) >= count:
+            return self._sends[-count] + seconds + self.margin
+        return now + (DEFAULT_RETRY_AFTER if retry_after is None else min(retry_after, MAX_PAUSE))
+
+    def _pause(self, until: float) -> None:
+        if until > self._paused_until:
+            self.pauses += 1
+            self._paused_until = until
+
+    def rejected(self, ticket: Ticket, retry_after: float | None) -> float:
+        """A 429 for `ticket`. Returns how long this request should wait before its retry:
+        its own Retry-After for a stray 429; 0 when the 429s cluster, as everyone is then
+        paused here until the window frees."""
+        now = self._clock()
+        ticket.rejected = True
+        self.rejections += 1
+        with suppress(ValueError):
+            self._sends.remove(ticket.sent_at)  # a refused request does not count at the server
+        wait = DEFAULT_RETRY_AFTER if retry_after is None else min(max(0.0, retry_after), MAX_PAUSE)
+        self._recent_429.append(now)
+        while self._recent_429 and self._recent_429[0] <= now - CLUSTER_SECONDS:
+            self._recent_429.popleft()
+        clustered = len(self._recent_429) >= CLUSTER_COUNT
+        if ticket.sent_at >= self._changed_at:  # not a verdict on an older, higher limit
+            self._learn_from_429(ticket.sent_at, now, clustered)
+        self._last_429 = now
+        if clustered:
+            self._pause(now + wait)
             return 0.0
-        return len(recent) / max(now - recent[0], 1e-3)
+        return wait
 
-    def admitted_rate(self, window: float = 5.0) -> float | None:
-        """Answers per second the server let through lately: its real limit while it pushes
-        back. None until there are enough answers to tell."""
-        now = self._clock()
-        recent = [t for t in self._successes if now - t <= window]
-        if len(recent) < 8:
-            return None
-        return len(recent) / max(now - recent[0], 0.5)
-
-    def throttle(self, retry_after: float | None) -> None:
-        """A 429: pause everyone for `retry_after` seconds and lower the rate.
-
-        With a limit the server announced, a 429 is timing jitter: step back 5%. Without one,
-        the rate the server has been admitting is its limit: settle just under it. With too
-        few answers to tell, back off multiplicatively and climb back fast to near where the
-        trouble began.
-        """
-        self.throttled += 1
-        now = self._clock()
-        pause = 1.0 if retry_after is None else min(max(0.0, retry_after), MAX_PAUSE)
-        self._paused_until = max(self._paused_until, now + pause)
-        # After the pause, requests resume one interval apart, not all at once.
-        self._next_slot = max(self._next_slot, self._paused_until)
-        if now - self._decreased_at < 0.5:
-            return  # the other 429s of one burst answer requests sent at the old rate
-        self._decreased_at = now
-        admitted = None if self.learned else self.admitted_rate()
-        current = self.rate if self.rate > 0 else (self.observed_rate() or admitted or 0.0)
-        if current <= 0:
+    def _learn_from_429(self, sent_at: float, now: float, clustered: bool) -> None:
+        learned = self._learned
+        raised = self._raised_at
+        if learned is not None and raised is not None and raised <= sent_at < raised + PROBE_VERDICT:
+            # The try one higher failed: back to the count that held, try again later.
+            self._set_learned(learned.count - 1, now)
+            self._probe_quiet = min(PROBE_QUIET_MAX, self._probe_quiet * 2)
             return
-        if self.learned:
-            new, self._recover_to = current * 0.95, 0.0
-        elif admitted is not None:
-            new, self._recover_to = min(current, admitted * 0.97), 0.0
-            if self.rate > 0:
-                # With a rate in force, one 429 costs at most 10%: a stray 429 while something
-                # else (latency, the in-flight cap) held throughput down must not ratchet the
-                # rate down to that throughput, 429 after 429.
-                new = max(new, current * 0.9)
+        if not self.windows:
+            admitted = self._admitted_before(sent_at)
+            if admitted >= 2:
+                self._set_learned(admitted, now)  # the server's window: what it let through
+            elif self._ramp is not None:
+                self._ramp = max(0.2, self._ramp / 2)
+                self._ramp_at = now
+            return
+        if self._send_count - self._send_count_at_429 < MARGIN_BUMP_SENDS:
+            # More than one 429 in 200 sends: timing jitter most likely, widen the margin.
+            self.margin = min(MARGIN_MAX, self.margin + MARGIN_STEP)
+        self._send_count_at_429 = self._send_count
+        self._strikes.append(self._send_count)
+        while self._strikes and self._strikes[0] < self._send_count - STRIKE_SENDS:
+            self._strikes.popleft()
+        if not clustered and len(self._strikes) < STRIKES:
+            return
+        # More than jitter: the server's window holds fewer than we send.
+        self._strikes.clear()
+        per_second = [w.count for w in self.windows if w.seconds <= 1.0]
+        admitted = self._admitted_before(sent_at)
+        if not per_second:
+            self._set_learned(admitted, now)
+            return
+        count = min(per_second)
+        if clustered:  # what the server let through, but at most a 20% step down per cluster
+            self._set_learned(min(count - 1, max(admitted, math.floor(0.8 * count))), now)
         else:
-            new, self._recover_to = current * self.decrease, current * 0.8
-        self.rate = max(self.min_rps, new)
-
-    def learn_limit(self, server_rps: float, margin: float = 0.98) -> None:
-        """The server told us its limit (x-ratelimit-limit-req-minute): never go above it."""
-        if server_rps <= 0:
-            return
-        self.learned = True
-        if 0 < self.configured <= server_rps:
-            return  # the configured rate already fits under the announced limit
-        target = server_rps * margin
-        if self.ceiling <= 0 or target < self.ceiling:
-            self.ceiling = target
-        if self.rate <= 0 or self.rate > self.ceiling:
-            self.rate = self.ceiling
-
-    def succeeded(self) -> None:
-        """A request went through: creep back up towards the ceiling, about 2% a second."""
-        self._successes.append(self._clock())
-        if self.rate <= 0:
-            return
-        now = self._successes[-1]
-        if self.rate < self._recover_to:
-            new = self.rate * 1.05  # a blind back-off overshot: climb back fast
-        elif now - self._decreased_at > QUIET_SECONDS:
-            new = self.rate + QUIET_STEP  # no 429 for a while: the limit is further up
-        else:
-            new = self.rate + PROBE_STEP  # just under the last 429: probe slowly
-        self.rate = min(self.ceiling, new) if self.ceiling > 0 else new
+            self._set_learned(count - 1, now)

@@ -2,8 +2,9 @@
 
 - Transient failures (408, 5xx, connection trouble, malformed answers) are retried with
   exponential backoff and full jitter, up to `retry_attempts` tries per chunk.
-- 429s are not failures of the document: they pause every worker (the limiter) and are retried
-  without spending the chunk's tries, so a long 429 storm is waited out.
+- 429s are not failures of the document: they are retried without spending the chunk's tries,
+  so a long 429 storm is waited out. A stray 429 makes only its own request wait its
+  Retry-After; 429s that cluster make the limiter pause every request (docs/rate-limits.md).
 - When the service has failed continuously for longer than `endpoint_deadline`, the run stops
   (FatalError, exit 3) instead of retrying forever.
 """
@@ -17,10 +18,9 @@ from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from pipeline.backends.base import Backend, OCRResponse
+from pipeline.backends.base import Backend, OCRResponse, check_response
 from pipeline.errors import FatalError, RejectedError, RetryableError
 from pipeline.models import Chunk
-from pipeline.stages.merge import check_response
 from pipeline.transport.ratelimit import RateLimiter
 
 # Statuses that, when every request so far got them, mean the configuration is wrong (endpoint
@@ -121,6 +121,7 @@ async def call_with_retry(
 ) -> OCRResponse:
     """One chunk's OCR answer, checked, after as many tries as the policy allows."""
     failures = 0
+    throttle_wait = 0.0  # what the limiter said the last 429'd request should wait
 
     def stop(state: RetryCallState) -> bool:
         return failures >= policy.attempts
@@ -128,7 +129,7 @@ async def call_with_retry(
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RetryableError) and exc.status == 429:
-            return 0.0  # the limiter holds every worker until Retry-After has passed
+            return throttle_wait
         return policy.backoff(failures)
 
     retrying = AsyncRetrying(
@@ -138,18 +139,15 @@ async def call_with_retry(
         with attempt:
             if attempt.retry_state.attempt_number > 1:
                 stats.retries += 1
-            async with limiter.slot():
+            async with limiter.slot() as ticket:
                 stats.attempts += 1
                 try:
                     response = check_response(chunk, await backend.ocr(chunk))
                 except RetryableError as exc:
-                    hint = getattr(backend, "server_rps_limit", None)
-                    if hint:
-                        limiter.learn_limit(hint)
                     stats.count(str(exc.status) if exc.status else "error")
                     if exc.status == 429:
                         stats.throttled += 1
-                        limiter.throttle(exc.retry_after)
+                        throttle_wait = limiter.rejected(ticket, exc.retry_after)
                         health.throttled()
                     else:
                         failures += 1
@@ -162,11 +160,7 @@ async def call_with_retry(
                     stats.count(str(exc.status) if exc.status else "rejected")
                     health.rejected(exc)
                     raise
-            hint = getattr(backend, "server_rps_limit", None)
-            if hint:
-                limiter.learn_limit(hint)
             stats.count("200")
             health.ok()
-            limiter.succeeded()
             return response
     raise AssertionError("unreachable: tenacity either returns or re-raises")

@@ -1,0 +1,437 @@
+"""The rate limiter on virtual time, against a simulated strict server.
+
+The server admits at most R requests in ANY sliding 1-second window (judged at arrival,
+refused requests not counted), answers after a latency drawn per request, and refuses at once
+with the exact wait until its window frees, as strict gateways do. The client keeps
+`limiter.demand()` requests ready, as the runner does, and retries a 429 after the wait the
+limiter gives it, as `call_with_retry` does. Minutes of traffic run in well under a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from multidict import CIMultiDict
+
+from pipeline.errors import StopRequested
+from pipeline.transport.ratelimit import RateInfo, RateLimiter, rate_info_from_headers
+from tests.virtual_loop import run_virtual
+
+# ---- the simulated server and client ------------------------------------------------------------
+
+
+@dataclass
+class StrictServer:
+    """At most `per_second` admissions in any sliding 1 s window; latency uniform in
+    [0.5, 1.5] x `latency`; arrival `jitter` s after the send at most; optional headers."""
+
+    per_second: int
+    latency: float
+    limiter: RateLimiter
+    headers: bool = False
+    jitter: float = 0.0
+    stuck_first: float = 0.0  # the first admitted request takes this long more
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    window: deque[float] = field(default_factory=deque)
+    admitted: list[float] = field(default_factory=list)
+    rejected: int = 0
+
+    def _info(self, status: int, retry_after: float | None = None) -> RateInfo:
+        limit = self.per_second * 60
+        return RateInfo(status, limit_minute=limit, remaining_minute=limit - len(self.admitted[-limit:]),
+                        retry_after=retry_after)
+
+    async def request(self) -> tuple[int, float | None]:
+        if self.jitter:
+            await asyncio.sleep(self.rng.uniform(0, self.jitter))
+        now = asyncio.get_running_loop().time()
+        while self.window and self.window[0] <= now - 1.0:
+            self.window.popleft()
+        if len(self.window) >= self.per_second:
+            wait = self.window[-self.per_second] + 1.0 - now
+            self.rejected += 1
+            if self.headers:
+                self.limiter.observe(self._info(429, wait))
+            return 429, wait
+        self.window.append(now)
+        self.admitted.append(now)
+        delay = self.rng.uniform(0.5, 1.5) * self.latency
+        if len(self.admitted) == 1:
+            delay += self.stuck_first
+        await asyncio.sleep(delay)
+        if self.headers:
+            self.limiter.observe(self._info(200))
+        return 200, None
+
+
+async def one_request(limiter: RateLimiter, server: StrictServer) -> None:
+    """One document's request with call_with_retry's 429 handling."""
+    while True:
+        async with limiter.slot() as ticket:
+            status, retry_after = await server.request()
+            if status == 429:
+                wait = limiter.rejected(ticket, retry_after)
+        if status == 200:
+            return
+        await asyncio.sleep(wait)
+
+
+async def keep_pipe_full(limiter: RateLimiter, total: int, request: Callable[[], object]) -> None:
+    """The runner's part: open another request while the limiter asks for more."""
+    tasks: set[asyncio.Task[object]] = set()
+    started = 0
+    while started < total or tasks:
+        while started < total and limiter.demand() > 0:
+            tasks.add(asyncio.create_task(request()))  # type: ignore[arg-type]
+            started += 1
+            await asyncio.sleep(0)  # let it enter slot(): it counts as waiting from there
+        await asyncio.sleep(0.01)
+        for task in [t for t in tasks if t.done()]:
+            task.result()
+            tasks.discard(task)
+
+
+def max_in_any_window(times: list[float], seconds: float = 1.0) -> int:
+    times = sorted(times)
+    best, first = 0, 0
+    for last, t in enumerate(times):
+        while times[first] <= t - seconds:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
+
+
+def steady_rate(times: list[float], skip: float) -> float:
+    """Admissions per second after the first `skip` seconds, to the last admission."""
+    times = sorted(times)
+    start = times[0] + skip
+    inside = [t for t in times if t >= start]
+    return (len(inside) - 1) / (inside[-1] - inside[0])
+
+
+@dataclass
+class Outcome:
+    server: StrictServer
+    limiter: RateLimiter
+    total: int
+
+    @property
+    def rejected_per_100(self) -> float:
+        return 100.0 * self.server.rejected / self.total
+
+
+def simulate(rps: float | None, per_second: int, latency: float, total: int, *,
+             headers: bool = False, jitter: float = 0.002, stuck_first: float = 0.0,
+             max_in_flight: int | None = None) -> Outcome:
+    async def main() -> Outcome:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(rps, max_in_flight, clock=loop.time)
+        server = StrictServer(per_second, latency, limiter, headers=headers, jitter=jitter,
+                              stuck_first=stuck_first)
+        await keep_pipe_full(limiter, total, lambda: one_request(limiter, server))
+        return Outcome(server, limiter, total)
+
+    return run_virtual(main())
+
+
+# ---- the hard cap ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_hard_cap_is_never_exceeded_in_any_window_even_with_a_stalling_loop(seed: int) -> None:
+    """Callers arrive at random moments, some hold the limiter's slots while the loop stalls for
+    up to 60 ms (every timer fires late): still never N + 1 sends in any 1-second window."""
+    rng = random.Random(seed)
+    n = 20
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(n, None, clock=loop.time)
+        sends: list[float] = []
+
+        async def caller() -> None:
+            await asyncio.sleep(rng.uniform(0, 150))
+            async with limiter.slot() as ticket:
+                sends.append(ticket.sent_at)
+                await asyncio.sleep(rng.uniform(0.1, 3))
+
+        async def staller() -> None:
+            for _ in range(1500):
+                await asyncio.sleep(rng.uniform(0, 0.2))
+                loop.stall(rng.uniform(0, 0.06))
+
+        await asyncio.gather(staller(), *(caller() for _ in range(3000)))
+        return sends
+
+    sends = run_virtual(main())
+    assert len(sends) == 3000
+    assert max_in_any_window(sends) <= n
+    assert max_in_any_window(sends, 1.015) <= n  # and with room for jitter on the way
+
+
+def test_a_late_caller_does_not_take_an_earlier_slot() -> None:
+    """A caller that wakes late must not be followed by one sent on the old schedule: that
+    is how the old limiter made N + 1 in a window."""
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(4, None, clock=loop.time)
+        sends: list[float] = []
+
+        async def caller() -> None:
+            async with limiter.slot() as ticket:
+                sends.append(ticket.sent_at)
+
+        for _ in range(4):
+            await caller()
+        loop.stall(0.2)  # busy: the next caller arrives late for its slot
+        await asyncio.gather(*(caller() for _ in range(12)))
+        return sends
+
+    sends = run_virtual(main())
+    assert max_in_any_window(sends) <= 4
+    gaps = [b - a for a, b in zip(sends, sends[1:], strict=False)]
+    assert min(gaps) > 0.1, "evenly spaced: no two sends back to back"
+
+
+@pytest.mark.parametrize(("per_second", "latency"), [(10, 2.0), (50, 0.3), (200, 8.0)])
+def test_at_a_hard_cap_equal_to_the_servers_limit_it_runs_at_98_percent_with_no_429(
+        per_second: int, latency: float) -> None:
+    total = per_second * 40
+    out = simulate(per_second, per_second, latency, total, jitter=0.005)
+    assert out.rejected_per_100 <= 0.5
+    assert max_in_any_window(out.server.admitted) <= per_second
+    assert steady_rate(out.server.admitted, skip=latency * 1.5 + 2) >= 0.98 * per_second
+
+
+def test_a_fractional_rate_is_a_whole_count_per_second() -> None:
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(2.5, None, clock=loop.time)
+        sends = []
+        for _ in range(20):
+            async with limiter.slot() as ticket:
+                sends.append(ticket.sent_at)
+        return sends
+
+    assert max_in_any_window(run_virtual(main())) == 2
+
+
+def test_an_unlimited_limiter_never_waits() -> None:
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(0, None, clock=loop.time)
+        sends = []
+        for _ in range(50):
+            async with limiter.slot() as ticket:
+                sends.append(ticket.sent_at)
+        return sends
+
+    assert set(run_virtual(main())) == {1000.0}
+
+
+# ---- auto: learning the limit ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("per_second", "latency"), [(10, 0.3), (10, 8.0), (50, 2.0), (200, 2.0)])
+def test_auto_without_headers_settles_at_95_percent_of_the_limit_with_few_429s(
+        per_second: int, latency: float) -> None:
+    total = per_second * 60
+    out = simulate(None, per_second, latency, total)
+    assert out.limiter.limit_source == "429s"
+    assert out.rejected_per_100 <= 2.0
+    assert steady_rate(out.server.admitted, skip=latency * 1.5 + 10) >= 0.95 * per_second
+
+
+@pytest.mark.parametrize(("per_second", "latency"), [(10, 2.0), (50, 0.3), (200, 8.0)])
+def test_auto_with_headers_settles_at_97_percent_with_almost_no_429s(
+        per_second: int, latency: float) -> None:
+    total = per_second * 40
+    out = simulate(None, per_second, latency, total, headers=True)
+    assert out.limiter.limit_source == "headers"
+    assert out.rejected_per_100 <= 0.5
+    assert steady_rate(out.server.admitted, skip=latency * 1.5 + 3) >= 0.97 * per_second
+
+
+def test_announced_limits_become_windows_and_remaining_zero_pauses() -> None:
+    async def main() -> tuple[float, float, float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(None, None, clock=loop.time)
+        limiter.observe(RateInfo(200, limit_minute=600, remaining_minute=599))
+        rate = limiter.rate
+        before = loop.time()
+        limiter.observe(RateInfo(200, limit_minute=600, remaining_minute=0, retry_after=7.0))
+        async with limiter.slot() as ticket:
+            pass
+        return rate, before, ticket.sent_at
+
+    rate, before, sent = run_virtual(main())
+    assert 9.7 <= rate <= 10.0, "600 a minute: 10 a second, a jitter margin under"
+    assert sent >= before + 7.0, "remaining 0: everyone waits until the window frees"
+
+
+def test_a_configured_rate_above_the_announced_limit_yields_to_it() -> None:
+    limiter = RateLimiter(50, None)
+    limiter.observe(RateInfo(200, limit_second=20))
+    assert 19 <= limiter.rate <= 20
+    generous = RateLimiter(5, None)
+    generous.observe(RateInfo(200, limit_minute=6000))
+    assert generous.rate <= 5, "a generous server never raises the configured cap"
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"x-ratelimit-limit-req-minute": "1200", "x-ratelimit-remaining-req-minute": "17"},
+         RateInfo(200, limit_minute=1200, remaining_minute=17)),
+        ({"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "0"},
+         RateInfo(200, limit_minute=600, remaining_minute=0)),
+        ({"x-ratelimit-limit-req-second": "20", "x-ratelimit-remaining-req-second": "3"},
+         RateInfo(200, limit_second=20, remaining_second=3)),
+        ({"RateLimit-Limit": "10", "RateLimit-Remaining": "4", "RateLimit-Policy": "10;w=1"},
+         RateInfo(200, limit_second=10, remaining_second=4)),
+        ({"RateLimit-Limit": "100", "RateLimit-Policy": "100;w=3600"}, RateInfo(200)),
+        ({"x-ratelimit-limit-req-minute": "lots"}, RateInfo(200)),
+        ({}, RateInfo(200)),
+    ],
+)
+def test_rate_headers_are_read_in_their_common_spellings(headers: dict[str, str],
+                                                         expected: RateInfo) -> None:
+    assert rate_info_from_headers(200, CIMultiDict(headers)) == expected
+
+
+# ---- concurrency from Little's law ----------------------------------------------------------------
+
+
+def test_the_in_flight_target_follows_latency() -> None:
+    short = simulate(50, 50, 1.0, 1000).limiter
+    long = simulate(50, 50, 2.0, 1000).limiter
+    assert short.latency is not None and long.latency is not None
+    assert long.latency / short.latency == pytest.approx(2.0, rel=0.15)
+    ratio = long.target_in_flight / short.target_in_flight
+    assert 1.7 <= ratio <= 2.2, (short.target_in_flight, long.target_in_flight)
+    # rate x latency x 1.25 + a few
+    assert short.target_in_flight == pytest.approx(50 / 1.02 * short.latency * 1.25 + 4, abs=2)
+
+
+def test_max_in_flight_is_a_hard_cap_and_demand_counts_waiters() -> None:
+    async def main() -> tuple[int, int, int, int]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(0, 3, clock=loop.time)
+        peak = 0
+        release = asyncio.Event()
+
+        async def request() -> None:
+            nonlocal peak
+            async with limiter.slot():
+                peak = max(peak, limiter.in_flight)
+                await release.wait()
+
+        tasks = [asyncio.create_task(request()) for _ in range(5)]
+        await asyncio.sleep(0.5)
+        seen = (limiter.in_flight, limiter.waiting, limiter.demand())
+        release.set()
+        await asyncio.gather(*tasks)
+        return (peak, *seen)
+
+    peak, in_flight, waiting, demand = run_virtual(main())
+    assert peak == 3 and in_flight == 3 and waiting == 2 and demand == 0
+
+
+# ---- what a 429 costs -------------------------------------------------------------------------
+
+
+def test_a_stray_429_costs_only_its_own_request_its_retry_after() -> None:
+    async def main() -> tuple[float, float, float, float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(20, None, clock=loop.time)
+        for _ in range(20):
+            async with limiter.slot():
+                pass
+        before = limiter.rate
+        async with limiter.slot() as ticket:
+            wait = limiter.rejected(ticket, 1.0)
+        start = loop.time()
+        async with limiter.slot() as other:
+            pass
+        return before, limiter.rate, wait, other.sent_at - start
+
+    before, after, wait, other_delay = run_virtual(main())
+    assert wait == 1.0, "the refused request waits its Retry-After"
+    assert other_delay < 0.1, "the others carry on"
+    assert after >= 0.97 * before, "and the rate barely moves"
+
+
+def test_clustered_429s_pause_everyone_until_the_window_frees() -> None:
+    async def main() -> tuple[list[float], float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(20, None, clock=loop.time)
+        waits = []
+        for _ in range(3):
+            async with limiter.slot() as ticket:
+                waits.append(limiter.rejected(ticket, 2.0))
+        start = loop.time()
+        async with limiter.slot() as other:
+            pass
+        return waits, other.sent_at - start
+
+    waits, delay = run_virtual(main())
+    assert waits[:2] == [2.0, 2.0] and waits[2] == 0.0, "the third is held by the global pause"
+    assert delay >= 1.8
+
+
+def test_stray_429s_at_a_hard_cap_do_not_walk_the_rate_down() -> None:
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(20, None, clock=loop.time)
+        rates = []
+        for i in range(2000):
+            async with limiter.slot() as ticket:
+                if i % 250 == 0:
+                    limiter.rejected(ticket, 1.0)  # one in 250 refused (jitter)
+            rates.append(limiter.rate)
+        return rates
+
+    rates = run_virtual(main())
+    assert min(rates) >= 0.95 * 20 / 1.02
+    assert sum(rates[-500:]) / 500 >= 0.97 * 20 / 1.02
+
+
+# ---- a stuck first request ------------------------------------------------------------------------
+
+
+def test_a_stuck_probe_holds_the_others_only_for_probe_wait() -> None:
+    out = simulate(None, 20, 0.5, 400, stuck_first=300.0)
+    admitted = sorted(out.server.admitted)
+    first = admitted[0]
+    assert admitted[1] - first <= out.limiter.probe_wait + 0.1
+    # 399 others done long before the stuck one answers, at the server's rate once learned
+    done_by = admitted[-1]
+    assert done_by - first < 40
+    assert steady_rate(admitted, skip=out.limiter.probe_wait + 8) >= 0.95 * 20
+
+
+def test_close_stops_every_kind_of_waiter() -> None:
+    async def main() -> list[object]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(None, 2, clock=loop.time)  # probe, gate and pacing all in play
+        hold = asyncio.Event()
+
+        async def request() -> None:
+            async with limiter.slot():
+                await hold.wait()
+
+        tasks = [asyncio.create_task(request()) for _ in range(6)]
+        await asyncio.sleep(0.5)
+        limiter.close()
+        hold.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = run_virtual(main())
+    assert results[0] is None, "the probe in flight finishes"
+    assert all(isinstance(r, StopRequested) for r in results[1:]), results
