@@ -435,3 +435,27 @@ def test_close_stops_every_kind_of_waiter() -> None:
     results = run_virtual(main())
     assert results[0] is None, "the probe in flight finishes"
     assert all(isinstance(r, StopRequested) for r in results[1:]), results
+
+
+def test_a_limit_learned_from_429s_is_tried_higher_now_and_then() -> None:
+    """The server's limit rises from 10 to 12 a second: the limiter finds it within minutes,
+    at the cost of a 429 per failed try."""
+
+    async def main() -> Outcome:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(None, None, clock=loop.time)
+        server = StrictServer(10, 0.3, limiter)
+
+        async def raise_limit() -> None:
+            await asyncio.sleep(20)
+            server.per_second = 12
+
+        riser = asyncio.create_task(raise_limit())
+        await keep_pipe_full(limiter, 12 * 120, lambda: one_request(limiter, server))
+        await riser
+        return Outcome(server, limiter, 12 * 120)
+
+    out = run_virtual(main())
+    late = [t for t in out.server.admitted if t >= out.server.admitted[-1] - 20]
+    assert len(late) / 20 >= 0.9 * 12
+    assert out.rejected_per_100 <= 2.0
