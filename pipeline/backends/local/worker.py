@@ -13,6 +13,7 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,21 +55,27 @@ class WorkerConfig:
     max_pixels: int
 
 
-_ENGINE: Engine | None = None
-_ENGINE_KEY: tuple[str, str] | None = None
+class _ThreadEngine(threading.local):
+    """One Tesseract per thread: a pool process has one thread, but a Dask worker started with
+    `--nthreads N` runs N tasks at once in one process, and a PyTessBaseAPI is not shareable."""
+
+    engine: Engine | None = None
+    key: tuple[str, str] | None = None
+
+
+_THREAD = _ThreadEngine()
 
 
 def engine(cfg: WorkerConfig) -> Engine:
-    """This process's Tesseract, created on first use and kept for every later page."""
-    global _ENGINE, _ENGINE_KEY
+    """This thread's Tesseract, created on first use and kept for every later page."""
     key = (cfg.tessdata, cfg.language)
-    if _ENGINE is None or key != _ENGINE_KEY:
-        if _ENGINE is not None:
-            _ENGINE.close()
+    if _THREAD.engine is None or key != _THREAD.key:
+        if _THREAD.engine is not None:
+            _THREAD.engine.close()
         folder = Path(cfg.tessdata) if cfg.tessdata else resolve_tessdata(None)[0]
-        _ENGINE = Engine(folder, cfg.language)
-        _ENGINE_KEY = key
-    return _ENGINE
+        _THREAD.engine = Engine(folder, cfg.language)
+        _THREAD.key = key
+    return _THREAD.engine
 
 
 # Stop signals that reach a whole process group: Ctrl-C in a terminal, `kill -- -PGID`. Stopping is
