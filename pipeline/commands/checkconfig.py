@@ -50,7 +50,7 @@ def tiny_pdf() -> bytes:
 async def ping(settings: Settings) -> str:
     """One request with a blank one-page PDF; returns a line saying what came back."""
     from pipeline.backends.base import check_response
-    from pipeline.run.runner import build_backend
+    from pipeline.run.transports import build_backend
 
     data = tiny_pdf()
     chunk = Chunk("check-config-ping.pdf", 0, 0, 1, "application/pdf", data,

@@ -51,6 +51,27 @@ def _as_path(value: Any) -> Any:
     return value
 
 
+class EndpointSettings(Group):
+    """One deployment in `endpoints:`: its own URL, key, model and rate limit."""
+
+    url: str = Field(description="the deployment's base URL (or full `/ocr` route)")
+    api_key: str | None = Field(None, repr=False, description="its key, as `${VAR}` (default: the"
+                                " backend's key variable)")
+    model: str | None = Field(None, description="its model name (default: `model`)")
+    auth_header: Literal["bearer", "api-key"] | None = Field(None, description="default: `auth_header`")
+    rps: float | None = Field(None, ge=0, description="a hard cap for this endpoint (default: auto)")
+    name: str | None = Field(None, description="a name for reports (default: the URL's host)")
+
+    _auto = field_validator("rps", mode="before")(_auto_to_none)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("needs an http(s) URL")
+        return value
+
+
 class ServiceSettings(Group):
     """The OCR service and how to talk to it."""
 
@@ -78,6 +99,9 @@ class ServiceSettings(Group):
                                           " given (e.g. `table_format: markdown`)")
     price_per_1000_pages: float | None = Field(None, ge=0, description="US$ per 1,000 pages for cost"
                                                " figures (default: the model's price)")
+    endpoints: list[EndpointSettings] = Field(
+        default_factory=list, description="several deployments of the model, each `{url, api_key,"
+        " model, auth_header, rps, name}`: one rate limiter each; work goes to whichever has room")
     mode: Literal["sync", "batch"] = Field("sync", description="`sync` (one request per chunk, now) or"
                                            " `batch` (Mistral's Batch API: half the price, later)")
 

@@ -212,6 +212,8 @@ def load_settings(
             raise ConfigError(f"{exc} (unset environment variables: {names})") from None
         raise
     register_secret(settings.service.api_key)
+    for endpoint in settings.service.endpoints:
+        register_secret(endpoint.api_key)
     for password in settings.run.pdf_passwords:
         register_secret(password)
     return settings
@@ -252,6 +254,18 @@ def validate(s: Settings, where: str, key_env: str, values: _Values | None = Non
             f" (/v1/files, /v1/batch/jobs) is Mistral's platform; an {svc.backend} deployment has"
             " no batch endpoint (use mode: sync)")
     if svc.backend == "local":
+        return
+    if svc.endpoints:
+        if svc.mode == "batch":
+            raise ConfigError(f"{values.where('endpoints')}: batch mode uses one endpoint; remove"
+                              " `endpoints:` or use mode: sync")
+        for n, endpoint in enumerate(svc.endpoints):
+            if not (endpoint.api_key or svc.api_key):
+                raise ConfigError(f"{values.where('endpoints')}: endpoint {n + 1} ({endpoint.url})"
+                                  f" has no api_key and {key_env} is not set")
+            if endpoint.api_key and any(ord(c) < 32 or ord(c) == 127 for c in endpoint.api_key):
+                raise ConfigError(f"{values.where('endpoints')}: the key of endpoint {n + 1} contains"
+                                  " a control character (a trailing newline?)")
         return
     if not svc.endpoint or not re.match(r"^https?://", svc.endpoint):
         raise ConfigError(f"{values.where('endpoint')}: needs an http(s) URL for backend"

@@ -47,5 +47,8 @@ class Settings:
                     values[key] = ["***"] * len(values[key])
                 elif values[key]:
                     values[key] = "***"
+            for endpoint in values.get("endpoints", []):
+                if endpoint.get("api_key"):
+                    endpoint["api_key"] = "***"
             shown[name] = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
         return shown

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
@@ -50,6 +51,7 @@ class MetricsSnapshot:
     last_success: float | None = None
     manifest_documents: dict[str, int] = field(default_factory=dict)
     workers: int | None = None  # local engine: processes, or Dask workers connected now
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # `endpoints:` lanes
 
 
 def render_registry(snap: MetricsSnapshot) -> CollectorRegistry:
@@ -87,7 +89,23 @@ def render_registry(snap: MetricsSnapshot) -> CollectorRegistry:
     if snap.workers is not None:
         Gauge("ocr_pipeline_workers", "Workers reading pages now (local engine: processes, or Dask"
               " workers with --cluster)", registry=reg).set(snap.workers)
+    _endpoint_metrics(reg, snap.endpoints)
     return reg
+
+
+def _endpoint_metrics(reg: CollectorRegistry, endpoints: dict[str, dict[str, Any]]) -> None:
+    """Per endpoint of `endpoints:`: requests, pages, 429s, failures, and whether it takes work."""
+    if not endpoints:
+        return
+    names = ("requests", "pages", "throttled", "failures")
+    gauges = {n: Gauge(f"ocr_pipeline_endpoint_{n}", f"{n.capitalize()} of this run per endpoint",
+                       ["endpoint"], registry=reg) for n in names}
+    up = Gauge("ocr_pipeline_endpoint_up", "1 while the endpoint takes work (0: breaker open or"
+               " drained)", ["endpoint"], registry=reg)
+    for name, figures in endpoints.items():
+        for n in names:
+            gauges[n].labels(endpoint=name).set(figures.get(n, 0))
+        up.labels(endpoint=name).set(1 if figures.get("state") == "ok" else 0)
 
 
 def write_metrics(path: Path, snap: MetricsSnapshot) -> None:

@@ -27,7 +27,7 @@ from pipeline.errors import ConfigError, FatalError
 from pipeline.logsetup import get_logger, redact
 from pipeline.manifest import Manifest, PlannedDocument, manifest_path, state_dir
 from pipeline.manifest.writer import AsyncManifest
-from pipeline.pricing import price_per_1000_pages
+from pipeline.pricing import batch_price, price_per_1000_pages
 from pipeline.run.budget import Budget
 from pipeline.run.document_job import (
     DocumentJob,
@@ -41,58 +41,50 @@ from pipeline.run.progress import ProgressDisplay
 from pipeline.run.report import Failure, RunReport
 from pipeline.run.split_pool import SplitPool
 from pipeline.run.ticker import RunTicker
+from pipeline.run.transports import build_transport
 from pipeline.stages.discover import Skipped
 from pipeline.stages.plan import Decision, PlanItem
 from pipeline.stages.planner import PlanEvent, PlanTally, Touch, estimate, plan_events, take
 from pipeline.timefmt import iso
-from pipeline.transport.ratelimit import RateLimiter
-from pipeline.transport.retry import EndpointHealth, RetryPolicy, RetryStats
-from pipeline.transport.sync import SyncTransport
+from pipeline.transport.base import RunTransport
+from pipeline.transport.endpoints import MultiEndpointTransport
+from pipeline.transport.retry import RetryStats
 
 PLAN_BATCH = 256  # files planned per trip to a thread
 MAX_OPEN_DOCUMENTS = 4096  # safety ceiling when the pool sizes itself
 MAX_OPEN_BYTES = 256 * 1024 * 1024  # input bytes of open documents, beyond the first one
 CHUNKS_IN_FLIGHT_AUTO = 8  # requests of one document at once when workers/max_in_flight are auto
+BATCH_WORKERS = 32  # batch mode: documents cut into request lines at once
 
 
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def build_backend(settings: Settings, limiter: RateLimiter | None = None) -> Backend:
-    if settings.backend == "local":
-        from pipeline.backends.local import LocalBackend
-
-        return LocalBackend(settings.local, model=settings.model)
-    from pipeline.backends.mistral import MistralBackend
-
-    return MistralBackend(settings, rate_listener=limiter)
-
-
 def fixed_workers(s: Settings) -> int | None:
     """Documents open at once when that is fixed: the setting, or for the local engine twice its
     processes (it is the limit, not a rate); None when the transport's demand sizes the pool."""
-    if s.workers:
-        return s.workers
-    if s.backend == "local":
+    if s.limits.workers:
+        return s.limits.workers
+    if s.service.backend == "local":
         return 2 * (s.local.processes or os.cpu_count() or 1)
     return None
 
 
 def document_limits(s: Settings) -> DocumentLimits:
-    if s.workers and s.max_in_flight:
-        per_document = max(1, s.max_in_flight // s.workers)
+    if s.limits.workers and s.limits.max_in_flight:
+        per_document = max(1, s.limits.max_in_flight // s.limits.workers)
     else:
-        per_document = min(s.max_in_flight or CHUNKS_IN_FLIGHT_AUTO, CHUNKS_IN_FLIGHT_AUTO)
+        per_document = min(s.limits.max_in_flight or CHUNKS_IN_FLIGHT_AUTO, CHUNKS_IN_FLIGHT_AUTO)
     return DocumentLimits(
-        document_timeout=s.document_timeout,
-        max_document_bytes=s.max_document_bytes,
-        max_pages_per_request=s.max_pages_per_request,
-        max_bytes_per_request=s.max_bytes_per_request,
-        max_pages_per_document=None if s.allow_large_documents else s.max_pages_per_document,
+        document_timeout=s.limits.document_timeout,
+        max_document_bytes=s.limits.max_document_bytes,
+        max_pages_per_request=s.limits.max_pages_per_request,
+        max_bytes_per_request=s.limits.max_bytes_per_request,
+        max_pages_per_document=None if s.limits.allow_large_documents else s.limits.max_pages_per_document,
         chunks_in_flight=per_document,
-        retry_attempts=s.retry_attempts,
-        pdf_passwords=tuple(s.pdf_passwords),
+        retry_attempts=s.service.retry_attempts,
+        pdf_passwords=tuple(s.run.pdf_passwords),
     )
 
 
@@ -101,7 +93,7 @@ class ReadinessWatch:
     (still reading, claiming, cutting). The pool opens another document only while the transport
     wants more requests than these are about to bring (`demand() > len(getting_ready)`)."""
 
-    def __init__(self, inner: SyncTransport) -> None:
+    def __init__(self, inner: RunTransport) -> None:
         self.inner = inner
         self.getting_ready: set[str] = set()
 
@@ -115,52 +107,60 @@ class ReadinessWatch:
 
 class Run:
     def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
-        if settings.input is None or settings.output is None:
-            raise ValueError("settings.input and settings.output are required")
+        if settings.run.input is None or settings.run.output is None:
+            raise ValueError("settings.run.input and settings.run.output are required")
         self.s = settings
-        self.input = settings.input.resolve()
-        self.output = settings.output.resolve()
+        self.input = settings.run.input.resolve()
+        self.output = settings.run.output.resolve()
         self.state = state_dir(self.output)
         self.run_id = new_run_id()
         self.log = get_logger().bind(run_id=self.run_id)
-        self.price = price_per_1000_pages(settings.backend, settings.model, settings.price_per_1000_pages)
+        svc = settings.service
+        self.price = price_per_1000_pages(svc.backend, svc.model, svc.price_per_1000_pages)
+        if settings.service.mode == "batch":  # batch mode (docs/batch.md): the Batch API's price
+            self.price = batch_price(self.price)
         self.stop: StopRequest | None = None
         self.fatal: FatalError | None = None
-        self.limiter = RateLimiter(settings.rps, settings.max_in_flight)
-        self.transport = SyncTransport(
-            backend or build_backend(settings, self.limiter), self.limiter,
-            RetryPolicy(settings.retry_attempts, settings.retry_initial, settings.retry_max),
-            EndpointHealth(settings.endpoint_deadline, throttle_deadline=settings.throttle_deadline),
-            RetryStats(),
-        ) if not settings.dry_run else None
-        self.stats = self.transport.stats if self.transport else RetryStats()
-        self.budget = Budget(settings.max_pages, settings.max_cost, self.price)
+        self.budget = Budget(settings.limits.max_pages, settings.limits.max_cost, self.price)
+        self.transport: RunTransport | None = None if settings.command.dry_run else build_transport(
+            settings, run_id=self.run_id, batch_folder=self.state / "batch", budget=self.budget,
+            backend=backend)
+        if isinstance(self.transport, MultiEndpointTransport):
+            self.transport.log = self.log
         self.workers = fixed_workers(settings)
+        if settings.service.mode == "batch":  # documents are cut into request lines: docs/batch.md
+            self.workers = self.workers or BATCH_WORKERS
         self.splitter = SplitPool(min(self.workers or 4, 8))
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watch = ReadinessWatch(self.transport) if self.transport else None
         self._grace_handle: asyncio.TimerHandle | None = None
         self._runtime_handle: asyncio.TimerHandle | None = None
-        mode = settings.progress
+        mode = settings.run.progress
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "json"
         self.progress = ProgressDisplay(mode, sys.stderr, self.log)
         self.started = time.time()
         self.report = RunReport(
-            run_id=self.run_id, started_at=iso(self.started), backend=settings.backend,
-            model=settings.model, input=str(self.input), output=str(self.output),
-            dry_run=settings.dry_run,
+            run_id=self.run_id, started_at=iso(self.started), backend=settings.service.backend,
+            model=settings.service.model, input=str(self.input), output=str(self.output),
+            dry_run=settings.command.dry_run,
         )
-        self.ticker = RunTicker(self.report, self.stats, self.progress,
-                                settings.metrics_file or self.state / "metrics.prom",
-                                settings.progress_interval, self.log,
+        self.ticker = RunTicker(self.report, lambda: self.stats, self.progress,
+                                settings.run.metrics_file or self.state / "metrics.prom",
+                                settings.run.progress_interval, self.log,
                                 lambda: self.transport.bytes_sent if self.transport else 0)
+        if isinstance(self.transport, MultiEndpointTransport):
+            self.ticker.endpoints = self.transport.endpoint_figures
         self._cluster = getattr(self.transport, "backend", None)  # the local engine on Dask
         if getattr(self._cluster, "cluster", None):
             self.report.cluster = self._cluster.cluster
             self.ticker.workers = lambda: self._cluster.workers
         else:
             self._cluster = None
+
+    @property
+    def stats(self) -> RetryStats:
+        return self.transport.stats if self.transport else RetryStats()
 
     @property
     def stopping(self) -> bool:
@@ -173,7 +173,7 @@ class Run:
                 f"the output folder is the input folder ({self.input}): outputs would be read back"
                 " as documents; choose another --output"
             )
-        if self.s.dry_run:
+        if self.s.command.dry_run:
             await self._with_signals(self._dry_run())
             return self.report
         from pipeline.run.lock import RunLock
@@ -241,14 +241,19 @@ class Run:
         assert self.transport is not None
         try:
             events = plan_events(self.s, self.input, self.output, reader.lookup, tally)
-            if self.s.max_runtime:
+            if self.s.limits.max_runtime:
                 self._runtime_handle = asyncio.get_running_loop().call_later(
-                    self.s.max_runtime, self.request_stop,
-                    StopRequest(StopReason.BUDGET, f"--max-runtime {self.s.max_runtime:g} s"))
+                    self.s.limits.max_runtime, self.request_stop,
+                    StopRequest(StopReason.BUDGET, f"--max-runtime {self.s.limits.max_runtime:g} s"))
             db.start()
             ticker = asyncio.create_task(self.ticker.tick_forever(db))
             try:
-                await self._pool(self._planned(events, tally, db), self._context(db))
+                if self.s.service.mode == "batch":  # collect, submit, wait: docs/batch.md
+                    from pipeline.transport.batch.driver import run_batch
+
+                    await run_batch(self, events, tally, db)
+                else:
+                    await self._pool(self._planned(events, tally, db), self._context(db))
             finally:
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -322,7 +327,8 @@ class Run:
         if open_count >= MAX_OPEN_DOCUMENTS or open_bytes >= MAX_OPEN_BYTES:
             return False
         assert self._watch is not None
-        return self.limiter.demand() > len(self._watch.getting_ready)
+        assert self.transport is not None
+        return self.transport.demand() > len(self._watch.getting_ready)
 
     async def _pool(self, todo: AsyncIterator[PlanItem], ctx: JobContext) -> None:
         """Open documents as the transport has room for their requests; each runs as one job."""
@@ -420,14 +426,14 @@ class Run:
             self.report.message = f"budget reached ({request.detail})"
         else:
             self.report.message = self.report.message or f"stopped by {request.reason}"
-        in_flight = self.limiter.in_flight
+        in_flight = self.transport.in_flight if self.transport else 0
         self.log.warning(
-            "stopping", reason=str(request.reason), grace_s=self.s.shutdown_grace,
+            "stopping", reason=str(request.reason), grace_s=self.s.run.shutdown_grace,
             in_flight=in_flight,
-            message=f"waiting up to {self.s.shutdown_grace:g} s for {in_flight} requests in flight;"
+            message=f"waiting up to {self.s.run.shutdown_grace:g} s for {in_flight} requests in flight;"
                     " Ctrl-C again to stop now",
         )
-        self._grace_handle = asyncio.get_running_loop().call_later(self.s.shutdown_grace,
+        self._grace_handle = asyncio.get_running_loop().call_later(self.s.run.shutdown_grace,
                                                                    self._cancel_all)
 
     def _cancel_all(self) -> None:
@@ -454,15 +460,18 @@ class Run:
         r.finished_at = iso(now)
         r.duration_s = round(now - self.started, 3)
         r.cost = round(r.cost, 6)
+        stats = self.stats
         r.requests = {
-            "attempts": self.stats.attempts,
-            "retries": self.stats.retries,
-            "throttled": self.stats.throttled,
-            "by_status": dict(self.stats.by_status),
+            "attempts": stats.attempts,
+            "retries": stats.retries,
+            "throttled": stats.throttled,
+            "by_status": dict(stats.by_status),
         }
+        if isinstance(self.transport, MultiEndpointTransport):
+            r.requests["endpoints"] = self.transport.endpoint_figures()
         outcome = decide_outcome(fatal=self.fatal is not None, stop=self.stop,
                                  failed_now=r.documents_failed,
-                                 failed_earlier=0 if self.s.dry_run else r.failed_earlier)
+                                 failed_earlier=0 if self.s.command.dry_run else r.failed_earlier)
         r.outcome, r.exit_code = str(outcome), int(exit_code(outcome))
         if outcome == Outcome.FATAL:
             r.message = redact(str(self.fatal))
@@ -476,5 +485,5 @@ class Run:
         self.ticker.write_final_metrics(manifest)
 
 
-__all__ = ["Run", "build_backend", "document_limits"]
+__all__ = ["Run", "document_limits"]
 

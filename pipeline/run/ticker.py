@@ -36,6 +36,7 @@ class RunTicker:
         self.unchanged = 0
         self.last_success: float | None = None
         self.manifest_counts: dict[str, int] = {}
+        self.endpoints: Callable[[], dict[str, dict[str, Any]]] = dict
         # The local engine's workers now (a Dask cluster's, with --cluster); None: not shown.
         self.workers: Callable[[], int | None] = lambda: None
 
@@ -81,6 +82,7 @@ class RunTicker:
             exit_code=None if in_progress else r.exit_code,
             last_success=self.last_success,
             manifest_documents={str(k): v for k, v in self.manifest_counts.items()},
+            endpoints=self.endpoints(),
             workers=self._sample_workers(),
         )
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from pipeline.backends.base import OCRResponse
 from pipeline.models import Chunk
+from pipeline.transport.retry import RetryStats
 
 
 class ChunkTransport(Protocol):
@@ -21,3 +22,26 @@ class ChunkTransport(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class RunTransport(ChunkTransport, Protocol):
+    """What the run reads of its transport, besides answers."""
+
+    @property
+    def stats(self) -> RetryStats: ...
+
+    @property
+    def bytes_sent(self) -> int: ...
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not answered yet."""
+        ...
+
+    def demand(self) -> int:
+        """How many more requests it wants ready now (the pool opens documents for them)."""
+        ...
+
+    def stop(self) -> None:
+        """No request not yet sent may start; those in flight finish."""
+        ...

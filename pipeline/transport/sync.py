@@ -28,6 +28,13 @@ class SyncTransport:
         self.limiter.close()
 
     @property
+    def in_flight(self) -> int:
+        return self.limiter.in_flight
+
+    def demand(self) -> int:
+        return self.limiter.demand()
+
+    @property
     def bytes_sent(self) -> int:
         return self.backend.bytes_sent
 
