@@ -31,6 +31,7 @@ def status(output: Path) -> dict[str, Any]:
                 for f in manifest.failures()
             ],
             "batch_jobs": _batch_jobs(manifest),
+            "endpoints": ((manifest.last_summary() or {}).get("requests") or {}).get("endpoints", {}),
         }
     finally:
         manifest.close()
@@ -76,6 +77,12 @@ def render_status(data: dict[str, Any]) -> list[str]:
         for j in data["batch_jobs"]:
             lines.append(f"  {j['job_id'] or '(not created yet)'}  {j['status'] or j['state']}"
                          f"  {j['completed']}/{j['requests']} requests")
+    if data.get("endpoints"):
+        lines.append("endpoints (last run):")
+        for name, e in data["endpoints"].items():
+            lines.append(f"  {name}: {e['state']}, {e['requests']} requests, {e['pages']} pages,"
+                         f" {e['throttled']} 429s, {e['failures']} failures"
+                         + (f" ({e['reason']})" if e.get("reason") else ""))
     if data["failures"]:
         lines.append(f"failures ({len(data['failures'])}):")
         for f in data["failures"]:

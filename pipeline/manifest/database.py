@@ -359,6 +359,12 @@ class Manifest:
             for r in rows
         ]
 
+    def last_summary(self) -> dict[str, Any] | None:
+        """The run report of the latest finished run."""
+        row = self._db.execute("SELECT summary FROM runs WHERE summary IS NOT NULL"
+                               " ORDER BY finished_at DESC LIMIT 1").fetchone()
+        return json.loads(row[0]) if row else None
+
     def last_success(self) -> float | None:
         row = self._db.execute("SELECT MAX(updated_at) FROM documents WHERE state=?",
                                (DocState.DONE,)).fetchone()
