@@ -73,7 +73,7 @@ async def run_batch(run: Run, events: Iterator[PlanEvent], tally: PlanTally,
 
 
 def _source_note(collector: Collector, rel: str) -> dict[str, Any]:
-    jobs = sorted(collector.jobs_by_path.get(rel, ()))
+    jobs = sorted(collector.jobs_by_path.pop(rel, ()))  # once stored, not needed again
     return {"batch": {"jobs": jobs, "price": "batch (50% of the synchronous price)"}} if jobs else {}
 
 

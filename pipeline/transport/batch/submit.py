@@ -9,7 +9,7 @@ already queued, for another path shares that answer or that line (content dedup)
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from pipeline.models import Chunk
 from pipeline.run.budget import Budget
 from pipeline.transport.batch.deferred import ChunkDeferred
 from pipeline.transport.batch.jsonl import PartWriter
+from pipeline.transport.retry import RetryStats
 
 CUSTOM_ID_BYTES = 120  # a line's bytes around its body: {"custom_id": "<~90>", "body": ...}
 
@@ -33,7 +34,6 @@ class SubmitTally:
     shared: int = 0  # the same content queued for another path: no second line
     dedup_answers: int = 0  # the same content answered for another path: reused
     pages_deduplicated: int = 0
-    documents: set[str] = field(default_factory=set)
 
 
 class BatchSubmitTransport:
@@ -70,7 +70,6 @@ class BatchSubmitTransport:
             chunk.doc_rel, chunk.first_page, chunk.page_count, chunk.sha256, part.part_id,
             self.output_id)
         tally = self.tally
-        tally.documents.add(chunk.doc_rel)
         if verdict != "queued":
             self.writer.unplace(part, size)
         if verdict == "answer":
@@ -98,6 +97,13 @@ class BatchSubmitTransport:
     @property
     def bytes_sent(self) -> int:
         return self.uploaded_bytes
+
+    # The run's view (RunTransport): no synchronous requests here; the pool is sized by workers.
+    stats = RetryStats()
+    in_flight = 0
+
+    def demand(self) -> int:
+        return 0
 
     async def close(self) -> None:
         await self._bodies.close()
