@@ -76,6 +76,23 @@ class LocalCluster:
         with Client(self.address, timeout=10, set_as_default=False) as client:
             client.wait_for_workers(count, timeout=timeout)
 
+    def wait_until_reading(self, name: str, prefix: str = "ocr_pdf_page", timeout: float = 30.0) -> list[str]:
+        """Until the worker called `name` has a task whose key starts with `prefix` (the
+        scheduler's view); its keys then."""
+        from distributed import Client
+
+        with Client(self.address, timeout=10, set_as_default=False) as client:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                workers = client.scheduler_info(n_workers=-1)["workers"]
+                address = next((a for a, w in workers.items() if w.get("name") == name), None)
+                if address:
+                    keys = [str(k) for k in client.processing(workers=[address]).get(address, [])]
+                    if any(k.startswith(prefix) for k in keys):
+                        return keys
+                time.sleep(0.02)
+        raise TimeoutError(f"worker {name} got no {prefix} task in {timeout} s")
+
     def kill_worker(self, name: str) -> None:
         """SIGKILL the worker's whole process group (its nanny and its worker process)."""
         proc = self.workers[name]
