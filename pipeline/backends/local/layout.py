@@ -46,6 +46,8 @@ class Block:
     kind: str = "body"
     table: list[list[str]] | None = None  # cell texts, first row the header, when kind == "table"
     grid_box: Box | None = None
+    band: int | None = None  # the page band it was read in (columns.find), top to bottom
+    column: int = 0  # the column within the band, left to right
 
     @property
     def box(self) -> Box | None:

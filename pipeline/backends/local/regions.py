@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 
+from pipeline.backends.local.columns import Region
 from pipeline.backends.local.layout import Block, Box, Line, Paragraph, Word, body_size
 from pipeline.backends.local.rules import Grid
 
@@ -144,9 +145,9 @@ def _size(block: Block) -> float:
     return statistics.median(line.size for line in lines) if lines else 0.0
 
 
-def classify(blocks: list[Block], width: int, height: int, body: float) -> None:
+def classify(blocks: list[Block], width: int, height: int, body: float, pictures: list[Box]) -> None:
     """Set each block's kind from its position and type size (tables keep theirs)."""
-    images = [b.box for b in blocks if b.kind == "image" and b.box]
+    images = list(pictures)
     for block in blocks:
         if block.kind == "table" or block.box is None:
             continue
@@ -170,14 +171,193 @@ def _near(box: Box, images: list[Box]) -> bool:
     return any(min(box[2], im[2]) - max(box[0], im[0]) > 0 and -50 < box[1] - im[3] < 120 for im in images)
 
 
-def arrange(blocks: list[Block], width: int, height: int) -> list[Block]:
-    """Classify the blocks and return them in reading order."""
+def place(blocks: list[Block], parts: list[Region]) -> None:
+    """Blocks added after the region reading (recovered ink) take the band of the region they sit in."""
+    for block in blocks:
+        if block.band is not None or block.box is None:
+            continue
+        x0, y0, x1, y1 = block.box
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        for part in parts:
+            if part.box[0] <= cx < part.box[2] and part.box[1] <= cy < part.box[3]:
+                block.band, block.column = part.band, part.column
+                break
+
+
+_ZONE = {"header": 0, "footer": 2}
+
+
+def arrange(blocks: list[Block], width: int, height: int, pictures: list[Box] | None = None) -> list[Block]:
+    """Classify the blocks and return them in reading order.
+
+    Blocks read region by region (they carry a band) keep that order, except that the running
+    header comes first, the footer last, and a caption after the text of its band: neither
+    splits a sentence that runs on from one column to the next.
+    """
     if not blocks:
         return blocks
     body = body_size(blocks)
-    classify(blocks, width, height, body)
+    classify(blocks, width, height, body, pictures or [])
+    join_drop_caps(blocks, body)
+    blocks = [b for b in blocks if b.kind == "table" or _words(b)]
+    if any(b.band is not None for b in blocks):
+        last = max(b.band or 0 for b in blocks)
+        ordered = sorted(
+            blocks,
+            key=lambda b: (
+                _ZONE.get(b.kind, 1),
+                last + 1 if b.band is None else b.band,
+                b.kind == "caption",
+            ),
+        )
+        return join_across_columns(ordered)
     return (
         sorted(blocks, key=lambda b: (b.box or (0, 0, 0, 0))[1])
         if any(b.kind == "table" for b in blocks)
         else blocks
     )
+
+
+SENTENCE_END = (".", "!", "?", ":", '"', "”")
+
+
+def join_across_columns(blocks: list[Block]) -> list[Block]:
+    """A paragraph running on from the foot of one column to the head of the next is one paragraph.
+
+    The column's last paragraph ends without a sentence's end and the next column (same band)
+    starts with a lower-case word: the lines are joined, so no sentence is cut in two.
+    """
+    out: list[Block] = []
+    for block in blocks:
+        prev = out[-1] if out else None
+        if (
+            prev is not None
+            and prev.kind == block.kind == "body"
+            and prev.band == block.band is not None
+            and prev.column < block.column
+            and prev.paragraphs
+            and block.paragraphs
+        ):
+            tail, head = prev.paragraphs[-1], block.paragraphs[0]
+            last_words = [w for line in tail.lines for w in line.words]
+            first_words = [w for line in head.lines for w in line.words]
+            if (
+                last_words
+                and first_words
+                and not last_words[-1].text.endswith(SENTENCE_END)
+                and first_words[0].text[:1].islower()
+            ):
+                tail.lines.extend(head.lines)
+                block.paragraphs = block.paragraphs[1:]
+                if not block.paragraphs:
+                    continue
+        out.append(block)
+    return out
+
+
+def join_drop_caps(blocks: list[Block], body: float) -> None:
+    """A drop cap (one tall capital) joined to the first word of its paragraph: `O ur` -> `Our`.
+
+    Tesseract puts the capital at the start of the first or the second line it spans, or in a
+    block of its own; the lines beside it may be split into two paragraphs. The capital joins
+    the first word of the topmost line beside it, and the paragraphs beside it become one.
+    """
+    if body <= 0:
+        return
+    for block in blocks:
+        for line in [line for p in block.paragraphs for line in p.lines]:
+            _split_glued_cap(line, body)
+            if not line.words or not _is_drop_cap(line.words[0], body, line):
+                continue
+            if len(line.words) == 1 and len(_lines(block)) > 1:
+                continue  # a capital on a line of its own inside a block: leave it
+            cap = line.words[0]
+            pool = [b for b in blocks if b is block or (b.band is not None and
+                    (b.band, b.column) == (block.band, block.column))]
+            beside = [
+                (b, p, other)
+                for b in pool
+                for p in b.paragraphs
+                for other in p.lines
+                if other.words
+                and (other.words[0] is not cap or len(other.words) > 1)
+                and _v_overlap(other.box, cap.box) > 0
+                and _first(other, cap).box[0] >= cap.box[2] - 0.2 * body
+            ]
+            if not beside:
+                continue
+            target_block, _, target = min(beside, key=lambda t: t[2].box[1])
+            first = _first(target, cap)
+            if not first.text[:1].islower():
+                continue
+            line.words.remove(cap)
+            if line.words:
+                line.box = _union([w.box for w in line.words])
+            first.text = cap.text + first.text
+            _merge_paragraphs(target_block, [p for b, p, _ in beside if b is target_block])
+
+
+def put_drop_caps(blocks: list[Block], caps: list[Word]) -> None:
+    """Drop caps read on their own go in front of the topmost line beside them (joined later)."""
+    lines = [line for b in blocks for p in b.paragraphs for line in p.lines if line.words]
+    for cap in caps:
+        reach = 3 * (cap.box[3] - cap.box[1])
+        beside = [
+            line
+            for line in lines
+            if _v_overlap(line.box, cap.box) > 0 and 0 <= line.words[0].box[0] - cap.box[2] < reach
+        ]
+        if beside:
+            line = min(beside, key=lambda line: line.box[1])
+            line.words.insert(0, cap)
+
+
+def _first(line: Line, skip: Word) -> Word:
+    return line.words[1] if line.words[0] is skip and len(line.words) > 1 else line.words[0]
+
+
+def _merge_paragraphs(block: Block, paras: list[Paragraph]) -> None:
+    """The given paragraphs of `block` (consecutive) become the first of them."""
+    ids = {id(p) for p in paras}
+    kept: list[Paragraph] = []
+    into: Paragraph | None = None
+    for para in block.paragraphs:
+        if id(para) in ids:
+            if into is None:
+                into = para
+                kept.append(para)
+            else:
+                into.lines.extend(para.lines)
+            continue
+        kept.append(para)
+    if into is not None:
+        into.lines = sorted((line for line in into.lines if line.words), key=lambda line: line.box[1])
+    block.paragraphs = kept
+
+
+def _is_drop_cap(word: Word, body: float, line: Line | None = None) -> bool:
+    """One capital letter far taller than the body text and than the rest of its line."""
+    return len(word.text) == 1 and word.text.isalpha() and word.text.isupper() and _towers(word, body, line)
+
+
+def _towers(word: Word, body: float, line: Line | None) -> bool:
+    height = word.box[3] - word.box[1]
+    others = [w.box[3] - w.box[1] for w in (line.words if line else []) if w is not word]
+    # A headline's first letter is as tall as the rest of the headline: no drop cap.
+    tall = height >= DROP_CAP_RATIO * body
+    return tall and (not others or height >= DROP_CAP_RATIO * statistics.median(others))
+
+
+def _split_glued_cap(line: Line, body: float) -> None:
+    """`Tthe`: Tesseract read the drop cap and the word beside its second line as one word."""
+    if len(line.words) < 2:
+        return
+    word = line.words[0]
+    if len(word.text) < 2 or not (word.text[0].isupper() and word.text[1].islower()):
+        return
+    if not _towers(word, body, line):
+        return
+    x0, y0, x1, y1 = word.box
+    cap_w = min(x1 - x0 - 1, int(0.8 * (y1 - y0)))
+    rest = Word(word.text[1:], (x0 + cap_w, max(y0, y1 - int(body)), x1, y1), word.conf)
+    line.words[0:1] = [Word(word.text[0], (x0, y0, x0 + cap_w, y1), word.conf), rest]
