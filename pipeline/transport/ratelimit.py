@@ -31,6 +31,7 @@ from typing import Protocol
 
 from pipeline.errors import StopRequested
 
+CATCH_UP = 0.1  # how late a send may be and still keep the schedule (the windows still hold)
 TIME_EPSILON = 1e-6  # closer than this is now (a sleep that short may not move the clock)
 MAX_PAUSE = 900.0  # a Retry-After beyond 15 minutes is treated as 15 minutes
 DEFAULT_RETRY_AFTER = 1.0  # a 429 without Retry-After: one window
@@ -38,8 +39,8 @@ IN_FLIGHT_CEILING = 2048  # safety ceiling of the in-flight target when max_in_f
 UNLIMITED_IN_FLIGHT = 64  # in flight with no rate at all (rps 0, nothing learned)
 CLUSTER_COUNT = 3  # this many 429s within CLUSTER_SECONDS pause everyone
 CLUSTER_SECONDS = 1.0
-STRIKES = 3  # this many 429s within STRIKE_SENDS sends at a known limit: the limit is lower
-STRIKE_SENDS = 100
+STRIKES = 3  # this many 429 events within STRIKE_SENDS sends at a known limit: it is one lower
+STRIKE_SENDS = 300  # (over 1% of sends: more than jitter, which the margin absorbs)
 RAMP_DOUBLING = 0.25  # while nothing is known, the rate doubles every this many seconds
 RAMP_MAX = 10_000.0
 PROBE_QUIET = 15.0  # a limit learned from 429s is tried one higher after this long without 429
@@ -155,6 +156,11 @@ class LimiterSnapshot:
     margin: float  # the jitter margin added to every window (s)
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def configured_windows(rps: float) -> list[Window]:
     """A configured rate as a hard window: N >= 1 -> floor(N) per second; N < 1 -> one per 1/N s."""
     if rps >= 1:
@@ -223,6 +229,7 @@ class RateLimiter:
         self._probing = rps is None  # auto: one request first, the rest wait (a little)
         self._answered = asyncio.Event()
         self._closed_event = asyncio.Event()
+        self._sleepers: set[asyncio.Future[None]] = set()
         self.in_flight = 0
         self.rejections = 0
         self.pauses = 0
@@ -297,6 +304,8 @@ class RateLimiter:
         """No request may start from now on: every waiter raises StopRequested."""
         self.closed = True
         self._closed_event.set()
+        for sleeper in list(self._sleepers):
+            _resolve(sleeper)
         while self._gate:
             future = self._gate.popleft()
             if not future.done():
@@ -352,8 +361,19 @@ class RateLimiter:
                 waiter.cancel()
 
     async def _sleep(self, seconds: float) -> None:
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._closed_event.wait(), seconds)
+        """Sleep, but wake at once on close(). A bare timer future: cheaper than wait_for,
+        which makes a task per call (the pacer sleeps once per send)."""
+        if self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        handle = loop.call_later(seconds, _resolve, future)
+        self._sleepers.add(future)
+        try:
+            await future
+        finally:
+            handle.cancel()
+            self._sleepers.discard(future)
 
     async def _after_probe(self) -> None:
         """Auto mode's slow start: the first request goes alone, as its answer may announce the
@@ -451,10 +471,11 @@ class RateLimiter:
                 now = self._clock()
                 self._grow(now, limited)
                 interval = self._interval()
-                # A caller that wakes a little late (a busy loop) keeps its place in the schedule,
-                # up to half an interval; after idle time the schedule restarts from now. The
-                # windows, not the schedule, guarantee the counts.
-                slot = self._next_slot if self._next_slot >= now - 0.5 * interval else now
+                # A caller that wakes late (a busy loop) keeps its place in the schedule, up to
+                # CATCH_UP s, so lateness is not rate lost for good; after idle time the schedule
+                # restarts from now. The windows, not the schedule, guarantee the counts.
+                slot = self._next_slot if self._next_slot >= now - max(0.5 * interval, CATCH_UP) \
+                    else now
                 at = max(slot, self._paused_until, self._window_free_at())
                 if at > now + TIME_EPSILON:
                     limited = True
@@ -581,24 +602,25 @@ class RateLimiter:
                 self._ramp = max(0.2, self._ramp / 2)
                 self._ramp_at = now
             return
+        per_second = [w.count for w in self.windows if w.seconds <= 1.0]
+        admitted = self._admitted_before(sent_at)
+        if admitted >= 2 and (not per_second or (admitted < 0.9 * min(per_second) - 1 and (
+                clustered or admitted >= 0.5 * min(per_second)))):
+            # Refused while we had sent clearly fewer: the server's window holds what it let
+            # through (a limit below ours, or others sharing the quota). One refusal after a
+            # quiet spell is not enough to say so; a cluster is.
+            self._set_learned(admitted, now)
+            return
+        if now - self._last_429 <= CLUSTER_SECONDS:
+            return  # the same event (a late, bunched burst): one margin step and strike each
         if self._send_count - self._send_count_at_429 < MARGIN_BUMP_SENDS:
-            # More than one 429 in 200 sends: timing jitter most likely, widen the margin.
+            # More than one 429 event in 200 sends: timing jitter most likely, widen the margin.
             self.margin = min(MARGIN_MAX, self.margin + MARGIN_STEP)
         self._send_count_at_429 = self._send_count
         self._strikes.append(self._send_count)
         while self._strikes and self._strikes[0] < self._send_count - STRIKE_SENDS:
             self._strikes.popleft()
-        if not clustered and len(self._strikes) < STRIKES:
-            return
-        # More than jitter: the server's window holds fewer than we send.
-        self._strikes.clear()
-        per_second = [w.count for w in self.windows if w.seconds <= 1.0]
-        admitted = self._admitted_before(sent_at)
-        if not per_second:
-            self._set_learned(admitted, now)
-            return
-        count = min(per_second)
-        if clustered:  # what the server let through, but at most a 20% step down per cluster
-            self._set_learned(min(count - 1, max(admitted, math.floor(0.8 * count))), now)
-        else:
-            self._set_learned(count - 1, now)
+        if len(self._strikes) >= STRIKES:
+            # Refusals keep coming at our count: the server's window holds one fewer.
+            self._strikes.clear()
+            self._set_learned(min(per_second) - 1, now)
