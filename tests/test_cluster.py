@@ -124,25 +124,31 @@ def test_workers_without_the_language_or_with_another_version_stop_the_run_befor
 async def test_tasks_in_flight_follow_the_cluster_threads_as_workers_join(tmp_path: Path) -> None:
     with local_cluster(tmp_path / "cluster", workers=1) as cl:
         executor = await asyncio.to_thread(dask_cluster.connect, cl.address, "eng", None)
+        most = {"before": 0, "after": 0}
+        phase = "before"
+        tasks: list[asyncio.Task[object]] = []
+
+        async def feed_and_watch() -> None:
+            """Always more work waiting than the cluster can take; note the most in flight."""
+            while True:
+                if sum(not t.done() for t in tasks) < 12:
+                    tasks.append(asyncio.create_task(executor.run(time.sleep, 0.1)))
+                most[phase] = max(most[phase], executor.gate.held)
+                await asyncio.sleep(0.01)
+
+        feeder = asyncio.create_task(feed_and_watch())
         try:
-            most = {"before": 0, "after": 0}
-            phase = "before"
-
-            async def watch() -> None:
-                while True:
-                    most[phase] = max(most[phase], executor.gate.held)
-                    await asyncio.sleep(0.01)
-
-            watcher = asyncio.create_task(watch())
-            tasks = [asyncio.create_task(executor.run(time.sleep, 0.15)) for _ in range(30)]
             await asyncio.sleep(1.0)
             assert executor.workers == 1 and executor.capacity == 1
             phase = "after"
             cl.start_worker("late")
-            await asyncio.to_thread(cl.wait_for_workers, 2)
-            await asyncio.gather(*tasks)
-            watcher.cancel()
+            deadline = time.monotonic() + 30
+            while executor.workers < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(dask_cluster.REFRESH_S * 2)
         finally:
+            feeder.cancel()
+            await asyncio.gather(feeder, *tasks, return_exceptions=True)
             await executor.close()
     assert most["before"] == 2  # 2 tasks per thread, 1 thread
     assert most["after"] == 4  # the late worker's thread doubled it
