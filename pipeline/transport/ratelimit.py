@@ -43,7 +43,7 @@ STRIKES = 3  # this many 429 events within STRIKE_SENDS sends at a known limit: 
 STRIKE_SENDS = 300  # (over 1% of sends: more than jitter, which the margin absorbs)
 RAMP_DOUBLING = 0.25  # while nothing is known, the rate doubles every this many seconds
 RAMP_MAX = 10_000.0
-PROBE_QUIET = 15.0  # a limit learned from 429s is tried one higher after this long without 429
+PROBE_QUIET = 15.0  # a limit learned from 429s is tried 2% higher after this long without 429
 PROBE_QUIET_MAX = 300.0
 PROBE_VERDICT = 5.0  # a 429 for a send this soon after trying one higher: the try failed
 MARGIN_STEP = 0.01  # seconds added to the jitter margin per 429 at a known limit ...
@@ -223,6 +223,7 @@ class RateLimiter:
         self._margin_decayed_at = 0
         self._changed_at = -math.inf  # last change of the learned limit
         self._raised_at: float | None = None  # when the learned limit was last tried higher
+        self._raised_from = 0  # ... and from which count
         self._probe_quiet = PROBE_QUIET
         self._last_429 = -math.inf
         self._probe_sent_at: float | None = None
@@ -502,8 +503,9 @@ class RateLimiter:
         learned = self._learned
         if learned is not None and limited and \
                 now - max(self._last_429, self._changed_at) > self._probe_quiet:
-            self._set_learned(learned.count + 1, now)
+            self._set_learned(learned.count + max(1, learned.count // 50), now)  # +2%
             self._raised_at = now
+            self._raised_from = learned.count
 
     # ---- what answers teach -------------------------------------------------------------------
 
@@ -590,8 +592,8 @@ class RateLimiter:
         learned = self._learned
         raised = self._raised_at
         if learned is not None and raised is not None and raised <= sent_at < raised + PROBE_VERDICT:
-            # The try one higher failed: back to the count that held, try again later.
-            self._set_learned(learned.count - 1, now)
+            # The try higher failed: back to the count that held, try again later.
+            self._set_learned(self._raised_from, now)
             self._probe_quiet = min(PROBE_QUIET_MAX, self._probe_quiet * 2)
             return
         if not self.windows:
