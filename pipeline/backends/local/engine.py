@@ -70,6 +70,7 @@ class Engine:
             regions.put_drop_caps(rec.blocks, caps)
         if rec.upright:
             self._read_unread(rec, prepared, dpi)
+            regions.attach_numbers(rec.blocks, lambda: ink.skew(prepared.ink))
         blocks = regions.tables_from_grids(rec.blocks, prepared.grids)
         if page is not None:
             regions.place(blocks, page.regions)

@@ -85,3 +85,37 @@ def _merge_columns(blobs: list[Region], line_h: float, width: int, height: int) 
         for r in regions
         for x0, y0, x1, y1 in [r.box]
     ]
+
+
+MAX_SKEW_DEGREES = 3.0
+SKEW_STEP_DEGREES = 0.05
+SKEW_POINTS = 40_000
+SKEW_BIN = 3  # pixels: finer than a line's stroke, coarser than the jitter
+
+
+def skew(ink: np.ndarray) -> float:
+    """The page's tilt as dy/dx from its ink: the slope whose projection profile is sharpest.
+
+    Word boxes give a poor estimate on pages of short lines (a table of contents: descenders
+    and capitals move a short line's ends by more than the tilt does); the ink of every line
+    together does not. Measured on at most SKEW_POINTS ink pixels.
+    """
+    ys, xs = np.nonzero(ink)
+    if len(ys) < 200:
+        return 0.0
+    rng = np.random.default_rng(0)
+    if len(ys) > SKEW_POINTS:
+        pick = rng.choice(len(ys), SKEW_POINTS, replace=False)
+        ys, xs = ys[pick], xs[pick]
+    # Jitter within a pixel: without it an untilted candidate puts each pixel row in one bin and
+    # always scores sharpest (aliasing).
+    base = ys + rng.random(len(ys)) + ink.shape[1] * np.tan(np.radians(MAX_SKEW_DEGREES))
+    best, best_score = 0.0, -1.0
+    for degrees in np.arange(-MAX_SKEW_DEGREES, MAX_SKEW_DEGREES + 1e-9, SKEW_STEP_DEGREES):
+        slope = float(np.tan(np.radians(degrees)))
+        rows = ((base - slope * xs) // SKEW_BIN).astype(np.int64)
+        counts = np.bincount(rows.clip(0))
+        score = float(np.dot(counts, counts))
+        if score > best_score:
+            best, best_score = slope, score
+    return best

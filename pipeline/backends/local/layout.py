@@ -235,7 +235,7 @@ def merge_table_columns(blocks: list[Block], body: float) -> list[Block]:
 
 # A right-aligned part: a page number, price or amount (roman page numbers too).
 AMOUNT = re.compile(r"^[(\[]?[$€£¥]?[-+]?\d[\d,.:']*[%)\]]?$|^[ivxlcdm]{1,6}$", re.IGNORECASE)
-LEADER = re.compile(r"^[.·…_·-]{2,}$")
+LEADER = re.compile(r"^[.·…_·-]{2,}$|^[.·…|]$")  # a lone dot or bar: what is left of a leader
 TRAILING_LEADER = re.compile(r"\s*[.·…_]{3,}$")
 LEAD_IN_WORDS = 4  # "Contents", "Table of Contents": a short line standing alone above a list
 
@@ -264,11 +264,28 @@ def entry(line: Line) -> tuple[str, str] | None:
     return label, words[-1].text
 
 
+ENTRY_SHARE = 2 / 3  # a paragraph with this share of entries is a list: one line each
+
+
 def _entries_markdown(para: Paragraph) -> str | None:
-    found = [entry(line) for line in para.lines if line.words]
-    if not found or any(e is None for e in found):
+    """A list of entries, one per line; None unless most lines are entries.
+
+    The other lines (a misread amount `13°71`, an entry whose number was lost) stay lines of
+    their own when they have at most two parts, instead of turning the list into a paragraph or
+    a two-column table.
+    """
+    lines = [line for line in para.lines if line.words]
+    found = [entry(line) for line in lines]
+    hits = sum(e is not None for e in found)
+    if not hits or hits < ENTRY_SHARE * len(lines):
         return None
-    return "\n".join(f"{label} {number}".replace("|", "\\|") for label, number in found if label)
+    if any(e is None and len(split_cells(line)) > 2 for e, line in zip(found, lines, strict=True)):
+        return None
+    out = []
+    for e, line in zip(found, lines, strict=True):
+        text = f"{e[0]} {e[1]}" if e else " ".join(w.text for w in line.words if not LEADER.match(w.text))
+        out.append(text.replace("|", "\\|"))
+    return "\n".join(out)
 
 
 def _table_block_markdown(rows: list[list[str]]) -> str:

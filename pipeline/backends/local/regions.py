@@ -10,9 +10,10 @@ full-width blocks, each band read column by column, captions after the text of t
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 from pipeline.backends.local.columns import Region
-from pipeline.backends.local.layout import Block, Box, Line, Paragraph, Word, body_size
+from pipeline.backends.local.layout import AMOUNT, Block, Box, Line, Paragraph, Word, body_size
 from pipeline.backends.local.rules import Grid
 
 HEADER_ZONE = 0.08  # share of the page height at the top that can hold a running header
@@ -137,6 +138,72 @@ def merge_lines(blocks: list[Block], recovered: list[Line], slope: float = 0.0) 
 
 
 MAX_JOINED_WORDS = 2
+
+
+def attach_numbers(blocks: list[Block], measure_slope: Callable[[], float]) -> None:
+    """Lone right-aligned numbers (a page number, a price) back onto the line they end.
+
+    Tesseract often reads a column of page numbers or prices as blocks of their own, one number
+    each, and orders them between the entries (`4`, `1 Outlook`, `18`, `2 Index`, ...). A line
+    holding only an amount, with a line at its height (following the tilt) to its left, joins it.
+    """
+    lone = [
+        (block, para, line)
+        for block in blocks
+        if block.kind != "table"
+        for para in block.paragraphs
+        for line in para.lines
+        if 0 < len(line.words) <= MAX_JOINED_WORDS and all(AMOUNT.match(w.text) for w in line.words)
+    ]
+    if not lone:
+        return
+    # One column of them (right edges aligned): numbers in several columns are a table's cells.
+    rights = sorted(line.box[2] for _, _, line in lone)
+    height = statistics.median(line.box[3] - line.box[1] for _, _, line in lone)
+    if rights[-1] - rights[0] > 2 * height:
+        return
+    moved = {id(line) for _, _, line in lone}
+    slope = measure_slope()  # only now: most pages have no lone numbers
+    fixed = [
+        line
+        for b in blocks
+        if b.kind != "table"
+        for p in b.paragraphs
+        for line in p.lines
+        if line.words and id(line) not in moved
+    ]
+    for _, para, line in lone:
+        target = _line_left_of(fixed, line, slope)
+        if target is None:
+            continue
+        target.words = sorted(target.words + line.words, key=lambda w: w.box[0])
+        target.box = _union([target.box, line.box])
+        target.cells = None
+        para.lines.remove(line)
+    for block in blocks:
+        block.paragraphs = [p for p in block.paragraphs if p.lines]
+
+
+def _line_left_of(lines: list[Line], new: Line, slope: float) -> Line | None:
+    """The nearest line ending left of `new` at its height, following the page's tilt."""
+    best = None
+    for line in lines:
+        gap = new.box[0] - line.box[2]
+        if gap < 0:
+            continue
+        # The last word of letter height (not a leader's dot or a stray `|`).
+        tall = [w for w in line.words if w.box[3] - w.box[1] >= 0.5 * (new.box[3] - new.box[1])]
+        ref = (tall or line.words)[-1].box
+        shift = slope * (new.box[0] - ref[2])
+        moved = (ref[0], round(ref[1] + shift), ref[2], round(ref[3] + shift))
+        # The measured tilt is rough (descenders): the line overlapping best, if it overlaps enough.
+        overlap = _v_overlap(moved, new.box)
+        if overlap > MIN_ROW_OVERLAP and (best is None or (overlap, -gap) > best[0]):
+            best = ((overlap, -gap), line)
+    return None if best is None else best[1]
+
+
+MIN_ROW_OVERLAP = 0.25
 # --- classification and reading order ----------------------------------------------------------
 
 
