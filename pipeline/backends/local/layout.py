@@ -379,3 +379,10 @@ def margins(blocks: list[Block]) -> dict[str, str | None]:
         text = " ".join(_join_lines(p.lines) for b in blocks if b.kind == kind for p in b.paragraphs).strip()
         out[kind] = text or None
     return out
+
+
+def page_markdown(blocks: list[Block]) -> tuple[str, dict[str, str | None]]:
+    """The page's markdown without its running header and footer, and those two (or None)."""
+    found = margins(blocks)
+    body = [b for b in blocks if not (b.kind in found and found[b.kind])]
+    return to_markdown(body), found

@@ -177,12 +177,16 @@ def _page(
     method: str,
     confidence: float | None,
     rotation: int,
+    header: str | None = None,
+    footer: str | None = None,
 ) -> dict[str, Any]:
     return {
         "index": index,
         "markdown": markdown,
         "images": [],
         "dimensions": {"dpi": dpi, "height": height, "width": width},
+        "header": header,
+        "footer": footer,
         "method": method,
         "confidence": None if confidence is None else round(confidence, 2),
         "rotation": rotation,
@@ -274,11 +278,11 @@ def _ocr_image_page(data: bytes, media_type: str, index: int, cfg: WorkerConfig)
 
 def _ocr_image(image: Any, index: int, dpi: int | None, report_dpi: int, cfg: WorkerConfig) -> dict[str, Any]:
     rec, rotation = recognize_upright(engine(cfg), image, dpi)
-    md = layout.to_markdown(rec.blocks)
+    md, margins = layout.page_markdown(rec.blocks)  # running header/footer out of the body
     width, height = image.size
     if rotation in (90, 270):
         width, height = height, width
-    return _page(index, md, width, height, report_dpi, "ocr", rec.confidence, rotation)
+    return _page(index, md, width, height, report_dpi, "ocr", rec.confidence, rotation, **margins)
 
 
 ERRORS: dict[str, type[PipelineError]] = {
