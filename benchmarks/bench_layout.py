@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--dev", action="store_true", help="the development set instead of the held-out one")
     ap.add_argument("--per-kind", type=int, default=4)
     ap.add_argument("--base", type=Path, default=None, help="a worktree with the code before")
+    ap.add_argument("--misses", action="store_true", help="print each page's right-aligned numbers not kept")
     args = ap.parse_args()
     pages = page_set(held_out=not args.dev, per_kind=args.per_kind)
     scans = prose_scans()
@@ -145,6 +146,12 @@ def main() -> None:
             figures[f"cells right, {kind} (%)"] = (
                 f"{100 * sum(a for a, _ in got) / max(1, sum(b for _, b in got)):.1f}"
             )
+        if args.misses:
+            for p, r in zip(pages, per_page, strict=True):
+                ends = Counter(line.split()[-1] for line in r["md"].splitlines() if line.split())
+                lost = sorted((Counter(p.numbers) - ends).elements())
+                if lost:
+                    print(f"{name}: {p.kind} seed {p.seed} numbers not kept: {' '.join(lost)}")
         got = [numbers_kept(p, r["md"]) for p, r in zip(pages, per_page, strict=True) if p.numbers]
         figures["right-aligned numbers kept (%)"] = (
             f"{100 * sum(a for a, _ in got) / max(1, sum(b for _, b in got)):.1f}"
