@@ -172,9 +172,12 @@ class MistralBackend:
         return self._session
 
     def request_body(self, chunk: Chunk) -> dict[str, Any]:
+        from pipeline.backends.request_options import request_options
+
         body: dict[str, Any] = {"model": self.model, "document": document_field(chunk)}
         if self.settings.outputs.include_images:
             body["include_image_base64"] = True
+        body.update(request_options(self.settings))  # tables, header/footer, confidence, ...
         body.update(self.settings.service.extra_request)
         return body
 

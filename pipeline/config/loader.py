@@ -253,6 +253,9 @@ def validate(s: Settings, where: str, key_env: str, values: _Values | None = Non
             f"{values.where('mode')}: batch mode needs the mistral backend: the Batch API"
             f" (/v1/files, /v1/batch/jobs) is Mistral's platform; an {svc.backend} deployment has"
             " no batch endpoint (use mode: sync)")
+    from pipeline.backends.request_options import check_outputs  # output options vs the models
+
+    check_outputs(s, values.where)
     if svc.backend == "local":
         return
     if svc.endpoints:
