@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.manifest import MANIFEST_NAME, Manifest, state_dir
-from pipeline.run.report import failure_text
+from pipeline.run.report import failure_text, review_lines
 
 
 def status(output: Path) -> dict[str, Any]:
@@ -32,9 +32,16 @@ def status(output: Path) -> dict[str, Any]:
             ],
             "batch_jobs": _batch_jobs(manifest),
             "endpoints": ((manifest.last_summary() or {}).get("requests") or {}).get("endpoints", {}),
+            **_low_confidence(manifest.last_summary() or {}),
         }
     finally:
         manifest.close()
+
+
+def _low_confidence(summary: dict[str, Any]) -> dict[str, Any]:
+    """The last finished run's lowest-confidence pages (its report keeps the lowest 100)."""
+    return {"pages_low_confidence": summary.get("pages_low_confidence", 0),
+            "low_confidence_pages": summary.get("low_confidence_pages", [])}
 
 
 def _batch_jobs(manifest: Manifest) -> list[dict[str, Any]]:
@@ -83,6 +90,10 @@ def render_status(data: dict[str, Any]) -> list[str]:
             lines.append(f"  {name}: {e['state']}, {e['requests']} requests, {e['pages']} pages,"
                          f" {e['throttled']} 429s, {e['failures']} failures"
                          + (f" ({e['reason']})" if e.get("reason") else ""))
+    if data.get("pages_low_confidence"):
+        lines.append("last run, pages to review:")
+        lines += [line[2:] for line in review_lines(data["pages_low_confidence"],
+                                                    data["low_confidence_pages"], shown=20)]
     if data["failures"]:
         lines.append(f"failures ({len(data['failures'])}):")
         for f in data["failures"]:

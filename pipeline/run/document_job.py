@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.backends.base import OCRResponse
+from pipeline.config.groups import OutputSettings
 from pipeline.errors import (
     Category,
     DocumentError,
@@ -41,8 +42,10 @@ from pipeline.run.budget import Budget
 from pipeline.run.outcome import StopReason, StopRequest
 from pipeline.run.report import Failure, tally_page_methods
 from pipeline.run.split_pool import SplitPool
+from pipeline.stages.confidence import LowPage
 from pipeline.stages.merge import merge_responses
 from pipeline.stages.plan import Decision, PlanItem
+from pipeline.stages.review import annotation_schema, review
 from pipeline.stages.sniff import PDF
 from pipeline.stages.split import OpenedPdf, iter_chunks
 from pipeline.stages.store import remove_outputs, write_document
@@ -69,6 +72,8 @@ class DocumentResult:
     failure: Failure | None = None
     seconds: float = 0.0
     page_methods: dict[str, int] = field(default_factory=dict)  # local engine: text_layer / ocr
+    low_confidence: tuple[LowPage, ...] = ()  # pages under outputs.confidence_threshold
+    warnings: tuple[str, ...] = ()  # e.g. an annotation that does not match its schema
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class JobContext:
     request_stop: Callable[[StopRequest], None]
     # Batch mode: more of the `source` block for a document (the jobs that answered it).
     source_notes: Callable[[str], dict[str, Any]] | None = None
+    outputs: OutputSettings = field(default_factory=OutputSettings)  # what the outputs carry
 
 
 @dataclass
@@ -182,18 +188,21 @@ class DocumentJob:
         cut = await self._answer_all(data, sha)
         del data
         merged = merge_responses([(c, r) for c, r in zip(cut.chunks, cut.answers, strict=True)
-                                  if r is not None])
+                                  if r is not None], annotation_schema(self.ctx.outputs))
         pages = len(merged["pages"])
         source = self._source_block(sha, st.st_size, pages, cut)
         crashpoints.reached("before_store")
-        await asyncio.to_thread(write_document, self.ctx.output, self.src.rel, merged, source)
+        await asyncio.to_thread(write_document, self.ctx.output, self.src.rel, merged, source,
+                                self.ctx.outputs)
         crashpoints.reached("after_store")
         await self.ctx.manifest.finish(self.src.rel, pages, cost(pages, self.ctx.price_per_1000))
         crashpoints.reached("document_done")
         methods: dict[str, int] = {}
         tally_page_methods(methods, merged["pages"])
+        notes = review(self.src.rel, merged, self.ctx.outputs)
         return self._result(DocumentStatus.DONE, pages=pages, pages_reused=cut.pages_reused,
-                            page_methods=methods,
+                            page_methods=methods, low_confidence=notes.low_confidence,
+                            warnings=notes.warnings,
                             cost=cost(pages - cut.pages_reused, self.ctx.price_per_1000),
                             source=source)
 

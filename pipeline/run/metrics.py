@@ -31,6 +31,7 @@ METRIC_NAMES = (
     "ocr_pipeline_run_in_progress",
     "ocr_pipeline_run_exit_code",
     "ocr_pipeline_manifest_documents",
+    "ocr_pipeline_pages_low_confidence",
 )
 # Only for the local engine: OCR processes, or the Dask workers connected (`--cluster`).
 LOCAL_METRIC_NAMES = ("ocr_pipeline_workers",)
@@ -52,6 +53,7 @@ class MetricsSnapshot:
     manifest_documents: dict[str, int] = field(default_factory=dict)
     workers: int | None = None  # local engine: processes, or Dask workers connected now
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # `endpoints:` lanes
+    pages_low_confidence: int = 0  # this run: pages under outputs.confidence_threshold
 
 
 def render_registry(snap: MetricsSnapshot) -> CollectorRegistry:
@@ -86,6 +88,8 @@ def render_registry(snap: MetricsSnapshot) -> CollectorRegistry:
                      ["state"], registry=reg)
     for state, n in snap.manifest_documents.items():
         manifest.labels(state=state).set(n)
+    Gauge("ocr_pipeline_pages_low_confidence", "Pages of this run scored under the confidence"
+          " threshold (to review)", registry=reg).set(snap.pages_low_confidence)
     if snap.workers is not None:
         Gauge("ocr_pipeline_workers", "Workers reading pages now (local engine: processes, or Dask"
               " workers with --cluster)", registry=reg).set(snap.workers)

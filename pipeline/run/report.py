@@ -7,9 +7,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.stages.confidence import LowPage
 from pipeline.stages.store import atomic_write
 
 REPORT_VERSION = 1
+LOW_CONFIDENCE_KEPT = 100  # the lowest pages listed; all of them are counted
+WARNINGS_KEPT = 1000
 
 
 @dataclass
@@ -50,6 +53,10 @@ class RunReport:
     cluster: str | None = None  # local engine on a Dask cluster: the scheduler's address
     workers: int | None = None  # local engine: the most workers (processes, Dask workers) seen
     batch: dict[str, Any] | None = None  # batch mode: jobs, requests, pending (docs/batch.md)
+    pages_low_confidence: int = 0  # pages under outputs.confidence_threshold
+    low_confidence_pages: list[dict[str, Any]] = field(default_factory=list)  # the lowest, lowest first
+    warnings: list[str] = field(default_factory=list)  # for a person to check; the run went on
+    warnings_total: int = 0
     version: int = REPORT_VERSION
 
     def failures_by_category(self) -> dict[str, list[dict[str, str]]]:
@@ -67,6 +74,17 @@ class RunReport:
         path = runs_dir / f"{self.run_id}.json"
         atomic_write(path, json.dumps(self.to_dict(), indent=2).encode("utf-8"))
         return path
+
+    def note_review(self, low: tuple[LowPage, ...], warnings: tuple[str, ...]) -> None:
+        """A finished document's pages for review: counted, the lowest LOW_CONFIDENCE_KEPT of
+        the run kept (memory stays bounded however many documents); its warnings likewise."""
+        if low:
+            self.pages_low_confidence += len(low)
+            pages = self.low_confidence_pages + [p.to_dict() for p in low]
+            pages.sort(key=lambda p: (p["confidence"], p["path"], p["page"]))
+            self.low_confidence_pages = pages[:LOW_CONFIDENCE_KEPT]
+        self.warnings_total += len(warnings)
+        self.warnings.extend(warnings[:max(0, WARNINGS_KEPT - len(self.warnings))])
 
     def count_page_methods(self, pages: list[dict[str, Any]]) -> None:
         """Tally how the pages of one answer were read (see `tally_page_methods`)."""
@@ -96,6 +114,12 @@ class RunReport:
                 lines.append(f"    {failure_text(item['path'], item['message'])}")
             if len(items) > 20:
                 lines.append(f"    … and {len(items) - 20} more (see the run report)")
+        lines += review_lines(self.pages_low_confidence, self.low_confidence_pages)
+        if self.warnings_total:
+            lines.append(f"  warnings: {self.warnings_total}")
+            lines += [f"    {w}" for w in self.warnings[:20]]
+            if self.warnings_total > 20:
+                lines.append(f"    … and {self.warnings_total - 20} more (see the run report)")
         if self.ignored:
             lines.append(f"  ignored (not documents): {len(self.ignored)}")
         if self.failed_earlier:
@@ -145,6 +169,19 @@ def tally_page_methods(counts: dict[str, int], pages: list[Any]) -> None:
         method = page.get("method") if isinstance(page, dict) else None
         if isinstance(method, str):
             counts[method] = counts.get(method, 0) + 1
+
+
+def review_lines(count: int, pages: list[dict[str, Any]], shown: int = 10) -> list[str]:
+    """The lowest-confidence pages, for a reviewer (run summary and `status`)."""
+    if not count:
+        return []
+    lines = [f"  low confidence: {count} pages under the threshold (confidence_threshold);"
+             " lowest first:"]
+    lines += [f"    {p['path']} page {p['page']}: {p['confidence']:.2f}" for p in pages[:shown]]
+    if count > shown:
+        lines.append(f"    … and {count - shown} more (the run report lists the lowest"
+                     f" {LOW_CONFIDENCE_KEPT})")
+    return lines
 
 
 def failure_text(path: str, message: str) -> str:

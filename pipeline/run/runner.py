@@ -278,6 +278,7 @@ class Run:
             price_per_1000=self.price, limits=document_limits(self.s), manifest=db,
             transport=self._watch, budget=self.budget, splitter=self.splitter,
             stopping=lambda: self.stopping, request_stop=self.request_stop,
+            outputs=self.s.outputs,
         )
 
     def _record_plan(self, tally: PlanTally) -> None:
@@ -395,6 +396,7 @@ class Run:
             r.cost += result.cost
             for method, n in result.page_methods.items():
                 r.page_methods[method] = r.page_methods.get(method, 0) + n
+            r.note_review(result.low_confidence, result.warnings)  # for the reviewer: report, status
             if result.source and result.source.get("repaired"):
                 self.log.warning("repaired", path=result.rel,
                                  notes=result.source.get("repair_notes"))

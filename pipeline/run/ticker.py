@@ -84,6 +84,7 @@ class RunTicker:
             manifest_documents={str(k): v for k, v in self.manifest_counts.items()},
             endpoints=self.endpoints(),
             workers=self._sample_workers(),
+            pages_low_confidence=r.pages_low_confidence,
         )
 
     async def _refresh_manifest_figures(self, manifest: AsyncManifest) -> None:

@@ -1,9 +1,12 @@
 """Check chunk responses and merge them back into one document response.
 
-Page `index` becomes the page's 0-based position in the source document. Image ids, which the
-service numbers per request, are renamed `img-<n><ext>` across the whole document (safe as file
-names whatever the server sent); the server's id is kept as `source_id` and the markdown links are
-rewritten to the new ids.
+Page `index` becomes the page's 0-based position in the source document. Image and table ids,
+which the service numbers per request, are renamed across the whole document (`img-<n><ext>`,
+`tbl-<n>.html|.md`: safe as file names whatever the server sent); the server's id is kept as
+`source_id`, and the markdown links and the blocks' `image_id` / `table_id` follow the new ids.
+The local engine's page `confidence` gets the API's `confidence_scores` shape
+(`stages/confidence.py`). Each chunk's `document_annotation` is kept with its page range in
+`document_annotations` (`stages/annotations.py`): a split document has one per chunk.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ import re
 from typing import Any
 
 from pipeline.models import Chunk
+from pipeline.stages.annotations import check_against, chunk_annotation
+from pipeline.stages.confidence import normalise_page
 
 _SAFE_EXT = re.compile(r"\.([A-Za-z0-9]{1,5})$")
+TABLE_EXT = {"html": "html", "markdown": "md"}
 
 
 def _safe_image_id(number: int, source_id: str) -> str:
@@ -22,11 +28,20 @@ def _safe_image_id(number: int, source_id: str) -> str:
     return f"img-{number}.{ext}"
 
 
+def _safe_table_id(number: int, table: dict[str, Any]) -> str:
+    ext = TABLE_EXT.get(str(table.get("format")))
+    if ext is None:
+        match = _SAFE_EXT.search(str(table.get("id") or ""))
+        ext = "html" if match and match.group(1).lower() in ("html", "htm") else "md"
+    return f"tbl-{number}.{ext}"
+
+
 _LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
 
 
 def _rewrite_links(markdown: str, renames: dict[str, str]) -> str:
-    """Point `![alt](target)` links at the renamed ids (the alt too, when it is the id)."""
+    """Point `![alt](target)` and `[alt](target)` links at the renamed ids (the alt too, when it
+    is the id)."""
     if not renames:
         return markdown
 
@@ -46,41 +61,93 @@ def _usage_int(response: dict[str, Any], key: str, default: int) -> int:
     return int(value)
 
 
-def merge_responses(chunks: list[tuple[Chunk, dict[str, Any]]]) -> dict[str, Any]:
-    """Merge (chunk, response) pairs given in page order into one OCRResponse."""
+class _Numbering:
+    """Document-wide counters for image and table ids."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.tables = 0
+
+    def renumber(self, page: dict[str, Any]) -> dict[str, str]:
+        """Rename the page's images and tables; return server id -> new id."""
+        renames: dict[str, str] = {}
+        images = []
+        for image in page.get("images") or []:
+            if not isinstance(image, dict):
+                continue
+            image = dict(image)
+            source_id = str(image.get("id", ""))
+            image["source_id"], image["id"] = source_id, _safe_image_id(self.images, source_id)
+            self.images += 1
+            renames[source_id] = image["id"]
+            images.append(image)
+        page["images"] = images
+        if isinstance(page.get("tables"), list):
+            tables = []
+            for table in page["tables"]:
+                if not isinstance(table, dict):
+                    continue
+                table = dict(table)
+                source_id = str(table.get("id", ""))
+                table["source_id"], table["id"] = source_id, _safe_table_id(self.tables, table)
+                self.tables += 1
+                renames[source_id] = table["id"]
+                tables.append(table)
+            page["tables"] = tables
+        return renames
+
+
+def _rename_block_refs(page: dict[str, Any], renames: dict[str, str]) -> None:
+    if not isinstance(page.get("blocks"), list):
+        return
+    blocks = []
+    for block in page["blocks"]:
+        if isinstance(block, dict):
+            block = dict(block)
+            for key in ("image_id", "table_id"):
+                if isinstance(block.get(key), str):
+                    block[key] = renames.get(block[key], block[key])
+        blocks.append(block)
+    page["blocks"] = blocks
+
+
+def merge_responses(chunks: list[tuple[Chunk, dict[str, Any]]],
+                    annotation_schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge (chunk, response) pairs given in page order into one OCRResponse.
+
+    `annotation_schema`: the JSON Schema document annotations are checked against (problems are
+    noted on each `document_annotations` entry, never raised)."""
     merged: dict[str, Any] = {}
     pages_out: list[dict[str, Any]] = []
-    image_number = 0
+    numbering = _Numbering()
+    annotations: list[dict[str, Any]] = []
     pages_processed = 0
     doc_size = 0
     for chunk, response in chunks:
         for key, value in response.items():
             if key not in ("pages", "usage_info") and key not in merged:
-                merged[key] = value  # model, document_annotation, unknown fields: first wins
+                merged[key] = value  # model, unknown fields: first wins
         pages = sorted(
             response["pages"], key=lambda p: p.get("index", 0) if isinstance(p, dict) else 0
         )
         for offset, page in enumerate(pages):
             page = dict(page)
             page["index"] = chunk.first_page + offset
-            renames: dict[str, str] = {}
-            images = []
-            for image in page.get("images") or []:
-                if not isinstance(image, dict):
-                    continue
-                image = dict(image)
-                source_id = str(image.get("id", ""))
-                new_id = _safe_image_id(image_number, source_id)
-                image_number += 1
-                renames[source_id] = new_id
-                image["source_id"] = source_id
-                image["id"] = new_id
-                images.append(image)
-            page["images"] = images
+            renames = numbering.renumber(page)
             page["markdown"] = _rewrite_links(page["markdown"], renames)
+            _rename_block_refs(page, renames)
+            normalise_page(page)
             pages_out.append(page)
+        entry = chunk_annotation(response.get("document_annotation"), chunk.first_page, len(pages))
+        if entry is not None:
+            annotations.append(entry)
         pages_processed += _usage_int(response, "pages_processed", len(pages))
         doc_size += _usage_int(response, "doc_size_bytes", 0)
+    if annotations:
+        check_against(annotations, annotation_schema)
+        merged["document_annotations"] = annotations
+        if len(chunks) > 1:  # one string cannot stand for several chunks: see the list
+            merged["document_annotation"] = None
     merged["pages"] = pages_out
     merged["usage_info"] = {"pages_processed": pages_processed, "doc_size_bytes": doc_size}
     return merged

@@ -1,8 +1,11 @@
 """Write a document's outputs into the mirrored output tree, atomically, never outside it.
 
-`<out>/<rel>.json`, `<out>/<rel>.md` and, when the service returned image data,
-`<out>/<rel>.images/<id>`. Every file is written to a temporary name in its own folder, fsynced and
-renamed into place; the JSON goes last, so its presence means the document's outputs are complete.
+`<out>/<rel>.json`, `<out>/<rel>.md` and, when the service returned them, `<out>/<rel>.images/<id>`
+(image data), `<out>/<rel>.tables/<id>` (tables moved out of the markdown, `table_format`) and
+`<out>/<rel>.annotation.json` (document annotations). Every file is written to a temporary name
+in its own folder, fsynced and renamed into place; the JSON goes last, so its presence means the
+document's outputs are complete. Every link of the markdown resolves: a link to an image or a
+table the service did not deliver becomes plain text.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.config.groups import OutputSettings
 from pipeline.errors import Category, DocumentError
 from pipeline.run import crashpoints
 from pipeline.stages.encode import decode_data_url
@@ -31,11 +36,11 @@ def safe_component(name: str, fallback: str = "item") -> str:
 
 
 NAME_MAX = 255
-_LONGEST_SUFFIX = len(".images")
+_LONGEST_SUFFIX = len(".annotation.json")
 
 
 def _fit_name(name: str) -> str:
-    """Shorten a file name so `<name>.images` still fits the 255-byte limit; a hash of the full
+    """Shorten a file name so `<name>.annotation.json` still fits the 255-byte limit; a hash of the full
     name keeps shortened names distinct."""
     if len(name.encode("utf-8", "surrogateescape")) + _LONGEST_SUFFIX <= NAME_MAX:
         return name
@@ -107,63 +112,140 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
         fsync_dir(path.parent)
 
 
-def render_markdown(response: dict[str, Any], image_links: dict[str, str]) -> str:
-    """The pages' markdown in page order, each after a marker line naming its page number."""
+_LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+@dataclass
+class _Links:
+    """Where the markdown's links to a document's images and tables go."""
+
+    files: dict[str, str] = field(default_factory=dict)  # id -> relative path of the written file
+    inline: dict[str, str] = field(default_factory=dict)  # table id -> content (inline_tables)
+    ids: set[str] = field(default_factory=set)  # every image and table id of the document
+
+    def rewrite(self, text: str) -> str:
+        def sub(m: re.Match[str]) -> str:
+            bang, alt, target = m.groups()
+            if target in self.inline:
+                return f"\n\n{self.inline[target].strip()}\n\n"
+            if target in self.files:
+                return f"{bang}[{alt}]({self.files[target]})"
+            if target in self.ids:  # not delivered (no image data): text, not a dead link
+                return f"[{alt}]"
+            return m.group(0)
+
+        return _LINK.sub(sub, text)
+
+
+def render_markdown(response: dict[str, Any], image_links: dict[str, str],
+                    outputs: OutputSettings | None = None, links: _Links | None = None) -> str:
+    """The pages' markdown in page order, each after a marker line naming its page number; a
+    page's header and footer around it when `extract_header`/`extract_footer` and
+    `markdown_headers_footers` are set."""
+    links = links or _Links(files=dict(image_links))
+    show_header = bool(outputs and outputs.extract_header and outputs.markdown_headers_footers)
+    show_footer = bool(outputs and outputs.extract_footer and outputs.markdown_headers_footers)
     out: list[str] = []
     for page in response["pages"]:
-        text = page.get("markdown") or ""
-        for image_id, link in image_links.items():
-            text = text.replace(f"]({image_id})", f"]({link})")
-        out.append(f"<!-- page {page['index'] + 1} -->\n\n{text.strip()}\n")
+        parts = []
+        if show_header and isinstance(page.get("header"), str) and page["header"].strip():
+            parts.append(links.rewrite(page["header"]).strip())
+        parts.append(links.rewrite(page.get("markdown") or "").strip())
+        if show_footer and isinstance(page.get("footer"), str) and page["footer"].strip():
+            parts.append(links.rewrite(page["footer"]).strip())
+        text = re.sub(r"\n{3,}", "\n\n", "\n\n".join(p for p in parts if p))
+        out.append(f"<!-- page {page['index'] + 1} -->\n\n{text}\n")
     return "\n".join(out)
 
 
+def _write_images(response: dict[str, Any], out_root: Path, images_dir: Path, links: _Links,
+                  written: dict[str, Path]) -> None:
+    for page in response["pages"]:
+        for image in page.get("images") or []:
+            links.ids.add(str(image.get("id")))
+            payload = image.get("image_base64")
+            if not isinstance(payload, str) or not payload:
+                continue
+            try:
+                _mime, blob = decode_data_url(payload)
+            except ValueError:
+                image["image_base64"] = None
+                image["image_error"] = "service sent image data that is not a base64 data URL"
+                continue
+            name = safe_component(str(image.get("id", "")), "image.bin")
+            target = images_dir / name
+            ensure_inside(out_root, target)
+            atomic_write(target, blob, sync_dir=False)
+            link = f"{images_dir.name}/{name}"
+            image["image_base64"] = None
+            image["image_path"] = link
+            links.files[str(image.get("id"))] = link
+            written[f"image:{name}"] = target
+
+
+def _write_tables(response: dict[str, Any], out_root: Path, tables_dir: Path, links: _Links,
+                  written: dict[str, Path], inline: bool) -> None:
+    """Each table's content into `<rel>.tables/<id>`; the JSON keeps the content and says where."""
+    for page in response["pages"]:
+        for table in page.get("tables") or []:
+            if not isinstance(table, dict):
+                continue
+            table_id = str(table.get("id"))
+            links.ids.add(table_id)
+            content = table.get("content")
+            if not isinstance(content, str):
+                continue
+            name = safe_component(table_id, "table.md")
+            target = tables_dir / name
+            ensure_inside(out_root, target)
+            atomic_write(target, content.encode("utf-8"), sync_dir=False)
+            link = f"{tables_dir.name}/{name}"
+            table["path"] = link
+            written[f"table:{name}"] = target
+            if inline:
+                links.inline[table_id] = content
+            else:
+                links.files[table_id] = link
+
+
 def write_document(
-    out_root: Path, rel: str, response: dict[str, Any], source: dict[str, Any]
+    out_root: Path, rel: str, response: dict[str, Any], source: dict[str, Any],
+    outputs: OutputSettings | None = None,
 ) -> dict[str, Path]:
-    """Write JSON, markdown and images for one document; return the paths written.
+    """Write JSON, markdown, images, tables and annotations for one document; return the paths
+    written.
 
     Raises DocumentError(storage) when the disk refuses (full, read-only, permissions).
     """
     base = output_base(out_root, rel)
     images_dir = base.with_name(base.name + ".images")
+    tables_dir = base.with_name(base.name + ".tables")
+    annotation_path = base.with_name(base.name + ".annotation.json")
     json_path = base.with_name(base.name + ".json")
     md_path = base.with_name(base.name + ".md")
     written: dict[str, Path] = {}
-    image_links: dict[str, str] = {}
+    links = _Links()
     try:
-        for page in response["pages"]:
-            for image in page.get("images") or []:
-                payload = image.get("image_base64")
-                if not isinstance(payload, str) or not payload:
-                    continue
-                try:
-                    _mime, blob = decode_data_url(payload)
-                except ValueError:
-                    image["image_base64"] = None
-                    image["image_error"] = "service sent image data that is not a base64 data URL"
-                    continue
-                name = safe_component(str(image.get("id", "")), "image.bin")
-                target = images_dir / name
-                ensure_inside(out_root, target)
-                atomic_write(target, blob, sync_dir=False)
-                link = f"{images_dir.name}/{name}"
-                image["image_base64"] = None
-                image["image_path"] = link
-                image_links[str(image.get("id"))] = link
-                written[f"image:{name}"] = target
+        _write_images(response, out_root, images_dir, links, written)
+        _write_tables(response, out_root, tables_dir, links, written,
+                      inline=bool(outputs and outputs.inline_tables))
+        if response.get("document_annotations"):
+            body = json.dumps(response["document_annotations"], ensure_ascii=False, indent=2)
+            atomic_write(annotation_path, body.encode("utf-8"), sync_dir=False)
+            written["annotation"] = annotation_path
         document = dict(response)
         document["source"] = source
-        md = render_markdown(response, image_links)
+        md = render_markdown(response, {}, outputs, links)
         atomic_write(md_path, md.encode("utf-8"), sync_dir=False)
         written["markdown"] = md_path
         crashpoints.reached("mid_store")
-        body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
-        atomic_write(json_path, body, sync_dir=False)
+        body = json.dumps(document, ensure_ascii=False, indent=2)
+        atomic_write(json_path, body.encode("utf-8"), sync_dir=False)
         written["json"] = json_path
-        if image_links:
-            fsync_dir(images_dir)
-        fsync_dir(json_path.parent)  # one folder sync for the markdown and the JSON
+        for folder, prefix in ((images_dir, "image:"), (tables_dir, "table:")):
+            if any(k.startswith(prefix) for k in written):
+                fsync_dir(folder)
+        fsync_dir(json_path.parent)  # one folder sync for the markdown, annotation and JSON
     except OSError as exc:
         for path in written.values():  # a failed document leaves no outputs behind
             with contextlib.suppress(OSError):
@@ -179,7 +261,8 @@ def write_document(
 def remove_outputs(out_root: Path, rel: str) -> None:
     """Remove a document's previous outputs (before a changed document is redone)."""
     base = output_base(out_root, rel)
-    for suffix in (".json", ".md"):
+    for suffix in (".json", ".md", ".annotation.json"):
         with contextlib.suppress(FileNotFoundError):
             base.with_name(base.name + suffix).unlink()
-    shutil.rmtree(base.with_name(base.name + ".images"), ignore_errors=True)
+    for folder in (".images", ".tables"):
+        shutil.rmtree(base.with_name(base.name + folder), ignore_errors=True)
