@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 from pipeline.fakeserver.documents import DPI, Page
+from pipeline.fakeserver.rich import RichRequest, enrich
 
 # A valid 8x8 JPEG (287 bytes), the pixels of every synthetic image.
 TINY_JPEG = base64.b64decode(
@@ -35,8 +36,10 @@ def ocr_response(
     image_id_style: str = "normal",
     include_image_base64: bool = False,
     image_limit: int | None = None,
+    rich: RichRequest | None = None,
 ) -> dict[str, Any]:
-    """The OCRResponse for `pages`; image ids are numbered across the whole response."""
+    """The OCRResponse for `pages`; image ids are numbered across the whole response; `rich`:
+    what the newer models add (tables, header/footer, confidence, blocks, annotations)."""
     budget = images_per_page * len(pages)
     if image_limit is not None:
         budget = min(budget, max(0, image_limit))
@@ -63,12 +66,15 @@ def ocr_response(
             "images": images,
             "dimensions": dimensions,
         })
-    return {
+    answer = {
         "pages": out_pages,
         "model": model,
         "usage_info": {"pages_processed": len(pages), "doc_size_bytes": doc_size},
         "document_annotation": None,
     }
+    if rich is not None:
+        enrich(answer, rich)
+    return answer
 
 
 def _image(id_: str, j: int, page: Page, include_base64: bool) -> dict[str, Any]:

@@ -4,6 +4,7 @@ the control routes `/_stats`, `/_reset`, `/health`."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import random
@@ -155,6 +156,7 @@ async def _handle_ocr(
         image_id_style=options.image_id_style,
         include_image_base64=call.include_image_base64,
         image_limit=call.image_limit,
+        rich=dataclasses.replace(call.rich, bad_annotations=options.bad_annotations),
     )
     await _latency(state, len(pages), stuck)
     if state.auth_revoked():  # another request used up the last allowed answer meanwhile

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--image-id-style", choices=("normal", "hostile"), default="normal",
         help="'hostile' ids try to escape the output folder (../, absolute paths)")
     add("--model-suffix", default="", metavar="X", help="appended to the model in answers")
+    add("--bad-annotations", action="store_true",
+        help="annotations that break the requested JSON Schema (does the client notice?)")
     add("--seed", type=int, default=None, help="random seed for faults and latency")
     return parser
 
@@ -115,6 +117,7 @@ def options_from_args(args: argparse.Namespace) -> FakeServerOptions:
         images_per_page=args.images_per_page,
         image_id_style=args.image_id_style,
         model_suffix=args.model_suffix,
+        bad_annotations=args.bad_annotations,
         seed=args.seed,
     )
 

@@ -72,11 +72,100 @@ def _page_problems(page: Any, where: str) -> Problems:
         if isinstance(dims, dict):
             problems += [f"{where}.dimensions.{k}: not an integer >= 0"
                          for k in ("dpi", "height", "width") if k in dims and not _is_int(dims[k])]
+    for j, table in enumerate(page.get("tables") or []):
+        problems += _table_problems(table, f"{where}.tables[{j}]")
+    if page.get("confidence_scores") is not None:
+        problems += _page_score_problems(page["confidence_scores"], f"{where}.confidence_scores")
+    blocks = page.get("blocks")
+    if blocks is not None and not isinstance(blocks, list):
+        problems.append(f"{where}.blocks: not an array or null")
+    for j, block in enumerate(blocks or []):
+        problems += _block_problems(block, f"{where}.blocks[{j}]")
     images = page.get("images", [])
     if not isinstance(images, list):
         return [*problems, f"{where}.images: not an array"]
     for j, image in enumerate(images):
         problems += _image_problems(image, f"{where}.images[{j}]")
+    return problems
+
+
+BLOCK_TYPES = frozenset({"text", "list", "image", "table", "title", "equation", "caption", "code",
+                         "references", "aside_text", "header", "footer", "signature"})
+_CORNERS = ("top_left_x", "top_left_y", "bottom_right_x", "bottom_right_y")
+
+
+def _score(value: Any, nullable: bool = False) -> bool:
+    if value is None:
+        return nullable
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def _word_problems(words: Any, where: str) -> Problems:
+    """OCRConfidenceScore items: text, confidence 0..1, start_index >= 0."""
+    if not isinstance(words, list):
+        return [f"{where}: not an array"]
+    problems: Problems = []
+    for k, word in enumerate(words):
+        problems += _check_keys(word, f"{where}[{k}]", ("text", "confidence", "start_index"))
+        if isinstance(word, dict) and not (_score(word.get("confidence"))
+                                           and _is_int(word.get("start_index"))):
+            problems.append(f"{where}[{k}]: confidence not in 0..1 or start_index not >= 0")
+    return problems
+
+
+def _table_problems(table: Any, where: str) -> Problems:
+    """OCRTableObject: id, content, format (markdown | html) required."""
+    problems = _check_keys(table, where, ("id", "content", "format"))
+    if not isinstance(table, dict):
+        return problems
+    if table.get("format", "html") not in ("markdown", "html"):
+        problems.append(f"{where}.format: not 'markdown' or 'html'")
+    if not isinstance(table.get("content", ""), str) or not isinstance(table.get("id", ""), str):
+        problems.append(f"{where}: id and content must be strings")
+    if table.get("word_confidence_scores") is not None:
+        problems += _word_problems(table["word_confidence_scores"], f"{where}.word_confidence_scores")
+    return problems
+
+
+def _page_score_problems(scores: Any, where: str) -> Problems:
+    """OCRPageConfidenceScores: average and minimum (0..1) required, words optional."""
+    keys = ("average_page_confidence_score", "minimum_page_confidence_score")
+    problems = _check_keys(scores, where, keys)
+    if not isinstance(scores, dict):
+        return problems
+    problems += [f"{where}.{k}: not a number in 0..1" for k in keys if k in scores
+                 and not _score(scores[k])]
+    if "word_confidence_scores" in scores:
+        problems += _word_problems(scores["word_confidence_scores"], f"{where}.word_confidence_scores")
+    return problems
+
+
+def _block_problems(block: Any, where: str) -> Problems:
+    """One of the 13 block schemas: corners (integers >= 0) and content required, `type` from
+    the discriminator's mapping, `image_id` required on image blocks."""
+    problems = _check_keys(block, where, (*_CORNERS, "content"))
+    if not isinstance(block, dict):
+        return problems
+    kind = block.get("type", "text")
+    if kind not in BLOCK_TYPES:
+        problems.append(f"{where}.type: {kind!r} is not a block type")
+    problems += [f"{where}.{k}: not an integer >= 0" for k in _CORNERS if k in block
+                 and not _is_int(block[k])]
+    if not isinstance(block.get("content", ""), str):
+        problems.append(f"{where}.content: not a string")
+    if kind == "image" and not isinstance(block.get("image_id"), str):
+        problems.append(f"{where}.image_id: required (a string) on an image block")
+    if kind == "table" and block.get("table_id") is not None and not isinstance(block["table_id"], str):
+        problems.append(f"{where}.table_id: not a string or null")
+    scores = block.get("confidence_scores")
+    if scores is not None:
+        keys = ("average_content_confidence_score", "minimum_content_confidence_score",
+                "block_type_confidence_score")
+        if not isinstance(scores, dict):
+            problems.append(f"{where}.confidence_scores: not an object or null")
+        else:
+            problems += [f"{where}.confidence_scores.{k}: not a number in 0..1 or null"
+                         for k in keys if not _score(scores.get(k), nullable=True)]
     return problems
 
 

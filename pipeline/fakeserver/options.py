@@ -66,6 +66,8 @@ class FakeServerOptions:
     cheap: answer canned text without parsing the PDF (throughput benchmarks).
     images_per_page / image_id_style: synthetic images on each page, ids normal or hostile.
     model_suffix: appended to the requested model in the answer.
+    bad_annotations: annotations (document and bbox) that break the requested schema, to check
+        that a client notices (docs/outputs.md).
     seed: seed of the random generators (faults, and latency apart), for reproducible runs.
     """
 
@@ -96,6 +98,7 @@ class FakeServerOptions:
     images_per_page: int = 0
     image_id_style: str = "normal"
     model_suffix: str = ""
+    bad_annotations: bool = False
     seed: int | None = None
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pipeline.fakeserver.documents import is_pdf, sniff_image
 from pipeline.fakeserver.replies import FieldError, Rejected, bad_request, validation_failed
+from pipeline.fakeserver.rich import RichRequest
 
 DEFAULT_MODEL = "mistral-ocr-latest"
 MAX_PAGES = 10_000  # bounds a "pages" range string, so "0-999999999" cannot exhaust memory
@@ -49,6 +50,7 @@ class OCRCall:
     pages: list[int] | None  # sorted, unique, 0-based; None = every page
     include_image_base64: bool
     image_limit: int | None
+    rich: RichRequest = RichRequest()  # tables, header/footer, confidence, blocks, annotations
 
 
 def parse_request(body: bytes) -> OCRCall:
@@ -89,6 +91,7 @@ def parse_request(body: bytes) -> OCRCall:
         pages=_parse_pages(payload.get("pages")),
         include_image_base64=bool(payload.get("include_image_base64")),
         image_limit=payload.get("image_limit"),
+        rich=RichRequest.from_payload(payload),
     )
 
 
@@ -142,6 +145,10 @@ def _check_fields(payload: dict[str, Any]) -> list[FieldError]:
                                          "Input should be 'text', 'json_object' or 'json_schema'",
                                          "enum"))
             errors += _check_json_schema(fmt.get("json_schema"), ("body", key, "json_schema"))
+    if payload.get("document_annotation_prompt") is not None and not payload.get(
+            "document_annotation_format"):
+        errors.append(FieldError(("body", "document_annotation_prompt"), "Value error, a"
+                                 " document_annotation_format must be provided", "value_error"))
     if "pages" in payload:
         try:
             _parse_pages(payload["pages"])
