@@ -31,6 +31,7 @@ from pipeline.fakeserver.rich import RichRequest
 from pipeline.models import Chunk
 from pipeline.stages.merge import merge_responses
 from tests.conftest import (
+    REPO,
     TEST_KEY,
     load_json,
     make_settings,
@@ -417,6 +418,27 @@ def test_the_local_engines_confidence_takes_the_apis_shape() -> None:
                                              "minimum_page_confidence_score": 0.875}
     assert pages[1]["confidence_scores"] is None  # a text layer is not a guess
     assert response_problems({"pages": pages, "model": "m", "usage_info": {"pages_processed": 2}}) == []
+
+
+async def test_a_local_run_gives_page_confidence_in_the_same_shape_and_lists_it(
+        tmp_path: Path) -> None:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(REPO / "samples/receipt.jpg", inp / "receipt.jpg")  # a photo: read by Tesseract
+    shutil.copy(REPO / "samples/text.pdf", inp / "text.pdf")  # born digital: its text layer
+    out = tmp_path / "out"
+    report = await run_pipeline(inp, out, "", backend="local", local={"processes": 1},
+                                confidence_threshold=0.999)
+    WRITTEN.append(out)
+    assert report.exit_code == 0
+    [photo] = load_json(out / "receipt.jpg.json")["pages"]
+    scores = photo["confidence_scores"]
+    assert set(scores) == {"average_page_confidence_score", "minimum_page_confidence_score"}
+    assert 0.5 < scores["average_page_confidence_score"] < 0.999
+    assert scores["average_page_confidence_score"] == round(photo["confidence"] / 100, 4)
+    assert all(p["confidence_scores"] is None for p in load_json(out / "text.pdf.json")["pages"])
+    assert report.low_confidence_pages == [
+        {"path": "receipt.jpg", "page": 1, "confidence": scores["average_page_confidence_score"]}]
 
 
 async def test_every_link_of_every_markdown_written_here_resolves(tmp_path: Path,

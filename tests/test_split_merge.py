@@ -365,3 +365,36 @@ def test_hostile_image_ids_become_safe_ids(hostile: str, ext: str | None) -> Non
     if hostile:
         assert f"({hostile})" not in merged["pages"][0]["markdown"]
         assert f"]({new_id})" in merged["pages"][0]["markdown"]
+
+
+def test_merge_renumbers_tables_across_chunks_and_blocks_follow_the_new_ids() -> None:
+    def answer(table_id: str, fmt: str) -> dict[str, Any]:
+        p = page(0, f"T [{table_id}]({table_id}) ![img-0.jpeg](img-0.jpeg)", [image("img-0.jpeg")])
+        p["tables"] = [{"id": table_id, "content": "<table></table>", "format": fmt}]
+        p["blocks"] = [{"type": "table", "table_id": table_id, "content": "", "top_left_x": 0,
+                        "top_left_y": 0, "bottom_right_x": 1, "bottom_right_y": 1},
+                       {"type": "image", "image_id": "img-0.jpeg", "content": "", "top_left_x": 0,
+                        "top_left_y": 0, "bottom_right_x": 1, "bottom_right_y": 1}]
+        return chunk_answer([p], 10)
+
+    merged = merge_responses([(chunk(0, 1), answer("tbl-0.html", "html")),
+                              (chunk(1, 1, index=1), answer("../../evil.html", "markdown"))])
+    tables = [t for p in merged["pages"] for t in p["tables"]]
+    assert [(t["id"], t["source_id"]) for t in tables] == [("tbl-0.html", "tbl-0.html"),
+                                                          ("tbl-1.md", "../../evil.html")]
+    second = merged["pages"][1]
+    assert "[tbl-1.md](tbl-1.md)" in second["markdown"] and "evil" not in second["markdown"]
+    assert [b.get("table_id") or b.get("image_id") for b in second["blocks"]] == ["tbl-1.md",
+                                                                                 "img-1.jpeg"]
+
+
+def test_merge_keeps_each_chunks_annotation_with_its_pages_and_notes_what_is_not_json() -> None:
+    first = chunk_answer([page(0), page(1)], 10, document_annotation='{"title": "A"}')
+    second = chunk_answer([page(0)], 10, document_annotation="{cut off")
+    merged = merge_responses([(chunk(0, 2), first), (chunk(2, 1, index=1), second)],
+                             {"type": "object", "required": ["title"]})
+    assert merged["document_annotation"] is None  # one string cannot stand for two chunks
+    first_entry, second_entry = merged["document_annotations"]
+    assert first_entry == {"pages": [1, 2], "annotation": {"title": "A"}}
+    assert second_entry["pages"] == [3, 3] and second_entry["raw"] == "{cut off"
+    assert second_entry["problems"][0].startswith("not valid JSON")
