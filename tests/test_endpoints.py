@@ -39,7 +39,7 @@ async def test_work_is_spread_over_every_endpoint_with_one_limiter_each(tmp_path
     figures = report.requests["endpoints"]
     assert set(figures) == {"e0", "e1"}
     assert figures["e0"]["pages"] + figures["e1"]["pages"] == 60
-    assert figures["e0"]["pages"] >= 10 and figures["e1"]["pages"] >= 10, figures
+    assert figures["e0"]["pages"] >= 5 and figures["e1"]["pages"] >= 5, figures
     # Each server's own strict window was respected by its own limiter.
     assert a.stats.max_admitted_1s <= 10 and b.stats.max_admitted_1s <= 10
 

@@ -29,7 +29,8 @@ async def test_failures_left_by_an_earlier_run_keep_the_exit_code_at_1(tmp_path:
     proc = await run_pipeline_process(run_args(inp, out, server.url, "--progress", "off"),
                                       pipeline_env())
     assert proc.returncode == ExitCode.SOME_FAILED, proc.stderr
-    report = load_json(sorted((out / ".ocr-pipeline" / "runs").glob("*.json"))[-1])
+    runs = sorted((out / ".ocr-pipeline" / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    report = load_json(runs[-1])
     assert report["documents_failed"] == 0 and report["failed_earlier"] == 1
     assert report["outcome"] == "some_failed"
     # Fixed at the source, the file is redone and the exit code goes back to 0.

@@ -35,7 +35,7 @@ from tests.faultkit import (
 
 
 @pytest.mark.parametrize("style", ["seconds", "http-date"])
-async def test_429_retry_after_pauses_every_worker_then_every_document_is_done(
+async def test_a_stray_429_waits_its_retry_after_alone_and_every_document_is_done(
     tmp_path: Path, fake_server, style: str
 ) -> None:
     # Three workers keep requests flowing; the 5th request gets a 429 saying "come back in 2 s".
@@ -51,14 +51,13 @@ async def test_429_retry_after_pauses_every_worker_then_every_document_is_done(
         assert_complete(tmp_path / "out", rel, pages)
     assert server.stats.by_status == {"429": 1, "200": 24}
     assert report.requests["throttled"] == 1
-    # No worker sends anything until the 2 s are over (only requests already on their way when
-    # the 429 left the server may land just after it). Ignoring the date would mean ~1 s.
+    # A stray 429 costs only its own request (docs/rate-limits.md): the others go on during the
+    # 2 s, and the refused request comes back only after them. Ignoring the date would be ~1 s.
     (throttled_at,) = timeline.answered("429")
-    during = [round(t - throttled_at, 3) for t in timeline.arrivals
-              if throttled_at + 0.1 < t < throttled_at + 1.95]
-    assert during == [], f"requests sent during the Retry-After pause: {during}"
+    during = [t for t in timeline.arrivals if throttled_at + 0.05 < t < throttled_at + 1.95]
+    assert len(during) >= 3, "the other workers went on while the refused request waited"
     after = [t for t in timeline.arrivals if t >= throttled_at + 1.95]
-    assert len(after) >= 15, "the work went on only after the pause"
+    assert len(after) == 1, f"only the refused request waited its Retry-After: {after}"
 
 
 async def test_429_storm_longer_than_the_retry_budget_is_waited_out(
