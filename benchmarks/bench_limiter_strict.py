@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import sys
 import time
@@ -45,10 +46,8 @@ async def run_cell(url: str, rps: float | None, seconds: float) -> tuple[RateLim
     policy = RetryPolicy(6, 0.5, 5.0)
 
     async def one() -> None:
-        try:
+        with contextlib.suppress(StopRequested):
             await call_with_retry(backend, chunk, limiter, policy, health, stats)
-        except StopRequested:
-            pass
 
     tasks: set[asyncio.Task[None]] = set()
     end = time.monotonic() + seconds
