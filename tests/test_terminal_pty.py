@@ -90,7 +90,7 @@ def text_image(path: Path, words: str) -> None:
 def make_inputs(folder: Path) -> None:
     for n in range(30):
         write_pdf(folder / f"doc-{n:02}-with-a-rather-long-name.pdf", f"d{n}", 1)
-    for n in range(3):
+    for n in range(12):  # OCR'd pages keep the run going long enough for several redraws
         text_image(folder / f"scan-{n}.png", f"Scanned page number {n} of the test")
     (folder / "empty.pdf").write_bytes(b"")  # a failure: a warning log line during the bar
 
