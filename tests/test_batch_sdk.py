@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-import pytest
+import mistralai.client as mistralai  # noqa: E402  (the dev extra installs it: a missing SDK fails)
 
 from pipeline.errors import ExitCode
 from pipeline.fakeserver.batch import batch_of
@@ -19,8 +19,6 @@ from tests.conftest import TEST_KEY, pipeline_env, run_args
 from tests.faultkit import assert_accounted, make_docs, output_files, run_to_end
 from tests.pdfgen import write_pdf
 from tests.test_batch_mode import DOCS, FAST, batch_args, run_report, write_batch_config
-
-mistralai = pytest.importorskip("mistralai.client", reason="dev dependency mistralai")
 
 
 def sdk_round_trip(url: str, pdf: bytes) -> tuple[dict, list[dict]]:

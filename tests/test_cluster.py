@@ -11,15 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+import distributed  # noqa: E402, F401  (the dev extra installs it: a missing one fails, not skips)
 from reportlab.lib.pagesizes import A6
 
 from pipeline.backends.local import cluster as dask_cluster
 from pipeline.backends.local.cluster import CapacityGate, WorkerCheck, worker_problems
 from tests.dask_cluster import ROOT, free_port, local_cluster
 from tests.local_fixtures import PARAGRAPHS, TITLES, image_pdf, prose_page, render
-
-pytest.importorskip("distributed")
 
 DPI = 100  # small scans (A6 at 100 dpi): a page reads in about 0.3 s
 
