@@ -142,15 +142,18 @@ def render(pdf: bytes, dpi: int, page: int = 0) -> Image.Image:
 
 
 def add_noise(img: Image.Image, sigma: float = 30, seed: int = 1) -> Image.Image:
-    """Gaussian sensor noise plus a slight blur, like a cheap flatbed."""
-    rnd = random.Random(seed)
-    noise = Image.effect_noise(img.size, sigma)
-    # effect_noise is centred on 128; shift it to zero-mean and add.
-    from PIL import ImageChops
+    """Gaussian sensor noise plus a slight blur, like a cheap flatbed.
 
-    out = ImageChops.add(img.convert("L"), noise, scale=1.0, offset=-128)
-    out = out.filter(ImageFilter.GaussianBlur(radius=0.6 + rnd.random() * 0.2))
-    return out
+    The noise comes from a generator seeded here: Pillow's `effect_noise` draws from the C
+    library's `rand()`, whose state depends on whatever ran before in the process, so a page made
+    with it differed between a lone test and the whole suite."""
+    import numpy as np
+
+    rnd = random.Random(seed)
+    grey = np.asarray(img.convert("L"), dtype=np.float32)
+    noise = np.random.default_rng(seed).normal(0.0, sigma, grey.shape)
+    out = Image.fromarray(np.clip(grey + noise, 0, 255).astype(np.uint8))
+    return out.filter(ImageFilter.GaussianBlur(radius=0.6 + rnd.random() * 0.2))
 
 
 def tilt(img: Image.Image, degrees: float) -> Image.Image:

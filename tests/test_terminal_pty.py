@@ -1,7 +1,9 @@
 """The progress bar in a real terminal (issue 11 point 5): the CLI runs under a pty of 80 and of
-40 columns; what it writes is replayed on a small terminal emulator (carriage return, newline,
-erase-line, automatic wrap at the last column) and the screen is checked: nothing ever wrapped,
-no bar left behind, no log line glued onto a bar."""
+40 columns against the fake server in its own process (a fixed latency per answer and one
+document at a time make the run last seconds on any machine, so the bar is redrawn many times).
+What it writes is replayed on a small terminal emulator (carriage return, newline, erase-line,
+automatic wrap at the last column) and the screen is checked: nothing ever wrapped, no bar left
+behind, no log line glued onto a bar."""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ import io
 import os
 import pty
 import re
+import socket
 import struct
 import subprocess
 import sys
 import termios
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,9 +95,43 @@ def text_image(path: Path, words: str) -> None:
 def make_inputs(folder: Path) -> None:
     for n in range(30):
         write_pdf(folder / f"doc-{n:02}-with-a-rather-long-name.pdf", f"d{n}", 1)
-    for n in range(12):  # OCR'd pages keep the run going long enough for several redraws
+    for n in range(4):
         text_image(folder / f"scan-{n}.png", f"Scanned page number {n} of the test")
     (folder / "empty.pdf").write_bytes(b"")  # a failure: a warning log line during the bar
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def endpoint() -> Iterator[str]:
+    """The fake server in its own process, 0.1 s per answer: 34 documents one at a time take
+    about 3.5 s, several bar redraws (every 0.5 s) however fast the machine."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "pipeline", "fake-server", "--port", str(port),
+                               "--latency", "0.1"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=pipeline_env(), cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "fake server did not start"
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def bar_run_args(inp: Path, out: Path, endpoint: str) -> list[str]:
+    return ["run", "--backend", "mistral", "--endpoint", endpoint, "--rps", "0", "--workers", "1",
+            "--progress", "bar", "--input", str(inp), "--output", str(out)]
 
 
 def run_in_pty(args: list[str], columns: int, resize_to: int | None = None) -> str:
@@ -145,11 +184,11 @@ def check_screen(written: str, columns: int) -> list[str]:
 
 
 @pytest.mark.parametrize("columns", [80, 40])
-def test_bar_fits_the_terminal_and_log_lines_go_above_it(tmp_path: Path, columns: int) -> None:
+def test_bar_fits_the_terminal_and_log_lines_go_above_it(tmp_path: Path, columns: int,
+                                                         endpoint: str) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
     make_inputs(inp)
-    written = run_in_pty(["run", "--backend", "local", "--rps", "0", "--workers", "1",
-                          "--progress", "bar", "--input", str(inp), "--output", str(out)], columns)
+    written = run_in_pty(bar_run_args(inp, out, endpoint), columns)
     assert len(BAR.findall(written)) >= 2, f"no bar drawn: {written[:500]!r}"
     lines = check_screen(written, columns)
     screen_text = "".join(lines)  # a log line longer than the window is on several lines
@@ -158,12 +197,10 @@ def test_bar_fits_the_terminal_and_log_lines_go_above_it(tmp_path: Path, columns
     assert (out / "doc-29-with-a-rather-long-name.pdf.json").is_file()
 
 
-def test_bar_follows_a_resize(tmp_path: Path) -> None:
+def test_bar_follows_a_resize(tmp_path: Path, endpoint: str) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
     make_inputs(inp)
-    written = run_in_pty(["run", "--backend", "local", "--rps", "0", "--workers", "1",
-                          "--progress", "bar", "--input", str(inp), "--output", str(out)],
-                         100, resize_to=40)
+    written = run_in_pty(bar_run_args(inp, out, endpoint), 100, resize_to=40)
     before, _, after = written.partition("\x00RESIZED\x00")
     assert after, "the window was resized during the run"
     bars_after = [seg for seg in re.split(r"[\r\n]", CSI.sub("", after)) if BAR.search(seg)]
