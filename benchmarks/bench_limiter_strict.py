@@ -38,7 +38,7 @@ async def run_cell(url: str, rps: float | None, seconds: float) -> tuple[RateLim
     settings = load_settings(None, {"backend": "mistral", "endpoint": url},
                              env={"MISTRAL_API_KEY": API_KEY})
     limiter = RateLimiter(rps, None)
-    backend = MistralBackend(settings, rate_listener=limiter)
+    backend = MistralBackend.from_settings(settings, rate_listener=limiter)
     data = pdf_bytes([page_text("bench.pdf", 0)])
     chunk = Chunk("bench.pdf", 0, 0, 1, "application/pdf", data, hashlib.sha256(data).hexdigest())
     stats = RetryStats()

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 
 from pipeline.backends.base import check_response
 from pipeline.backends.mistral import MistralBackend, ocr_url, parse_retry_after
-from pipeline.config import Settings, load_settings
+from pipeline.config import load_settings
 from pipeline.config.groups import ServiceSettings
 from pipeline.errors import (
     Category,
@@ -268,7 +268,7 @@ def test_parse_retry_after_http_date() -> None:
 )
 def test_ocr_url(endpoint: str, version: str | None, expected: str) -> None:
     service = ServiceSettings(endpoint=endpoint, azure_api_version=version)
-    assert ocr_url(Settings(service=service)) == expected
+    assert ocr_url(service) == expected
 
 
 # ---- call_with_retry against an in-test backend ---------------------------------------------------
@@ -435,7 +435,7 @@ async def test_a_service_down_past_the_deadline_stops_retrying_with_fatal() -> N
 def backend_for(endpoint: str, key: str = KEY, **overrides: Any) -> MistralBackend:
     values: dict[str, Any] = {"backend": "mistral", "endpoint": endpoint, "request_timeout": 10.0,
                               "connect_timeout": 5.0, **overrides}
-    return MistralBackend(load_settings(None, values, env={"MISTRAL_API_KEY": key}))
+    return MistralBackend.from_settings(load_settings(None, values, env={"MISTRAL_API_KEY": key}))
 
 
 @pytest.fixture
@@ -592,7 +592,7 @@ async def test_the_backend_reports_every_answers_rate_headers(fake_server) -> No
     server = await fake_server(rps_limit=2.0)
     listener = HeardRates()
     values = {"backend": "mistral", "endpoint": server.url, "request_timeout": 10.0}
-    backend = MistralBackend(load_settings(None, values, env={"MISTRAL_API_KEY": KEY}),
+    backend = MistralBackend.from_settings(load_settings(None, values, env={"MISTRAL_API_KEY": KEY}),
                              rate_listener=listener)
     try:
         await backend.ocr(make_chunk(1))

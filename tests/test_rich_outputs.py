@@ -297,10 +297,10 @@ async def test_a_changed_document_leaves_no_stale_tables_or_annotation(tmp_path:
 
 def test_request_carries_only_the_options_set_named_as_the_api_names_them(tmp_path: Path) -> None:
     chunk = Chunk("d.pdf", 0, 0, 1, "application/pdf", pdf([["x"]]), "0" * 64)
-    plain = MistralBackend(make_settings(tmp_path, tmp_path / "o", "http://127.0.0.1:9"))
+    plain = MistralBackend.from_settings(make_settings(tmp_path, tmp_path / "o", "http://127.0.0.1:9"))
     assert set(plain.request_body(chunk)) == {"model", "document", "include_image_base64"}
     schema = write_schema(tmp_path)
-    rich = MistralBackend(make_settings(
+    rich = MistralBackend.from_settings(make_settings(
         tmp_path, tmp_path / "o", "http://127.0.0.1:9", table_format="html", extract_header=True,
         extract_footer=True, include_blocks=True, confidence_scores_granularity="word",
         document_annotation_schema=schema, document_annotation_prompt="title",

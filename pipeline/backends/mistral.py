@@ -19,6 +19,7 @@ import aiohttp
 from pipeline import __version__
 from pipeline.backends.base import OCRResponse
 from pipeline.config import Settings
+from pipeline.config.groups import OutputSettings, ServiceSettings
 from pipeline.errors import Category, FatalError, RejectedError, RetryableError, TooLargeError
 from pipeline.models import Chunk
 from pipeline.stages.encode import document_field
@@ -29,15 +30,15 @@ FATAL_STATUS = {401, 403}
 MAX_ANSWER_BYTES = 512 * 1024 * 1024  # an answer larger than this is a broken server
 
 
-def ocr_url(settings: Settings) -> str:
+def ocr_url(service: ServiceSettings) -> str:
     """`{endpoint}/v1/ocr`, unless the endpoint already names the OCR route (Azure Foundry)."""
-    parts = urlsplit(settings.service.endpoint)
+    parts = urlsplit(service.endpoint)
     path = parts.path.rstrip("/")
     if not path.endswith("/ocr"):
         path = path + "/v1/ocr"
     query = parts.query
-    if settings.service.azure_api_version and "api-version=" not in query:
-        query = (query + "&" if query else "") + f"api-version={settings.service.azure_api_version}"
+    if service.azure_api_version and "api-version=" not in query:
+        query = (query + "&" if query else "") + f"api-version={service.azure_api_version}"
     return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
 
 
@@ -98,11 +99,10 @@ async def _read_capped(resp: aiohttp.ClientResponse, where: str) -> bytes:
     return b"".join(parts)
 
 
-def connection_limit(settings: Settings) -> int:
+def connection_limit(max_in_flight: int | None) -> int:
     """Connections the pool may open: the limiter's in-flight ceiling, never below it, so the
     limiter alone decides how many requests are out."""
-    cap = settings.limits.max_in_flight
-    return cap if cap else IN_FLIGHT_CEILING
+    return max_in_flight if max_in_flight else IN_FLIGHT_CEILING
 
 
 _nofile_checked = False
@@ -131,27 +131,39 @@ def raise_open_file_limit(needed: int) -> None:
 class MistralBackend:
     """`POST /v1/ocr` with Bearer (or Azure's `api-key`) authentication.
 
+    It sees only what it needs: the service (endpoint, key, model, timeouts), the output options
+    that shape the request body, and the in-flight cap that sizes its connection pool.
     `rate_listener` (the endpoint's RateLimiter) hears every answer's rate headers as a
     `RateInfo`, 200 or not.
     """
 
-    def __init__(self, settings: Settings, rate_listener: RateListener | None = None) -> None:
-        self.name = settings.service.backend
-        self.model = settings.service.model
-        self.settings = settings
-        self.url = ocr_url(settings)
+    def __init__(self, service: ServiceSettings, outputs: OutputSettings, *,
+                 max_in_flight: int | None = None,
+                 rate_listener: RateListener | None = None) -> None:
+        self.name = service.backend
+        self.model = service.model
+        self.service = service
+        self.outputs = outputs
+        self.max_in_flight = max_in_flight
+        self.url = ocr_url(service)
         self._session: aiohttp.ClientSession | None = None
         self.bytes_sent = 0
         self.rate_listener = rate_listener
 
+    @classmethod
+    def from_settings(cls, settings: Settings,
+                      rate_listener: RateListener | None = None) -> MistralBackend:
+        return cls(settings.service, settings.outputs, max_in_flight=settings.limits.max_in_flight,
+                   rate_listener=rate_listener)
+
     def _headers(self) -> dict[str, str]:
-        key = self.settings.service.api_key or ""
+        key = self.service.api_key or ""
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": f"ocr-pipeline/{__version__}",
         }
-        if self.settings.service.auth_header == "api-key":
+        if self.service.auth_header == "api-key":
             headers["api-key"] = key
         else:
             headers["Authorization"] = f"Bearer {key}"
@@ -159,12 +171,12 @@ class MistralBackend:
 
     def _session_for_loop(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            s = self.settings
-            limit = connection_limit(s)
+            svc = self.service
+            limit = connection_limit(self.max_in_flight)
             raise_open_file_limit(limit * 2)
-            connector = aiohttp.TCPConnector(limit=limit, ssl=None if s.service.verify_tls else False)
+            connector = aiohttp.TCPConnector(limit=limit, ssl=None if svc.verify_tls else False)
             timeout = aiohttp.ClientTimeout(
-                total=s.service.request_timeout, sock_connect=s.service.connect_timeout, connect=None
+                total=svc.request_timeout, sock_connect=svc.connect_timeout, connect=None
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=timeout, headers=self._headers()
@@ -175,10 +187,10 @@ class MistralBackend:
         from pipeline.backends.request_options import request_options
 
         body: dict[str, Any] = {"model": self.model, "document": document_field(chunk)}
-        if self.settings.outputs.include_images:
+        if self.outputs.include_images:
             body["include_image_base64"] = True
-        body.update(request_options(self.settings))  # tables, header/footer, confidence, ...
-        body.update(self.settings.service.extra_request)
+        body.update(request_options(self.service, self.outputs))  # tables, header/footer, ...
+        body.update(self.service.extra_request)
         return body
 
     async def ocr(self, chunk: Chunk) -> OCRResponse:
@@ -201,7 +213,7 @@ class MistralBackend:
                                                                       retry_after))
         except TimeoutError:
             raise RetryableError(
-                f"{where}: no complete answer within {self.settings.service.request_timeout:g} s",
+                f"{where}: no complete answer within {self.service.request_timeout:g} s",
                 category=Category.TIMEOUT,
             ) from None
         except aiohttp.ClientConnectorCertificateError as exc:

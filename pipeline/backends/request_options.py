@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.backends.model_support import Finding, check_options
-from pipeline.config.groups import OutputSettings
+from pipeline.config.groups import OutputSettings, ServiceSettings
 from pipeline.errors import ConfigError
 from pipeline.logsetup import get_logger
 
@@ -86,23 +86,23 @@ def _options(o: OutputSettings) -> dict[str, Any]:
     return body
 
 
-def request_options(settings: Any) -> dict[str, Any]:
-    """The request keys for `settings.outputs` (a fresh top-level dict each call); the warnings
-    of `check_outputs` are logged the first time."""
-    _warn_once(settings)
-    return dict(_options(settings.outputs))
+def request_options(service: ServiceSettings, outputs: OutputSettings) -> dict[str, Any]:
+    """The request keys for `outputs` (a fresh top-level dict each call); the warnings of
+    `check_outputs` are logged the first time."""
+    _warn_once(service, outputs)
+    return dict(_options(outputs))
 
 
-def service_models(settings: Any) -> list[str]:
-    models = [e.model or settings.service.model for e in settings.service.endpoints]
-    return models or [settings.service.model]
+def service_models(service: ServiceSettings) -> list[str]:
+    models = [e.model or service.model for e in service.endpoints]
+    return models or [service.model]
 
 
 def check_outputs(settings: Any, where: Callable[[str], str] = str) -> list[Finding]:
     """Raise ConfigError for a known-unsupported combination or a bad schema file (`where(key)`
     says where a key's value came from); return the warnings (where the service decides)."""
     o = settings.outputs
-    errors, warnings = check_options(o, settings.service.backend, service_models(settings))
+    errors, warnings = check_options(o, settings.service.backend, service_models(settings.service))
     if errors:
         raise ConfigError(f"{where(errors[0].key)}: {errors[0].message}")
     for key in ("document_annotation_schema", "bbox_annotation_schema"):
@@ -118,9 +118,8 @@ def check_outputs(settings: Any, where: Callable[[str], str] = str) -> list[Find
 _warned: set[tuple[str, str]] = set()
 
 
-def _warn_once(settings: Any) -> None:
-    _errors, warnings = check_options(settings.outputs, settings.service.backend,
-                                      service_models(settings))
+def _warn_once(service: ServiceSettings, outputs: OutputSettings) -> None:
+    _errors, warnings = check_options(outputs, service.backend, service_models(service))
     for finding in warnings:
         if (finding.key, finding.message) not in _warned:
             _warned.add((finding.key, finding.message))

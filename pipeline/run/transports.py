@@ -23,7 +23,7 @@ def build_backend(settings: Settings, limiter: RateLimiter | None = None) -> Bac
         return LocalBackend(settings.local, model=settings.service.model)
     from pipeline.backends.mistral import MistralBackend
 
-    return MistralBackend(settings, rate_listener=limiter)
+    return MistralBackend.from_settings(settings, rate_listener=limiter)
 
 
 def _health(settings: Settings) -> EndpointHealth:

@@ -43,7 +43,7 @@ class BatchSubmitTransport:
         self.budget = budget
         self.writer = PartWriter(folder, settings.batch.max_requests_per_job,
                                  settings.batch.max_file_bytes)
-        self._bodies = MistralBackend(settings)  # builds the request body, sends nothing
+        self._bodies = MistralBackend.from_settings(settings)  # builds the request body, sends nothing
         self.db: AsyncManifest | None = None
         self.output_id = ""
         self.tally = SubmitTally()
