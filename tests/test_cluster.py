@@ -197,3 +197,27 @@ def test_a_run_without_a_cluster_imports_no_dask(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             timeout=60, env={**os.environ})
     assert "RC 0 []" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_cluster_with_a_hosted_backend_is_a_config_error_naming_why(tmp_path: Path) -> None:
+    """The cluster runs only the local engine: with mistral or azure it would sit unused."""
+    scanned_documents(tmp_path / "in", 1, 1)
+    env = {**os.environ, "MISTRAL_API_KEY": "k", "AZURE_API_KEY": "k"}
+    flag = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--backend", "mistral", "--input",
+         str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--cluster", "tcp://127.0.0.1:1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert flag.returncode == 2, flag.stderr
+    assert "command line: --cluster: a Dask cluster runs only the local engine" in flag.stderr
+    assert "backend 'mistral'" in flag.stderr
+    config = tmp_path / "azure.yaml"
+    config.write_text("backend: azure\nendpoint: https://ocr.example.org\n"
+                      "local:\n  cluster: tcp://127.0.0.1:1\n")
+    file = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--config", str(config), "--input",
+         str(tmp_path / "in"), "--output", str(tmp_path / "out")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert file.returncode == 2, file.stderr
+    assert f"{config}: key 'local.cluster': a Dask cluster runs only the local engine" in file.stderr
+    assert "backend 'azure'" in file.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.json"))

@@ -256,6 +256,13 @@ def validate(s: Settings, where: str, key_env: str, values: _Values | None = Non
     from pipeline.backends.request_options import check_outputs  # output options vs the models
 
     check_outputs(s, values.where)
+    if s.local.cluster and svc.backend != "local":
+        # The flag `--cluster` is stored as local.cluster; name it as the user typed it.
+        origin = values.where("local.cluster").replace("--local-cluster", "--cluster")
+        raise ConfigError(
+            f"{origin}: a Dask cluster runs only the local engine's pages; backend"
+            f" '{svc.backend}' sends them to its hosted service, so the cluster would be unused"
+            " (use backend: local, or remove --cluster / local.cluster)")
     if svc.backend == "local":
         return
     if svc.endpoints:
