@@ -37,6 +37,7 @@ class PipelineError(Exception):
 
     category: Category = Category.INTERNAL
     exit_code: ExitCode = ExitCode.FATAL
+    label: str = ""  # how the command line introduces the message ("config error: ")
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -113,6 +114,7 @@ class ConfigError(PipelineError):
     """Bad configuration or usage: exit 2 before any work starts."""
 
     exit_code = ExitCode.USAGE
+    label = "config error: "
 
 
 class LockedError(PipelineError):

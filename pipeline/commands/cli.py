@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.config import BACKENDS, Settings, load_settings
-from pipeline.errors import Category, ConfigError, ExitCode, LockedError, PipelineError
+from pipeline.errors import Category, ConfigError, ExitCode, PipelineError
 from pipeline.logsetup import configure_logging, redact, register_secret
 
 DEFAULT_CONFIG = Path("config/default.yaml")
@@ -250,15 +250,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(args)
         if args.command == "check-config":
             return cmd_check_config(args)
-    except ConfigError as exc:
-        print(f"ocr-pipeline: config error: {redact(str(exc))}", file=sys.stderr)
-        return int(ExitCode.USAGE)
-    except LockedError as exc:
-        print(f"ocr-pipeline: {exc}", file=sys.stderr)
-        return int(ExitCode.LOCKED)
-    except PipelineError as exc:
-        print(f"ocr-pipeline: {redact(str(exc))}", file=sys.stderr)
-        return int(ExitCode.FATAL)
+    except PipelineError as exc:  # each error class carries its exit code (pipeline/errors.py)
+        print(f"ocr-pipeline: {exc.label}{redact(str(exc))}", file=sys.stderr)
+        return int(exc.exit_code)
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
     parser.error(f"unknown command {args.command}")
