@@ -140,10 +140,9 @@ def take(events: Iterator[PlanEvent], n: int) -> list[PlanEvent]:
 
 def tiff_frame_count(path: Path) -> int:
     """Frames of a TIFF (each is a page of its own); only the frame directories are read."""
-    from PIL import Image
+    from pipeline.stages.tiff import count_frames
 
-    with Image.open(path) as image:
-        return int(getattr(image, "n_frames", 1))
+    return count_frames(path)
 
 
 def _pages(s: Settings, item: PlanItem) -> int:
