@@ -221,3 +221,60 @@ def test_a_cluster_with_a_hosted_backend_is_a_config_error_naming_why(tmp_path: 
     assert f"{config}: key 'local.cluster': a Dask cluster runs only the local engine" in file.stderr
     assert "backend 'azure'" in file.stderr
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.json"))
+
+
+def _late_worker_executed(address: str, name: str) -> int:
+    """Tasks the worker called `name` has executed (its own count, asked through the scheduler)."""
+    from distributed import Client
+
+    with Client(address, timeout=10, set_as_default=False) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        target = next(a for a, w in workers.items() if w.get("name") == name)
+        return client.run(lambda dask_worker: dask_worker.state.executed_count,
+                          workers=[target])[target]
+
+
+def _json_lines(stderr: str) -> list[dict[str, object]]:
+    events = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events
+
+
+def test_a_worker_joining_mid_run_gets_pages_and_raises_the_in_flight_ceiling(tmp_path: Path) -> None:
+    inp = tmp_path / "in"
+    scanned_documents(inp, 24, 2)
+    with local_cluster(tmp_path / "cluster", workers=1) as cl:
+        run = subprocess.Popen(pipeline_cmd(inp, tmp_path / "out", "--cluster", cl.address),
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            cl.wait_until_reading("w1")  # the run is under way on one worker
+            cl.start_worker("late")
+            late_keys = cl.wait_until_reading("late", timeout=60)  # the scheduler gave it a page
+            stdout, stderr = run.communicate(timeout=120)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        late_executed = _late_worker_executed(cl.address, "late")
+    assert run.returncode == 0, stdout + stderr
+    assert any(k.startswith("ocr_pdf_page") for k in late_keys)
+    assert late_executed >= 1
+    # Every document done exactly once: 24 outputs, each page once and in order, 48 pages.
+    done = page_texts(tmp_path / "out")
+    assert len(done) == 24 and all(len(pages) == 2 for pages in done.values())
+    for path in (tmp_path / "out").glob("*.pdf.md"):
+        markers = [line for line in path.read_text().splitlines() if line.startswith("<!-- page")]
+        assert len(markers) == len(set(markers)) == 2, (path.name, markers)
+    report = json.loads(next((tmp_path / "out/.ocr-pipeline/runs").glob("*.json")).read_text())
+    assert (report["documents_done"], report["pages_done"], report["documents_failed"]) == (24, 48, 0)
+    assert report["workers"] == 2
+    # The in-flight ceiling followed the cluster: 2 tasks per thread, 1 thread, then 2.
+    sizes = [(e["workers"], e["in_flight_cap"]) for e in _json_lines(stderr)
+             if e.get("event") == "cluster size"]
+    assert sizes[0] == (1, 2) and (2, 4) in sizes, sizes
+    assert f"cluster: {cl.address}, 2 workers at most" in stdout

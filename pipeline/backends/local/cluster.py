@@ -26,6 +26,7 @@ from typing import Any
 
 from pipeline.backends.local import worker
 from pipeline.errors import Category, ConfigError, FatalError, RetryableError
+from pipeline.logsetup import get_logger
 
 IN_FLIGHT_PER_THREAD = 2  # one task running per thread, one waiting so no thread idles
 TASK_RETRIES = 2  # a task that raised runs again (a lost worker is the scheduler's business)
@@ -112,8 +113,12 @@ class DaskExecutor:
 
     # -- cluster size --------------------------------------------------------------------------
     def _update(self, info: dict[str, Any]) -> None:
-        self._threads = int(info.get("total_threads") or 0)
-        self._workers = int(info.get("n_workers") or 0)
+        threads, workers = int(info.get("total_threads") or 0), int(info.get("n_workers") or 0)
+        if (threads, workers) != (self._threads, self._workers):
+            # The operator sees the cluster grow or shrink, and the in-flight ceiling follow.
+            get_logger().info("cluster size", scheduler=self.address, workers=workers,
+                              threads=threads, in_flight_cap=IN_FLIGHT_PER_THREAD * threads)
+        self._threads, self._workers = threads, workers
         self.peak_workers = max(self.peak_workers, self._workers)
         self._refreshed = time.monotonic()
 
