@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -701,3 +702,23 @@ async def test_cli_serves_until_sigterm(client: aiohttp.ClientSession) -> None:
     assert proc.returncode == 0
     assert out == b""  # nothing after the one listening line
     assert b"cli-sekrit" not in err
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"latency": -1}, "latency must be >= 0"),
+    ({"stuck_request": 0}, "stuck_request must be >= 1 (admitted requests are numbered from 1)"),
+    ({"rate_limit_mode": "sliding-window", "rpm_limit": 0}, "rpm_limit must be >= 1"),
+    ({"fault_limit": -2}, "fault_limit must be >= 0"),
+    ({"auth_fail_status": 500}, "auth_fail_status must be one of [401, 403]"),
+    ({"latency_distribution": "pareto"}, "latency_distribution must be one of"),
+    ({"rpm_limit": 60}, "rpm_limit needs rate_limit_mode 'sliding-window'"),
+    ({"latency": 0.5, "latency_max": 0.1}, "latency_max must be >= latency"),
+])
+def test_invalid_options_are_refused_naming_the_option(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        FakeServerOptions(**options)
+
+
+def test_unset_optional_bounds_pass() -> None:
+    opts = FakeServerOptions(fault_limit=None, retry_after=None, stuck_request=None)
+    assert opts.fault_limit is None and opts.stuck_request is None

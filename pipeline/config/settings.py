@@ -6,28 +6,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config.groups import (
-    BatchSettings,
-    CommandLine,
-    LimitSettings,
-    LocalSettings,
-    OutputSettings,
-    RunSettings,
-    ServiceSettings,
-)
+from pipeline.config import groups
 
 SECRET_KEYS = frozenset({"api_key", "pdf_passwords"})
 
 
 @dataclass(frozen=True)
 class Settings:
-    service: ServiceSettings = field(default_factory=ServiceSettings)
-    limits: LimitSettings = field(default_factory=LimitSettings)
-    run: RunSettings = field(default_factory=RunSettings)
-    outputs: OutputSettings = field(default_factory=OutputSettings)
-    local: LocalSettings = field(default_factory=LocalSettings)
-    batch: BatchSettings = field(default_factory=BatchSettings)
-    command: CommandLine = field(default_factory=CommandLine)
+    service: groups.ServiceSettings = field(default_factory=groups.ServiceSettings)
+    limits: groups.LimitSettings = field(default_factory=groups.LimitSettings)
+    run: groups.RunSettings = field(default_factory=groups.RunSettings)
+    outputs: groups.OutputSettings = field(default_factory=groups.OutputSettings)
+    local: groups.LocalSettings = field(default_factory=groups.LocalSettings)
+    batch: groups.BatchSettings = field(default_factory=groups.BatchSettings)
+    command: groups.CommandLine = field(default_factory=groups.CommandLine)
 
     @property
     def backend(self) -> str:

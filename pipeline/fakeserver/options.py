@@ -128,17 +128,40 @@ class FakeServerOptions:
         return f"FakeServerOptions(api_key={key}, {inner})"
 
 
-def _problems(o: FakeServerOptions) -> list[str]:
+# Lower bounds of the numeric options (None, where allowed, means "not set" and passes).
+_MINIMUMS: dict[str, float] = {
+    "latency": 0, "rps_limit": 0, "retry_after": 0, "fault_after": 0, "fault_limit": 0,
+    "trickle_seconds": 0, "fail_auth_after": 0, "images_per_page": 0, "rpm_limit": 1,
+    "stuck_first": 0, "stuck_request": 1, "stuck_seconds": 0, "latency_sigma": 0,
+    "latency_per_page": 0,
+}
+_WHY_MINIMUM = {"stuck_request": " (admitted requests are numbered from 1)"}
+
+
+def _choices() -> dict[str, set[object]]:
+    return {"rate_limit_mode": set(RATE_LIMIT_MODES), "retry_after_style": set(RETRY_AFTER_STYLES),
+            "fault_body": set(FAULT_BODIES), "auth_fail_status": set(AUTH_FAIL_STATUSES),
+            "image_id_style": set(IMAGE_ID_STYLES),
+            "latency_distribution": set(LATENCY_DISTRIBUTIONS)}
+
+
+def _bound_problems(o: FakeServerOptions) -> list[str]:
+    """Each numeric option against its lower bound, each named choice against its set."""
     problems: list[str] = []
-    if o.latency < 0:
-        problems.append("latency must be >= 0")
+    for name, minimum in _MINIMUMS.items():
+        value = getattr(o, name)
+        if value is not None and value < minimum:
+            problems.append(f"{name} must be >= {minimum:g}{_WHY_MINIMUM.get(name, '')}")
+    for name, allowed in _choices().items():
+        if getattr(o, name) not in allowed:
+            problems.append(f"{name} must be one of {sorted(allowed)}")
+    return problems
+
+
+def _problems(o: FakeServerOptions) -> list[str]:
+    problems = _bound_problems(o)
     if o.latency_max is not None and o.latency_max < o.latency:
         problems.append("latency_max must be >= latency")
-    if o.rps_limit < 0:
-        problems.append("rps_limit must be >= 0")
-    problems += _rate_problems(o) + _latency_problems(o)
-    if o.retry_after is not None and o.retry_after < 0:
-        problems.append("retry_after must be >= 0")
     if not 0.0 <= o.fault_rate <= 1.0:
         problems.append("fault_rate must be between 0 and 1")
     bad = [k for k in o.faults if k not in NAMED_FAULTS and not is_status_fault(k)]
@@ -149,57 +172,12 @@ def _problems(o: FakeServerOptions) -> list[str]:
         )
     if o.fault_rate > 0 and not o.faults:
         problems.append("fault_rate > 0 needs at least one fault kind")
-    if o.retry_after_style not in RETRY_AFTER_STYLES:
-        problems.append(f"retry_after_style must be one of {sorted(RETRY_AFTER_STYLES)}")
-    if o.fault_body not in FAULT_BODIES:
-        problems.append(f"fault_body must be one of {sorted(FAULT_BODIES)}")
-    if o.fault_after < 0:
-        problems.append("fault_after must be >= 0")
-    if o.fault_limit is not None and o.fault_limit < 0:
-        problems.append("fault_limit must be >= 0")
-    if o.trickle_seconds < 0:
-        problems.append("trickle_seconds must be >= 0")
-    if o.fail_auth_after is not None and o.fail_auth_after < 0:
-        problems.append("fail_auth_after must be >= 0")
-    if o.auth_fail_status not in AUTH_FAIL_STATUSES:
-        problems.append("auth_fail_status must be 401 or 403")
-    if o.images_per_page < 0:
-        problems.append("images_per_page must be >= 0")
-    if o.image_id_style not in IMAGE_ID_STYLES:
-        problems.append(f"image_id_style must be one of {sorted(IMAGE_ID_STYLES)}")
-    return problems
-
-
-def _rate_problems(o: FakeServerOptions) -> list[str]:
-    problems: list[str] = []
-    if o.rate_limit_mode not in RATE_LIMIT_MODES:
-        problems.append(f"rate_limit_mode must be one of {sorted(RATE_LIMIT_MODES)}")
-    if o.rpm_limit is not None:
-        if o.rate_limit_mode != SLIDING_WINDOW:
-            problems.append("rpm_limit needs rate_limit_mode 'sliding-window'")
-        if o.rpm_limit < 1:
-            problems.append("rpm_limit must be >= 1")
+    if o.rpm_limit is not None and o.rate_limit_mode != SLIDING_WINDOW:
+        problems.append("rpm_limit needs rate_limit_mode 'sliding-window'")
     if o.rate_limit_mode == SLIDING_WINDOW and 0 < o.rps_limit < 1:
         problems.append("sliding-window rps_limit must be 0 (none) or >= 1")
-    if o.stuck_first < 0:
-        problems.append("stuck_first must be >= 0")
-    if o.stuck_request is not None and o.stuck_request < 1:
-        problems.append("stuck_request must be >= 1 (admitted requests are numbered from 1)")
-    if o.stuck_seconds < 0:
-        problems.append("stuck_seconds must be >= 0")
-    return problems
-
-
-def _latency_problems(o: FakeServerOptions) -> list[str]:
-    problems: list[str] = []
-    if o.latency_distribution not in LATENCY_DISTRIBUTIONS:
-        problems.append(f"latency_distribution must be one of {sorted(LATENCY_DISTRIBUTIONS)}")
     if o.latency_distribution == "uniform" and o.latency_max is None:
         problems.append("a uniform latency needs latency_max")
     if o.latency_distribution == "lognormal" and o.latency <= 0:
         problems.append("a lognormal latency needs a median latency > 0")
-    if o.latency_sigma < 0:
-        problems.append("latency_sigma must be >= 0")
-    if o.latency_per_page < 0:
-        problems.append("latency_per_page must be >= 0")
     return problems

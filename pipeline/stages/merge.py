@@ -12,6 +12,7 @@ The local engine's page `confidence` gets the API's `confidence_scores` shape
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.models import Chunk
@@ -65,35 +66,31 @@ class _Numbering:
     """Document-wide counters for image and table ids."""
 
     def __init__(self) -> None:
-        self.images = 0
-        self.tables = 0
+        self.counts = {"images": 0, "tables": 0}
+
+    def _renumber(self, items: list[Any], kind: str, new_id: Callable[[int, dict[str, Any]], str],
+                  renames: dict[str, str]) -> list[dict[str, Any]]:
+        """Copies of the dict items with document-wide ids; the server's id kept as `source_id`."""
+        renamed = []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            item = dict(item)
+            source_id = str(item.get("id", ""))
+            item["source_id"], item["id"] = source_id, new_id(self.counts[kind], item)
+            self.counts[kind] += 1
+            renames[source_id] = item["id"]
+            renamed.append(item)
+        return renamed
 
     def renumber(self, page: dict[str, Any]) -> dict[str, str]:
         """Rename the page's images and tables; return server id -> new id."""
         renames: dict[str, str] = {}
-        images = []
-        for image in page.get("images") or []:
-            if not isinstance(image, dict):
-                continue
-            image = dict(image)
-            source_id = str(image.get("id", ""))
-            image["source_id"], image["id"] = source_id, _safe_image_id(self.images, source_id)
-            self.images += 1
-            renames[source_id] = image["id"]
-            images.append(image)
-        page["images"] = images
+        page["images"] = self._renumber(page.get("images") or [], "images",
+                                        lambda n, image: _safe_image_id(n, str(image.get("id", ""))),
+                                        renames)
         if isinstance(page.get("tables"), list):
-            tables = []
-            for table in page["tables"]:
-                if not isinstance(table, dict):
-                    continue
-                table = dict(table)
-                source_id = str(table.get("id", ""))
-                table["source_id"], table["id"] = source_id, _safe_table_id(self.tables, table)
-                self.tables += 1
-                renames[source_id] = table["id"]
-                tables.append(table)
-            page["tables"] = tables
+            page["tables"] = self._renumber(page["tables"], "tables", _safe_table_id, renames)
         return renames
 
 
