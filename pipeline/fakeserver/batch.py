@@ -3,9 +3,10 @@ BatchJob, ListBatchJobsResponse): `POST/GET /v1/batch/jobs`, `GET /v1/batch/jobs
 `POST /v1/batch/jobs/{id}/cancel`, with the Files API of `pipeline.fakeserver.files`.
 
 A job runs in the server's event loop: QUEUED for `queue_seconds`, then RUNNING at `speed`
-requests per second; each line's body is validated and answered like a `POST /v1/ocr` (and
-counted in the server's `ok_by_document`, per document sha256, and here per custom_id), into an
-output file; refused lines go to an error file. `BatchBehaviour` (Python, or `POST /_batch`)
+requests per second; each line's body is validated and answered like a `POST /v1/ocr`, its
+output options included (tables, header/footer, confidence, blocks, annotations: `rich.enrich`),
+and counted in the server's `ok_by_document` (per document sha256) and here per custom_id, into
+an output file; refused lines go to an error file. `BatchBehaviour` (Python, or `POST /_batch`)
 sets the speed and the faults: lines that fail, jobs that end FAILED or TIMEOUT_EXCEEDED,
 results that are gone by the time they are downloaded, jobs held in the queue.
 """
@@ -341,7 +342,9 @@ async def _answer_line(server: BatchServer, job: Job, raw: bytes) -> tuple[bool,
                           doc_size=len(call.data), images_per_page=server.options.images_per_page,
                           image_id_style=server.options.image_id_style,
                           include_image_base64=call.include_image_base64,
-                          image_limit=call.image_limit)
+                          image_limit=call.image_limit,
+                          rich=dataclasses.replace(call.rich,
+                                                   bad_annotations=server.options.bad_annotations))
     server.stats.count_ok(call.sha256, len(pages))
     server.by_custom_id[str(custom_id)] = server.by_custom_id.get(str(custom_id), 0) + 1
     return True, _result(custom_id, 200, answer, False)
