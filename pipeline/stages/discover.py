@@ -83,80 +83,90 @@ def discover(
         # <out>/NAME.json and <out>/NAME.md. Include/exclude globs do not apply to it.
         yield from _single_file(root)
         return
-    root = root.resolve()
-    include = include or ["**/*"]
-    exclude = exclude or []
-    skip = {p.resolve() for p in (skip_dirs or [])}
-    seen_dirs: set[tuple[int, int]] = set()
-    linked_files: dict[tuple[int, int], str] = {}  # files reached through links, by inode
+    walker = _Walker(root.resolve(), include or ["**/*"], exclude or [], follow_symlinks,
+                     {p.resolve() for p in (skip_dirs or [])}, known)
+    yield from walker.walk(walker.root, "")
 
-    def walk(folder: Path, rel_prefix: str) -> Iterator[SourceFile | Skipped]:
+
+class _Walker:
+    """One walk of the input tree; remembers the folders and linked files already reached."""
+
+    def __init__(self, root: Path, include: list[str], exclude: list[str], follow_symlinks: bool,
+                 skip: set[Path], known: Callable[[str, int, int], str | None] | None) -> None:
+        self.root = root
+        self.include = include
+        self.exclude = exclude
+        self.follow_symlinks = follow_symlinks
+        self.skip = skip
+        self.known = known
+        self.seen_dirs: set[tuple[int, int]] = set()
+        self.linked_files: dict[tuple[int, int], str] = {}  # files reached through links, by inode
+
+    def walk(self, folder: Path, rel_prefix: str) -> Iterator[SourceFile | Skipped]:
         try:
             st = folder.stat()
         except OSError:
             return
         key = (st.st_dev, st.st_ino)
-        if key in seen_dirs:
+        if key in self.seen_dirs:
             return
-        seen_dirs.add(key)
+        self.seen_dirs.add(key)
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
             yield Skipped(rel_prefix.rstrip("/") or ".", f"cannot list folder: {exc.strerror}")
             return
         for entry in entries:
-            name = entry.name
-            if name.startswith("."):
-                continue
-            rel = rel_prefix + printable(name)
-            path = Path(entry.path)
-            try:
-                is_link = entry.is_symlink()
-                if is_link and not follow_symlinks:
-                    continue
-                if is_link:
-                    target = Path(os.path.realpath(path))
-                    if not target.exists():
-                        yield Skipped(rel, "broken symlink or symlink loop; not followed",
-                                      failure=False)
-                        continue
-                    if target.is_relative_to(root):
-                        # Whatever lies inside the input is processed at its real path, where
-                        # its outputs are: following the link would pay for it twice.
-                        what = "folder" if target.is_dir() else "file"
-                        yield Skipped(rel, f"symlink to a {what} inside the input; processed"
-                                      " at its real path", failure=False)
-                        continue
-                    if target.is_file():
-                        tst = target.stat()
-                        first = linked_files.setdefault((tst.st_dev, tst.st_ino), rel)
-                        if first != rel:
-                            yield Skipped(rel, f"symlink to the same file as {first}; processed"
-                                          " once", failure=False)
-                            continue
-                if entry.is_dir(follow_symlinks=follow_symlinks):
-                    if path.resolve() in skip:
-                        continue
-                    yield from walk(path, rel + "/")
-                    continue
-                st = entry.stat(follow_symlinks=follow_symlinks)
-            except OSError as exc:
-                yield Skipped(rel, f"cannot read file information: {exc.strerror}")
-                continue
-            if not _matches(rel, include) or _matches(rel, exclude):
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                yield Skipped(
-                    rel, "not a regular file (FIFO, socket or device); skipped", failure=False
-                )
-                continue
-            media_type = known(rel, st.st_size, st.st_mtime_ns) if known else None
-            if media_type is not None:
-                yield SourceFile(path, rel, st.st_size, st.st_mtime_ns, media_type)
-                continue
-            yield _sniff_file(path, rel, st)
+            if not entry.name.startswith("."):
+                yield from self._entry(entry, rel_prefix + printable(entry.name))
 
-    yield from walk(root, "")
+    def _entry(self, entry: os.DirEntry[str], rel: str) -> Iterator[SourceFile | Skipped]:
+        path = Path(entry.path)
+        try:
+            if entry.is_symlink():
+                if not self.follow_symlinks:
+                    return
+                refused = self._refused_link(path, rel)
+                if refused is not None:
+                    yield refused
+                    return
+            if entry.is_dir(follow_symlinks=self.follow_symlinks):
+                if path.resolve() not in self.skip:
+                    yield from self.walk(path, rel + "/")
+                return
+            st = entry.stat(follow_symlinks=self.follow_symlinks)
+        except OSError as exc:
+            yield Skipped(rel, f"cannot read file information: {exc.strerror}")
+            return
+        if not _matches(rel, self.include) or _matches(rel, self.exclude):
+            return
+        if not stat.S_ISREG(st.st_mode):
+            yield Skipped(rel, "not a regular file (FIFO, socket or device); skipped", failure=False)
+            return
+        media_type = self.known(rel, st.st_size, st.st_mtime_ns) if self.known else None
+        if media_type is not None:
+            yield SourceFile(path, rel, st.st_size, st.st_mtime_ns, media_type)
+            return
+        yield _sniff_file(path, rel, st)
+
+    def _refused_link(self, path: Path, rel: str) -> Skipped | None:
+        """Why a link is not followed (broken, inside the input, a file reached already)."""
+        target = Path(os.path.realpath(path))
+        if not target.exists():
+            return Skipped(rel, "broken symlink or symlink loop; not followed", failure=False)
+        if target.is_relative_to(self.root):
+            # Whatever lies inside the input is processed at its real path, where its outputs
+            # are: following the link would pay for it twice.
+            what = "folder" if target.is_dir() else "file"
+            return Skipped(rel, f"symlink to a {what} inside the input; processed at its real"
+                           " path", failure=False)
+        if target.is_file():
+            tst = target.stat()
+            first = self.linked_files.setdefault((tst.st_dev, tst.st_ino), rel)
+            if first != rel:
+                return Skipped(rel, f"symlink to the same file as {first}; processed once",
+                               failure=False)
+        return None
 
 
 def _single_file(path: Path) -> Iterator[SourceFile | Skipped]:
