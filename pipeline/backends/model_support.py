@@ -104,9 +104,6 @@ def _local_errors(o: OutputSettings) -> list[Finding]:
 
 def _local_warnings(o: OutputSettings) -> list[Finding]:
     found: list[Finding] = []
-    if o.include_blocks:
-        found.append(Finding("include_blocks", "the local engine does not emit blocks yet: its pages"
-                             " carry none"))
     if o.confidence_scores_granularity in ("word", "block"):
         found.append(Finding("confidence_scores_granularity", "the local engine scores whole pages"
                              " only: its pages carry page-level confidence"))

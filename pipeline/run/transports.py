@@ -20,7 +20,7 @@ def build_backend(settings: Settings, limiter: RateLimiter | None = None) -> Bac
     if settings.service.backend == "local":
         from pipeline.backends.local import LocalBackend
 
-        return LocalBackend(settings.local, model=settings.service.model)
+        return LocalBackend(settings.local, model=settings.service.model, outputs=settings.outputs)
     from pipeline.backends.mistral import MistralBackend
 
     return MistralBackend.from_settings(settings, rate_listener=limiter)

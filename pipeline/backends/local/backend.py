@@ -16,7 +16,7 @@ from pipeline.backends.base import OCRResponse
 from pipeline.backends.local import worker
 from pipeline.backends.local.executors import PageExecutor, ProcessExecutor
 from pipeline.backends.local.langdata import check_languages, has_osd, resolve_tessdata
-from pipeline.config import LocalSettings
+from pipeline.config import LocalSettings, OutputSettings
 from pipeline.errors import Category, DocumentError, InputError, PipelineError
 from pipeline.models import Chunk
 from pipeline.reasons import exception_text
@@ -32,7 +32,7 @@ class LocalBackend:
     bytes_sent = 0  # nothing leaves the machine (a cluster's traffic is not a service's bytes)
 
     def __init__(self, settings: LocalSettings, model: str = "local-tesseract",
-                 executor: PageExecutor | None = None) -> None:
+                 executor: PageExecutor | None = None, outputs: OutputSettings | None = None) -> None:
         self.model = model
         self.settings = settings
         self.cluster: str | None = settings.cluster or None
@@ -58,6 +58,7 @@ class LocalBackend:
             dpi=settings.dpi,
             force_ocr=settings.force_ocr,
             max_pixels=settings.max_pixels,
+            **_output_options(outputs or OutputSettings()),
         )
 
     @property
@@ -150,6 +151,17 @@ class LocalBackend:
 
     async def close(self) -> None:
         await self.executor.close()
+
+
+def _output_options(outputs: OutputSettings) -> dict[str, bool]:
+    """The run's output options the engine honours itself, as the hosted API does: header and
+    footer out of the markdown only when asked, typed blocks, the pictures' pixels."""
+    return {
+        "extract_header": outputs.extract_header,
+        "extract_footer": outputs.extract_footer,
+        "include_blocks": outputs.include_blocks,
+        "include_images": outputs.include_images,
+    }
 
 
 def _one_per_index(pages: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:

@@ -296,42 +296,86 @@ def _table_block_markdown(rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+@dataclass
+class Part:
+    """One piece of the page's markdown (a paragraph, heading, list or table) and where it is.
+
+    `kind` is the API's block type: text, title, list, table, caption, header or footer.
+    """
+
+    text: str
+    kind: str
+    box: Box | None
+
+
+def union(boxes: list[Box]) -> Box | None:
+    """The smallest box holding every box given (None for none)."""
+    if not boxes:
+        return None
+    x0s, y0s, x1s, y1s = zip(*boxes, strict=True)
+    return (min(x0s), min(y0s), max(x1s), max(y1s))
+
+
+def _lines_box(lines: list[Line]) -> Box | None:
+    return union([line.box for line in lines if line.words])
+
+
+_PART_KIND = {"header": "header", "footer": "footer", "caption": "caption", "headline": "title"}
+
+
 def to_markdown(blocks: list[Block]) -> str:
     """Paragraphs separated by blank lines, '#'/'##' headings, tables as markdown tables."""
+    return "\n\n".join(p.text for p in parts(blocks) if p.text)
+
+
+def parts(blocks: list[Block]) -> list[Part]:
+    """The page's markdown pieces in reading order, each typed and with its box."""
     body = body_size([b for b in blocks if b.kind != "table"])
     blocks = merge_table_columns(blocks, body)
     # Flatten to paragraphs in reading order, then find runs of table rows across paragraph and
     # block boundaries (Tesseract often splits one table into several blocks).
-    items: list[Paragraph | list[list[str]]] = []
+    items: list[Paragraph | Block] = []
+    kinds: dict[int, str] = {}
     for b in blocks:
         if b.kind == "table" and b.table:
-            items.append(b.table)
-        items.extend(p for p in b.paragraphs if any(line.words for line in p.lines))
-    parts: list[str] = []
+            items.append(b)
+        for p in b.paragraphs:
+            if any(line.words for line in p.lines):
+                items.append(p)
+                kinds[id(p)] = b.kind
+    out: list[Part] = []
     pending_rows: list[Line] = []
     pending_paras: list[Paragraph] = []
+
+    def para_part(para: Paragraph, lead_in: bool = False) -> Part:
+        text, level = _paragraph_markdown(para, body, lead_in)
+        kind = _PART_KIND.get(kinds.get(id(para), "body"), "text")
+        if level and kind not in ("header", "footer"):
+            kind = "title"
+        elif kind == "title":
+            kind = "text"  # a headline block whose type did not make it a heading
+        return Part(text, kind, _lines_box(para.lines))
 
     def flush_rows() -> None:
         if not pending_rows:
             return
         table = table_markdown(pending_rows) if len(pending_rows) >= 2 else None
         if table:
-            parts.append(table)
+            out.append(Part(table, "table", _lines_box(pending_rows)))
         else:
-            for para in pending_paras:
-                parts.append(_paragraph_markdown(para, body))
+            out.extend(para_part(para) for para in pending_paras)
         pending_rows.clear()
         pending_paras.clear()
 
     for i, para in enumerate(items):
-        if isinstance(para, list):
+        if isinstance(para, Block):
             flush_rows()
-            parts.append(_table_block_markdown(para))
+            out.append(Part(_table_block_markdown(para.table or []), "table", para.box))
             continue
         entries = _entries_markdown(para)
         if entries:
             flush_rows()
-            parts.append(entries)
+            out.append(Part(entries, "list", _lines_box(para.lines)))
             continue
         rows = [line for line in para.lines if line.words]
         if rows and all(len(split_cells(line)) >= 2 for line in rows):
@@ -340,12 +384,12 @@ def to_markdown(blocks: list[Block]) -> str:
             continue
         flush_rows()
         nxt = items[i + 1] if i + 1 < len(items) else None
-        parts.append(_paragraph_markdown(para, body, lead_in=_is_lead_in(para, nxt)))
+        out.append(para_part(para, lead_in=_is_lead_in(para, nxt)))
     flush_rows()
-    return "\n\n".join(p for p in parts if p)
+    return [p for p in out if p.text]
 
 
-def _is_lead_in(para: Paragraph, nxt: Paragraph | list[list[str]] | None) -> bool:
+def _is_lead_in(para: Paragraph, nxt: Paragraph | Block | None) -> bool:
     """A short line standing alone right above a list of entries: the list's title."""
     lines = [line for line in para.lines if line.words]
     if len(lines) != 1 or len(lines[0].words) > LEAD_IN_WORDS or not isinstance(nxt, Paragraph):
@@ -356,17 +400,18 @@ def _is_lead_in(para: Paragraph, nxt: Paragraph | list[list[str]] | None) -> boo
     )
 
 
-def _paragraph_markdown(para: Paragraph, body: float, lead_in: bool = False) -> str:
+def _paragraph_markdown(para: Paragraph, body: float, lead_in: bool = False) -> tuple[str, int]:
+    """The paragraph's markdown and its heading level (0: not a heading)."""
     text = _join_lines(para.lines)
     if not text:
-        return ""
+        return "", 0
     level = _heading_level(para, body) or (2 if lead_in else 0)
     if level:
-        return "#" * level + " " + text
+        return "#" * level + " " + text, level
     # A body paragraph starting with '#' or '>' would become a heading or a quote: keep it literal.
     if text[0] in "#>":
         text = "\\" + text
-    return text
+    return text, 0
 
 
 def margins(blocks: list[Block]) -> dict[str, str | None]:
@@ -381,8 +426,65 @@ def margins(blocks: list[Block]) -> dict[str, str | None]:
     return out
 
 
+@dataclass
+class PageText:
+    """A page's markdown, the header/footer taken out of it (None when not asked or not found),
+    and every part of the page in reading order (the taken header/footer included)."""
+
+    markdown: str
+    header: str | None
+    footer: str | None
+    parts: list[Part]
+
+
+def page_text(blocks: list[Block], header: bool = True, footer: bool = True) -> PageText:
+    """The page's markdown with its running header/footer taken out only when asked (as the API's
+    `extract_header`/`extract_footer` do); otherwise they stay in the markdown, first and last."""
+    found = margins(blocks)
+    taken = {k for k, asked in (("header", header), ("footer", footer)) if asked and found[k]}
+    body = parts([b for b in blocks if b.kind not in taken])
+    ordered = [_margin_part(blocks, "header", found)] if "header" in taken else []
+    ordered += body
+    if "footer" in taken:
+        ordered.append(_margin_part(blocks, "footer", found))
+    return PageText(
+        "\n\n".join(p.text for p in body),
+        found["header"] if "header" in taken else None,
+        found["footer"] if "footer" in taken else None,
+        ordered,
+    )
+
+
+def _margin_part(blocks: list[Block], kind: str, found: dict[str, str | None]) -> Part:
+    return Part(found[kind] or "", kind, union([b.box for b in blocks if b.kind == kind and b.box]))
+
+
 def page_markdown(blocks: list[Block]) -> tuple[str, dict[str, str | None]]:
     """The page's markdown without its running header and footer, and those two (or None)."""
-    found = margins(blocks)
-    body = [b for b in blocks if not (b.kind in found and found[b.kind])]
-    return to_markdown(body), found
+    got = page_text(blocks)
+    return got.markdown, {"header": got.header, "footer": got.footer}
+
+
+def api_blocks(found: list[Part], width: int, height: int) -> list[dict[str, object]]:
+    """The parts as the API's typed blocks (`pages[].blocks[]`): type, content and the box in
+    pixels of the page image, clipped to it."""
+    out: list[dict[str, object]] = []
+    for part in found:
+        if part.box is None:
+            continue
+        block = {"type": part.kind, "content": part.text, **box_fields(part.box, width, height)}
+        if part.kind == "table":
+            block["table_id"] = None  # the table is in the markdown, not in pages[].tables
+        out.append(block)
+    return out
+
+
+def box_fields(box: Box, width: int, height: int) -> dict[str, int]:
+    """top_left_x/y, bottom_right_x/y as the API names them, inside a width x height page."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return {
+        "top_left_x": min(max(0, x0), width),
+        "top_left_y": min(max(0, y0), height),
+        "bottom_right_x": min(max(0, x1), width),
+        "bottom_right_y": min(max(0, y1), height),
+    }

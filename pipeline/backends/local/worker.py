@@ -8,8 +8,10 @@ pickling, and a worker must never die of a bad document.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
+import io
 import os
 import signal
 import sys
@@ -19,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.backends.local import images, layout, render, textlayer
+import numpy as np
+
+from pipeline.backends.local import columns, images, layout, render, textlayer
 from pipeline.backends.local.engine import Engine
 from pipeline.backends.local.langdata import has_osd, parse_languages, resolve_tessdata
-from pipeline.backends.local.orientation import recognize_upright
+from pipeline.backends.local.orientation import recognize_upright, turn
 from pipeline.errors import EncryptedError, InputError, PipelineError, TooLargeError
 
 
@@ -53,6 +57,13 @@ class WorkerConfig:
     dpi: int
     force_ocr: bool
     max_pixels: int
+    # Output options of the run (`outputs:`), as the hosted API takes them: the running header and
+    # footer leave the markdown only when asked; typed blocks (and the pictures they point at)
+    # only when asked; a picture's pixels only with include_images.
+    extract_header: bool = False
+    extract_footer: bool = False
+    include_blocks: bool = False
+    include_images: bool = False
 
 
 class _ThreadEngine(threading.local):
@@ -179,8 +190,9 @@ def _page(
     rotation: int,
     header: str | None = None,
     footer: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    page = {
         "index": index,
         "markdown": markdown,
         "images": [],
@@ -191,6 +203,8 @@ def _page(
         "confidence": None if confidence is None else round(confidence, 2),
         "rotation": rotation,
     }
+    page.update(extra or {})
+    return page
 
 
 # --- PDF ---------------------------------------------------------------------------------------
@@ -215,9 +229,7 @@ def _scan_pdf(data: bytes, cfg: WorkerConfig) -> tuple[int, list[dict[str, Any]]
                 width, height = render.page_pixels(page, cfg.dpi)
                 found = None if cfg.force_ocr else textlayer.extract(page, cfg.dpi)
                 if found is not None:
-                    _, blocks = found
-                    md = layout.to_markdown(blocks)
-                    done.append(_page(i, md, width, height, cfg.dpi, "text_layer", None, 0))
+                    done.append(_text_page(i, found[1], width, height, cfg))
                     continue
                 # Refuse oversized pages now, before any other page is OCR'd for nothing.
                 if width * height > cfg.max_pixels:
@@ -228,6 +240,15 @@ def _scan_pdf(data: bytes, cfg: WorkerConfig) -> tuple[int, list[dict[str, Any]]
         return count, done, todo
     finally:
         doc.close()
+
+
+def _text_page(index: int, blocks: list[layout.Block], width: int, height: int,
+               cfg: WorkerConfig) -> dict[str, Any]:
+    """A page read from its text layer (no running header/footer is told apart there)."""
+    found = layout.parts(blocks)
+    md = "\n\n".join(p.text for p in found)
+    extra = {"blocks": layout.api_blocks(found, width, height)} if cfg.include_blocks else None
+    return _page(index, md, width, height, cfg.dpi, "text_layer", None, 0, extra=extra)
 
 
 def ocr_pdf_page(data: bytes, index: int, cfg: WorkerConfig) -> Outcome:
@@ -278,11 +299,49 @@ def _ocr_image_page(data: bytes, media_type: str, index: int, cfg: WorkerConfig)
 
 def _ocr_image(image: Any, index: int, dpi: int | None, report_dpi: int, cfg: WorkerConfig) -> dict[str, Any]:
     rec, rotation = recognize_upright(engine(cfg), image, dpi)
-    md, margins = layout.page_markdown(rec.blocks)  # running header/footer out of the body
+    got = layout.page_text(rec.blocks, header=cfg.extract_header, footer=cfg.extract_footer)
     width, height = image.size
     if rotation in (90, 270):
         width, height = height, width
-    return _page(index, md, width, height, report_dpi, "ocr", rec.confidence, rotation, **margins)
+    extra = None
+    if cfg.include_blocks:
+        pictures = _pictures(turn(image, rotation), dpi, cfg.include_images)
+        found = _with_pictures(layout.api_blocks(got.parts, width, height), pictures, width, height)
+        extra = {"blocks": found, "images": [p for p, _ in pictures]}
+    return _page(index, got.markdown, width, height, report_dpi, "ocr", rec.confidence, rotation,
+                 got.header, got.footer, extra)
+
+
+def _with_pictures(blocks: list[dict[str, Any]], pictures: list[tuple[dict[str, Any], tuple[int, ...]]],
+                   width: int, height: int) -> list[dict[str, Any]]:
+    """Image blocks into the reading order: right before the caption below the picture, else
+    before the footer."""
+    out = list(blocks)
+    for entry, box in pictures:
+        block = {"type": "image", "content": "", "image_id": entry["id"],
+                 **layout.box_fields(box, width, height)}
+        captions = [i for i, b in enumerate(out) if b["type"] == "caption" and b["top_left_y"] >= box[3] - 5
+                    and b["top_left_x"] < box[2] and b["bottom_right_x"] > box[0]]
+        at = min(captions, key=lambda i: out[i]["top_left_y"]) if captions else next(
+            (i for i, b in enumerate(out) if b["type"] == "footer"), len(out))
+        out.insert(at, block)
+    return out
+
+
+def _pictures(image: Any, dpi: int | None, with_pixels: bool) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
+    """Photos and figures on the upright page as the API's image entries (the crop as a JPEG data
+    URL with `include_images`), each with its box."""
+    gray = np.asarray(image.convert("L"))
+    out = []
+    for n, box in enumerate(columns.pictures(gray, dpi or 300)):
+        entry: dict[str, Any] = {"id": f"img-{n}.jpeg", **layout.box_fields(box, *image.size),
+                                 "image_base64": None}
+        if with_pixels:
+            buf = io.BytesIO()
+            image.crop(box).convert("RGB").save(buf, "JPEG", quality=85)
+            entry["image_base64"] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+        out.append((entry, box))
+    return out
 
 
 ERRORS: dict[str, type[PipelineError]] = {
