@@ -96,7 +96,8 @@ class ServiceSettings(Group):
                                      " quota) before the run stops (exit 3)")
     verify_tls: bool = Field(True, description="check the service's TLS certificate")
     extra_request: dict[str, Any] = Field(default_factory=dict, description="more request fields, sent as"
-                                          " given (e.g. `table_format: markdown`)")
+                                          " given (e.g. `image_min_size: 64`); fields with a"
+                                          " setting of their own are refused")
     price_per_1000_pages: float | None = Field(None, ge=0, description="US$ per 1,000 pages for cost"
                                                " figures (default: the model's price)")
     endpoints: list[EndpointSettings] = Field(

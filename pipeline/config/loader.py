@@ -205,6 +205,7 @@ def load_settings(
     try:
         settings = _assemble(values, command)
         _check_secrets(settings, values)
+        _check_extra_request(settings, values)
         validate(settings, where, key_env, values)
     except ConfigError as exc:
         if missing:
@@ -242,6 +243,41 @@ def _check_secrets(s: Settings, values: _Values) -> None:
             f"{values.where('api_key')}: the API key contains a control character (a trailing"
             " newline?); set the variable without it"
         )
+
+
+# OCR request fields the pipeline sends itself, each with the setting that sets it (None: set per
+# chunk). Sent through extra_request they would bypass validation and the handling of what they
+# return (tables, annotations), or break the chunking (pages).
+_REQUEST_KEY_SETTINGS: dict[str, str | None] = {
+    "model": "model",
+    "document": None,
+    "pages": None,
+    "include_image_base64": "include_images",
+    "table_format": "table_format",
+    "extract_header": "extract_header",
+    "extract_footer": "extract_footer",
+    "include_blocks": "include_blocks",
+    "confidence_scores_granularity": "confidence_scores_granularity",
+    "document_annotation_format": "document_annotation_schema",
+    "document_annotation_prompt": "document_annotation_prompt",
+    "bbox_annotation_format": "bbox_annotation_schema",
+}
+
+
+def _check_extra_request(s: Settings, values: _Values) -> None:
+    """A request field the pipeline sets itself is refused in extra_request, naming the setting."""
+    for key in s.service.extra_request:
+        if key not in _REQUEST_KEY_SETTINGS:
+            continue
+        setting = _REQUEST_KEY_SETTINGS[key]
+        if setting is None:
+            raise ConfigError(f"{values.where('extra_request')}: '{key}' cannot be sent through"
+                              " extra_request: the pipeline sets it for each chunk it cuts")
+        use = f"'{setting}: FILE' (a JSON Schema file)" if setting.endswith("_schema") else (
+            f"'{setting}: ...'")
+        raise ConfigError(f"{values.where('extra_request')}: '{key}' is a setting of its own:"
+                          f" use {use} instead of extra_request, so it is checked against the"
+                          " model and its output stored")
 
 
 def validate(s: Settings, where: str, key_env: str, values: _Values | None = None) -> None:
