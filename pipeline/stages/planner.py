@@ -13,9 +13,10 @@ from pipeline.config import Settings
 from pipeline.errors import PipelineError
 from pipeline.logsetup import get_logger
 from pipeline.manifest import DocumentRow
+from pipeline.manifest.states import DocState
 from pipeline.pricing import cost
 from pipeline.stages.discover import Skipped, discover
-from pipeline.stages.plan import TODO, Decision, PlanItem, decide
+from pipeline.stages.plan import TODO, Decision, PlanItem, decide, wants_retry
 from pipeline.stages.split import pdf_page_count
 
 # The local engine's measured speed on scanned pages, per process (one per core): 138 pages/min
@@ -45,7 +46,6 @@ class PlanTally:
     failed_earlier: int = 0
     todo: int = 0
     bad: int = 0
-    finished: bool = False
 
     def count(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
@@ -66,54 +66,18 @@ def plan_events(
     """
     skip_dirs = [output_dir] if output_dir.is_relative_to(input_dir) else []
     retry_categories = set(s.command.retry_categories) if s.command.retry_categories else None
-    last: dict[str, DocumentRow | None] = {}  # the row looked up for the current file
-
-    def row_for(rel: str) -> DocumentRow | None:
-        if rel not in last:
-            last.clear()
-            last[rel] = lookup(rel)
-        return last[rel]
-
-    def known(rel: str, size: int, mtime_ns: int) -> str | None:
-        row = row_for(rel)
-        if (row is None or s.command.force or row.state != "done" or row.size != size
-                or row.mtime_ns != mtime_ns):
-            return None
-        return row.media_type
-
-    for found in discover(
-        input_dir,
-        include=s.run.include,
-        exclude=s.run.exclude,
-        follow_symlinks=s.run.follow_symlinks,
-        skip_dirs=skip_dirs,
-        known=known,
-    ):
+    rows = _RowCache(lookup, force=s.command.force)
+    for found in discover(input_dir, include=s.run.include, exclude=s.run.exclude,
+                          follow_symlinks=s.run.follow_symlinks, skip_dirs=skip_dirs,
+                          known=rows.known):
         if isinstance(found, Skipped):
-            if not found.failure:
-                tally.ignored.append(found)
-                continue
-            row = row_for(found.rel)
-            retry = s.command.retry_failed and (
-                not retry_categories or (row and row.error_category in retry_categories)
-            )
-            if (row and row.state == "failed" and row.size == found.size
-                    and row.mtime_ns == found.mtime_ns and not retry):
-                tally.failed_earlier += 1
-                tally.count(Decision.FAILED_EARLIER.value)
-                continue
-            tally.bad += 1
-            tally.count("bad_input")
-            yield found
+            yield from _refused_event(found, rows.row_for(found.rel), tally, retry=wants_retry(
+                rows.row_for(found.rel), retry_failed=s.command.retry_failed,
+                retry_categories=retry_categories))
             continue
         try:
-            item = decide(
-                found,
-                row_for(found.rel),
-                force=s.command.force,
-                retry_failed=s.command.retry_failed,
-                retry_categories=retry_categories,
-            )
+            item = decide(found, rows.row_for(found.rel), force=s.command.force,
+                          retry_failed=s.command.retry_failed, retry_categories=retry_categories)
         except OSError as exc:  # re-hashing a changed file failed: that file alone fails
             tally.bad += 1
             tally.count("bad_input")
@@ -128,9 +92,48 @@ def plan_events(
             tally.failed_earlier += 1
         elif item.decision == Decision.UNCHANGED and item.sha256 is not None:
             yield Touch(found.rel, found.size, found.mtime_ns)
-    tally.finished = True
     # Said here, when the walk ends, not when the last planned document is taken for work.
     get_logger().info("plan", todo=tally.todo, **dict(tally.counts))
+
+
+class _RowCache:
+    """The manifest row of the file being planned, looked up once (the walk asks twice)."""
+
+    def __init__(self, lookup: Callable[[str], DocumentRow | None], *, force: bool) -> None:
+        self.lookup = lookup
+        self.force = force
+        self.rel: str | None = None
+        self.row: DocumentRow | None = None
+
+    def row_for(self, rel: str) -> DocumentRow | None:
+        if rel != self.rel:
+            self.rel, self.row = rel, self.lookup(rel)
+        return self.row
+
+    def known(self, rel: str, size: int, mtime_ns: int) -> str | None:
+        """The media type of a file done before with this size and mtime: it is not opened."""
+        row = self.row_for(rel)
+        if (row is None or self.force or row.state != DocState.DONE or row.size != size
+                or row.mtime_ns != mtime_ns):
+            return None
+        return row.media_type
+
+
+def _refused_event(found: Skipped, row: DocumentRow | None, tally: PlanTally, *,
+                   retry: bool) -> Iterator[Skipped]:
+    """A file refused before any work: an ignored entry, a failure left alone from an earlier
+    run (same size and mtime, not retried), or a failure of this run."""
+    if not found.failure:
+        tally.ignored.append(found)
+        return
+    if (row and row.state == DocState.FAILED and row.size == found.size
+            and row.mtime_ns == found.mtime_ns and not retry):
+        tally.failed_earlier += 1
+        tally.count(Decision.FAILED_EARLIER.value)
+        return
+    tally.bad += 1
+    tally.count("bad_input")
+    yield found
 
 
 def take(events: Iterator[PlanEvent], n: int) -> list[PlanEvent]:
