@@ -19,22 +19,23 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import tifffile
 from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 
 from pipeline.errors import InputError, TooLargeError
 from pipeline.reasons import exception_text
 
+if TYPE_CHECKING:
+    import numpy as np
+
 MAX_PIXELS = 200_000_000
 _INCH, _CENTIMETER = 2, 3
 _BIG_ENDIAN_BIGTIFF = b"MM\x00+"
-# What tifffile raises on a damaged or unusual file (it has no single base class for them).
+# What tifffile raises on a damaged or unusual file, besides its TiffFileError (a ValueError).
 _TIFFFILE_ERRORS = (
-    tifffile.TiffFileError, OSError, ValueError, EOFError, IndexError, KeyError, TypeError,
-    NotImplementedError, struct.error,
+    OSError, ValueError, EOFError, IndexError, KeyError, TypeError, NotImplementedError,
+    struct.error,
 )
 
 
@@ -120,6 +121,8 @@ def count_frames(path: Path) -> int:
     """Frames (pages) of a TIFF file; only the frame directories are read."""
     with path.open("rb") as fh:
         if fh.read(4) == _BIG_ENDIAN_BIGTIFF:
+            import tifffile  # numpy and tifffile only for the files that need them: ~14 MiB
+
             fh.seek(0)
             with tifffile.TiffFile(fh) as tf:
                 return max(1, len(tf.pages))
@@ -129,6 +132,8 @@ def count_frames(path: Path) -> int:
 
 def _tifffile_frames(data: bytes, rel: str, max_pixels: int) -> Iterator[Frame]:
     """The frames of a TIFF Pillow cannot open, read with tifffile one at a time."""
+    import tifffile  # imported here: numpy and tifffile cost every run ~14 MiB otherwise
+
     try:
         tf = tifffile.TiffFile(io.BytesIO(data))
     except _TIFFFILE_ERRORS as exc:
@@ -167,6 +172,8 @@ def _rational(value: Any) -> float:
 def _as_image(array: np.ndarray, page: Any) -> Image.Image:
     """An 8-bit L or RGB image from a decoded page: palette applied, white-is-zero inverted,
     wide samples scaled by their range, alpha flattened onto white, CMYK converted."""
+    import numpy as np
+
     photometric = int(page.photometric)
     if array.ndim == 3 and int(page.planarconfig) == 2 and array.shape[0] == page.samplesperpixel:
         array = np.moveaxis(array, 0, -1)  # stored plane by plane: samples last
@@ -189,6 +196,8 @@ def _as_image(array: np.ndarray, page: Any) -> Image.Image:
 
 
 def _to_8bit(array: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.bool_:
