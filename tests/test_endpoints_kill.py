@@ -1,0 +1,93 @@
+"""Several endpoints, one server SIGKILLed mid-run: two real `fake-server` processes on 127.0.0.1,
+the real CLI with an `endpoints:` config; the other endpoint finishes every document."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import REPO, TEST_KEY, pipeline_env
+from tests.pdfgen import write_pdf
+
+DOCS = 60
+
+
+@contextmanager
+def fake_server_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`python -m pipeline fake-server --port 0 ...` in its own process; killed on exit."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "fake-server", "--port", "0", *args],
+                            cwd=REPO, env=pipeline_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("fake-server listening on http://127.0.0.1:"), line
+        yield proc, line.split()[-1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def server_stats(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url + "/_stats", timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def test_a_server_killed_mid_run_leaves_every_document_to_the_other_endpoint(tmp_path: Path) -> None:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for n in range(DOCS):
+        write_pdf(inp / f"d{n:03d}.pdf", f"d{n}", 1)
+    latency = ["--latency", "0.2", "--latency-max", "0.4", "--latency-distribution", "uniform",
+               "--seed", "3"]
+    with fake_server_process(*latency) as (_, steady_url), \
+            fake_server_process(*latency) as (doomed, doomed_url):
+        config = tmp_path / "two.yaml"
+        config.write_text(
+            "backend: mistral\nmodel: mistral-ocr-latest\nendpoints:\n"
+            f"  - {{name: e0, url: '{steady_url}', api_key: '${{MISTRAL_API_KEY}}'}}\n"
+            f"  - {{name: e1, url: '{doomed_url}', api_key: '${{MISTRAL_API_KEY}}'}}\n")
+        run = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "run", "--config", str(config), "--input", str(inp),
+             "--output", str(tmp_path / "out"), "--progress", "off"],
+            cwd=REPO, env=pipeline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            answered = 0
+            while run.poll() is None and answered < 3:
+                answered = server_stats(doomed_url)["answered_ok"]
+                time.sleep(0.02)
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait(10)
+            stdout, stderr = run.communicate(timeout=180)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        steady_answered = server_stats(steady_url)["answered_ok"]
+    assert run.returncode == 0, stdout + stderr
+    assert TEST_KEY not in stdout + stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*.pdf.json")) == [f"d{n:03d}.pdf.json" for n in range(DOCS)]
+    report = json.loads(next((out / ".ocr-pipeline/runs").glob("*.json")).read_text())
+    assert (report["documents_done"], report["documents_failed"]) == (DOCS, 0)
+    figures = report["requests"]["endpoints"]
+    # The dead endpoint's failures are on record; it did its share only until it died.
+    assert figures["e1"]["failures"] >= 1, figures
+    assert 3 <= figures["e1"]["pages"] < figures["e0"]["pages"], figures
+    assert figures["e0"]["pages"] + figures["e1"]["pages"] == DOCS
+    assert figures["e0"]["pages"] <= steady_answered
+    assert figures["e0"]["failures"] == 0
+    shown = subprocess.run([sys.executable, "-m", "pipeline", "status", "--output", str(out),
+                            "--json"], cwd=REPO, env=pipeline_env(), capture_output=True, text=True,
+                           timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["endpoints"]["e1"]["failures"] == figures["e1"]["failures"]
