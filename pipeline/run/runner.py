@@ -41,7 +41,7 @@ from pipeline.run.progress import ProgressDisplay
 from pipeline.run.report import Failure, RunReport
 from pipeline.run.split_pool import SplitPool
 from pipeline.run.ticker import RunTicker
-from pipeline.run.transports import build_transport
+from pipeline.run.transports import build_transport, cluster_backend
 from pipeline.stages.discover import Skipped
 from pipeline.stages.plan import Decision, PlanItem
 from pipeline.stages.planner import PlanEvent, PlanTally, Touch, estimate, plan_events, take
@@ -105,6 +105,13 @@ class ReadinessWatch:
         await self.inner.close()
 
 
+def _progress_mode(mode: str) -> str:
+    """`auto`: a bar on a terminal, JSON events otherwise."""
+    if mode == "auto":
+        return "bar" if sys.stderr.isatty() else "json"
+    return mode
+
+
 class Run:
     def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         if settings.run.input is None or settings.run.output is None:
@@ -135,28 +142,27 @@ class Run:
         self._watch = ReadinessWatch(self.transport) if self.transport else None
         self._grace_handle: asyncio.TimerHandle | None = None
         self._runtime_handle: asyncio.TimerHandle | None = None
-        mode = settings.run.progress
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "json"
-        self.progress = ProgressDisplay(mode, sys.stderr, self.log)
+        self.progress = ProgressDisplay(_progress_mode(settings.run.progress), sys.stderr, self.log)
         self.started = time.time()
         self.report = RunReport(
             run_id=self.run_id, started_at=iso(self.started), backend=settings.service.backend,
             model=settings.service.model, input=str(self.input), output=str(self.output),
             dry_run=settings.command.dry_run,
         )
-        self.ticker = RunTicker(self.report, lambda: self.stats, self.progress,
-                                settings.run.metrics_file or self.state / "metrics.prom",
-                                settings.run.progress_interval, self.log,
-                                lambda: self.transport.bytes_sent if self.transport else 0)
+        self.ticker = self._make_ticker()
+
+    def _make_ticker(self) -> RunTicker:
+        ticker = RunTicker(self.report, lambda: self.stats, self.progress,
+                           self.s.run.metrics_file or self.state / "metrics.prom",
+                           self.s.run.progress_interval, self.log,
+                           lambda: self.transport.bytes_sent if self.transport else 0)
         if isinstance(self.transport, MultiEndpointTransport):
-            self.ticker.endpoints = self.transport.endpoint_figures
-        self._cluster = getattr(self.transport, "backend", None)  # the local engine on Dask
-        if getattr(self._cluster, "cluster", None):
+            ticker.endpoints = self.transport.endpoint_figures
+        self._cluster = cluster_backend(self.transport)  # the local engine on Dask, or None
+        if self._cluster is not None:
             self.report.cluster = self._cluster.cluster
-            self.ticker.workers = lambda: self._cluster.workers
-        else:
-            self._cluster = None
+            ticker.workers = lambda: self._cluster.workers
+        return ticker
 
     @property
     def stats(self) -> RetryStats:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from pipeline.backends.base import Backend
@@ -69,3 +70,21 @@ def build_transport(settings: Settings, *, run_id: str, batch_folder: Path, budg
     limiter = RateLimiter(settings.limits.rps, settings.limits.max_in_flight)
     return SyncTransport(backend or build_backend(settings, limiter), limiter, _policy(settings),
                          _health(settings))
+
+
+class ClusterBackend(Protocol):
+    """What the run reads of the local engine on a Dask cluster (pipeline/backends/local)."""
+
+    cluster: str | None  # the scheduler's address
+
+    @property
+    def workers(self) -> int: ...  # Dask workers connected now
+
+    @property
+    def processes(self) -> int: ...  # their threads: the pages that can be read at once
+
+
+def cluster_backend(transport: RunTransport | None) -> ClusterBackend | None:
+    """The local engine's backend when it runs on a cluster, else None."""
+    backend = getattr(transport, "backend", None)  # only the sync transport has one backend
+    return backend if getattr(backend, "cluster", None) else None
