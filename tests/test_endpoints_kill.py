@@ -3,6 +3,7 @@ the real CLI with an `endpoints:` config; the other endpoint finishes every docu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -91,3 +92,72 @@ def test_a_server_killed_mid_run_leaves_every_document_to_the_other_endpoint(tmp
                            timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["endpoints"]["e1"]["failures"] == figures["e1"]["failures"]
+
+
+async def test_a_chunk_that_failed_on_a_dead_endpoint_tries_the_other_next(tmp_path: Path,
+                                                                           fake_server) -> None:
+    """Two tries per chunk: a chunk whose first try hit the dead endpoint must spend its second
+    on the live one, or its document fails."""
+    from tests.conftest import run_pipeline
+
+    steady = await fake_server(latency=0.1)
+    doomed = await fake_server(latency=0.1)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for n in range(DOCS):
+        write_pdf(inp / f"d{n:03d}.pdf", f"d{n}", 1)
+
+    async def kill_soon() -> None:
+        while doomed.stats.answered_ok < 3:
+            await asyncio.sleep(0.01)
+        await doomed.stop()
+
+    killer = asyncio.create_task(kill_soon())
+    report = await run_pipeline(inp, tmp_path / "out", steady.url, rps=None, workers=None,
+                                max_in_flight=None, retry_attempts=2,
+                                endpoints=[{"url": s.url, "api_key": TEST_KEY, "name": f"e{i}"}
+                                           for i, s in enumerate((steady, doomed))])
+    await killer
+    assert (report.documents_done, report.documents_failed) == (DOCS, 0), report.failures
+    assert report.requests["endpoints"]["e1"]["failures"] >= 1
+
+
+async def test_after_its_pause_one_chunk_probes_a_dead_endpoint_and_the_others_keep_away(
+        tmp_path: Path, fake_server) -> None:
+    """A paused lane gets one probe when the pause is over, not a burst of chunks that all fail."""
+    import hashlib
+
+    from pipeline.models import Chunk
+    from pipeline.run.transports import endpoint_lanes
+    from pipeline.transport.endpoints import BREAKER_SECONDS, MultiEndpointTransport
+    from pipeline.transport.retry import RetryPolicy
+    from tests.conftest import make_settings
+    from tests.pdfgen import page_text, pdf_bytes
+
+    dead = await fake_server()
+    live = await fake_server(latency=0.05)
+    await dead.stop()
+    settings = make_settings(tmp_path, tmp_path / "out", live.url, rps=None, endpoints=[
+        {"url": dead.url, "api_key": TEST_KEY, "name": "dead"},
+        {"url": live.url, "api_key": TEST_KEY, "name": "live"}])
+    now = [1000.0]
+    transport = MultiEndpointTransport(endpoint_lanes(settings), RetryPolicy(6, 0.01, 0.05),
+                                       clock=lambda: now[0])
+    gone, alive = transport.lanes
+    data = pdf_bytes([page_text("p.pdf", 0)])
+    chunk = Chunk("p.pdf", 0, 0, 1, "application/pdf", data, hashlib.sha256(data).hexdigest())
+    try:
+        for _ in range(20):  # until the dead lane's breaker opens
+            await asyncio.gather(*(transport.answer(chunk) for _ in range(6)))
+            if gone.state(now[0]) == "open":
+                break
+        assert gone.state(now[0]) == "open", transport.endpoint_figures()
+        failures, pages = gone.failures, alive.pages
+        now[0] += BREAKER_SECONDS + 1  # the pause is over
+        await asyncio.gather(*(transport.answer(chunk) for _ in range(8)))
+        assert gone.failures == failures + 1  # one probe, not a burst
+        assert alive.pages == pages + 8
+        assert gone.state(now[0]) == "open"  # the failed probe paused it again
+    finally:
+        transport.stop()
+        await transport.close()

@@ -3,8 +3,10 @@ whichever endpoint has room for it now.
 
 Each endpoint is a `Lane`: its backend, its limiter (learning that endpoint's limit), its health
 and its figures. A chunk is sent to the live lane with the most unused capacity (the limiter's
-`demand()`), or the shortest queue. A lane that keeps failing has its breaker opened for a
-while and the chunk moves on to another lane; a lane whose key is refused, or that has failed past
+`demand()`), or the shortest queue. A chunk whose try failed on a lane tries another lane next
+(a dead endpoint does not spend all of a chunk's tries). A lane that keeps failing has its
+breaker opened for a while; when that while is over one chunk probes it (half-open) and the
+others keep away until the probe succeeds. A lane whose key is refused, or that has failed past
 its deadline, is drained for the rest of the run. The run is fatal only when no lane is left.
 """
 
@@ -37,7 +39,13 @@ class Lane:
     failures: int = 0  # chunks' tries that failed here (not 429s)
     consecutive_failures: int = 0
     open_until: float = 0.0
+    half_open: bool = False  # the breaker has opened: after open_until, one probe at a time
+    probing: bool = False  # that probe is under way
     drained: str | None = None  # why the lane takes no more work
+
+    def ready(self, now: float) -> bool:
+        """May a chunk be sent here now? Not while the breaker is open or its probe is out."""
+        return now >= self.open_until and not (self.half_open and self.probing)
 
     def state(self, now: float) -> str:
         if self.drained:
@@ -108,57 +116,79 @@ class MultiEndpointTransport:
         await asyncio.gather(*(lane.backend.close() for lane in self.lanes))
 
     # ---- answering a chunk -----------------------------------------------------------------
-    def pick(self) -> Lane:
-        """The live lane with the most room; if every breaker is open, the one closing first."""
+    def pick(self, avoid: Lane | None = None) -> Lane:
+        """The live lane with the most room, other than `avoid` (where the chunk just failed) when
+        another is ready; if none is ready, the one whose breaker closes first."""
         now = self._clock()
         live = [lane for lane in self.lanes if lane.drained is None]
         if not live:
             reasons = "; ".join(f"{lane.name}: {lane.drained}" for lane in self.lanes)
             raise FatalError(f"every endpoint is drained ({reasons})",
                              hint="check the endpoints' keys and status; the run is resumable")
-        ready = [lane for lane in live if now >= lane.open_until]
+        ready = [lane for lane in live if lane.ready(now)]
         if not ready:
             return min(live, key=lambda lane: lane.open_until)
-        return max(ready, key=lambda lane: (lane.limiter.demand(),
-                                            -lane.limiter.waiting / max(lane.limiter.rate, 0.1)))
+        others = [lane for lane in ready if lane is not avoid]
+        return max(others or ready, key=lambda lane: (
+            lane.limiter.demand(), -lane.limiter.waiting / max(lane.limiter.rate, 0.1)))
 
     async def answer(self, chunk: Chunk) -> OCRResponse:
         failures = 0
+        failed_on: Lane | None = None
         while True:
-            lane = self.pick()
+            lane = self.pick(failed_on)
+            probe = lane.half_open and not lane.probing and self._clock() >= lane.open_until
+            if probe:
+                lane.probing = True  # this chunk probes the lane; the others keep away meanwhile
             try:
                 response = await call_with_retry(lane.backend, chunk, lane.limiter, self._one_try,
                                                  lane.health, lane.stats)
             except StopRequested:
+                self._probe_over(lane, probe)
                 if lane.drained and not self._stopped:
                     continue  # its lane was drained while the chunk waited: take another
                 raise
             except FatalError as exc:
+                self._probe_over(lane, probe)
                 if any(other.drained is None and other is not lane for other in self.lanes):
                     self._drain(lane, str(exc))
                     continue
                 raise
             except RetryableError:
                 failures += 1
-                self._failed(lane)
+                failed_on = lane
+                self._failed(lane, probe)
                 if failures >= self.policy.attempts:
                     raise
                 await asyncio.sleep(self.policy.backoff(failures) if self._alone() else 0)
                 continue
+            except BaseException:
+                self._probe_over(lane, probe)
+                raise
+            self._probe_over(lane, probe)
+            lane.half_open = False  # an answer: the lane is healthy again
             lane.consecutive_failures = 0
             lane.pages += chunk.page_count
             return response
+
+    @staticmethod
+    def _probe_over(lane: Lane, probe: bool) -> None:
+        if probe:
+            lane.probing = False
 
     def _alone(self) -> bool:
         """No other lane to try now: back off before trying the same one again."""
         now = self._clock()
         return sum(1 for lane in self.lanes if lane.state(now) == "ok") <= 1
 
-    def _failed(self, lane: Lane) -> None:
+    def _failed(self, lane: Lane, probe: bool = False) -> None:
         lane.failures += 1
         lane.consecutive_failures += 1
-        if lane.consecutive_failures >= BREAKER_FAILURES:
+        if probe:
+            lane.probing = False
+        if lane.consecutive_failures >= BREAKER_FAILURES or probe:
             lane.open_until = self._clock() + BREAKER_SECONDS
+            lane.half_open = True
             lane.consecutive_failures = 0
             if self.log:
                 self.log.warning("endpoint paused", endpoint=lane.name, seconds=BREAKER_SECONDS)
