@@ -271,8 +271,12 @@ def test_manifest_life_of_a_document(manifest: Manifest) -> None:
     manifest.finish("a.pdf", pages=6, cost=0.006)
     row = manifest.all_documents()["a.pdf"]
     assert (row.state, row.pages, row.error_category) == ("done", 6, None)
-    assert manifest.chunk_response("a.pdf", "sha-a", 0, 4) is None  # bodies dropped
-    with sqlite3.connect(manifest.path) as db:
+    assert manifest.chunk_response("a.pdf", "sha-a", 0, 4) is None  # merged: not a checkpoint
+    # Kept until the run ends for a document of the same content (content dedup) ...
+    assert manifest.content_response("sha-a", 4, 2, not_path="copy.pdf") == ("a.pdf", answer(2, "B"))
+    assert manifest.content_response("sha-a", 4, 2, not_path="a.pdf") is None
+    manifest.finish_run("run-1", 0, {})
+    with sqlite3.connect(manifest.path) as db:  # ... then dropped
         rows = db.execute("SELECT state, response FROM chunks WHERE path='a.pdf'").fetchall()
     assert sorted(rows) == [("merged", None), ("merged", None)]
 

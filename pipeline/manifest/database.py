@@ -266,10 +266,22 @@ class Manifest:
     ) -> dict[str, Any] | None:
         row = self._db.execute(
             "SELECT response FROM chunks WHERE path=? AND doc_sha256=? AND first_page=?"
-            " AND page_count=? AND response IS NOT NULL",
-            (path, doc_sha256, first_page, page_count),
+            " AND page_count=? AND state=? AND response IS NOT NULL",
+            (path, doc_sha256, first_page, page_count, ChunkState.DONE),
         ).fetchone()
         return json.loads(row[0]) if row else None
+
+    def content_response(self, doc_sha256: str, first_page: int, page_count: int, *,
+                         not_path: str) -> tuple[str, dict[str, Any]] | None:
+        """Content dedup: the answer to these pages of a document with this content, got for
+        another path in this run (answers of finished documents are kept until the run ends),
+        as (that path, answer)."""
+        row = self._db.execute(
+            "SELECT path, response FROM chunks WHERE doc_sha256=? AND first_page=?"
+            " AND page_count=? AND path<>? AND response IS NOT NULL LIMIT 1",
+            (doc_sha256, first_page, page_count, not_path),
+        ).fetchone()
+        return (str(row[0]), json.loads(row[1])) if row else None
 
     def checkpoint_chunk(
         self,
@@ -297,8 +309,10 @@ class Manifest:
                 f" AND state IN {sql_in(sources(DocState.DONE))}",
                 (DocState.DONE, pages, cost, now, path),
             )
+            # The answers stay until the run ends: a document of the same content met later in
+            # this run is made from them instead of paying again (content dedup).
             db.execute(
-                "UPDATE chunks SET state=?, response=NULL, updated_at=? WHERE path=?",
+                "UPDATE chunks SET state=?, updated_at=? WHERE path=?",
                 (ChunkState.MERGED, now, path),
             )
 
@@ -329,12 +343,19 @@ class Manifest:
         self._tx("INSERT INTO runs (run_id, started_at) VALUES (?, ?)", (run_id, time.time()))
         # A crash leaves rows 'running': they are resumable work, not in progress.
         self._tx("UPDATE documents SET state=? WHERE state=?", (DocState.PENDING, DocState.RUNNING))
+        self.drop_merged_answers()  # left by a run that was killed
 
     def finish_run(self, run_id: str, exit_code: int, summary: dict[str, Any]) -> None:
         self._tx(
             "UPDATE runs SET finished_at=?, exit_code=?, summary=? WHERE run_id=?",
             (time.time(), exit_code, json.dumps(summary), run_id),
         )
+        self.drop_merged_answers()
+
+    def drop_merged_answers(self) -> None:
+        """Answers of finished documents are in their outputs: drop them from the manifest."""
+        self._tx("UPDATE chunks SET response=NULL WHERE state=? AND response IS NOT NULL",
+                 (ChunkState.MERGED,))
 
     def counts(self) -> dict[DocState, int]:
         """Documents by state (states with no document are left out)."""

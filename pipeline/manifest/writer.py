@@ -126,6 +126,11 @@ class AsyncManifest:
         return await self._writer.run(self.manifest.chunk_response, path, doc_sha256,
                                       first_page, page_count)
 
+    async def content_response(self, doc_sha256: str, first_page: int, page_count: int, *,
+                               not_path: str) -> tuple[str, dict[str, Any]] | None:
+        return await self._writer.run(self.manifest.content_response, doc_sha256, first_page,
+                                      page_count, not_path=not_path)
+
     async def checkpoint_chunk(self, path: str, doc_sha256: str, first_page: int,
                                page_count: int, chunk_sha256: str,
                                response: dict[str, Any]) -> None:

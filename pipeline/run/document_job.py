@@ -39,6 +39,7 @@ from pipeline.pricing import cost
 from pipeline.reasons import exception_text
 from pipeline.run import crashpoints
 from pipeline.run.budget import Budget
+from pipeline.run.content_share import ContentKey, ContentShare, InFlight
 from pipeline.run.outcome import StopReason, StopRequest
 from pipeline.run.report import Failure, tally_page_methods
 from pipeline.run.split_pool import SplitPool
@@ -67,6 +68,7 @@ class DocumentResult:
     status: DocumentStatus
     pages: int = 0
     pages_reused: int = 0  # answered by an earlier run's checkpoints, not paid again
+    pages_same_content: int = 0  # answered for another document of the same content (dedup)
     cost: float = 0.0  # of the pages paid for in this run
     source: dict[str, Any] | None = None
     failure: Failure | None = None
@@ -109,6 +111,7 @@ class JobContext:
     # Batch mode: more of the `source` block for a document (the jobs that answered it).
     source_notes: Callable[[str], dict[str, Any]] | None = None
     outputs: OutputSettings = field(default_factory=OutputSettings)  # what the outputs carry
+    share: ContentShare | None = None  # sync mode: one request for the same content in flight
 
 
 @dataclass
@@ -119,6 +122,8 @@ class _Cut:
     answers: list[OCRResponse | None] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     pages_reused: int = 0
+    pages_same_content: int = 0
+    same_content_as: str | None = None  # the document whose answers were taken
     total_pages: int | None = None  # known once the PDF is open (1 for a plain image)
     repair: dict[str, Any] = field(default_factory=lambda: {"repaired": False})
 
@@ -200,11 +205,11 @@ class DocumentJob:
         methods: dict[str, int] = {}
         tally_page_methods(methods, merged["pages"])
         notes = review(self.src.rel, merged, self.ctx.outputs)
+        paid = pages - cut.pages_reused - cut.pages_same_content
         return self._result(DocumentStatus.DONE, pages=pages, pages_reused=cut.pages_reused,
-                            page_methods=methods, low_confidence=notes.low_confidence,
-                            warnings=notes.warnings,
-                            cost=cost(pages - cut.pages_reused, self.ctx.price_per_1000),
-                            source=source)
+                            pages_same_content=cut.pages_same_content, page_methods=methods,
+                            low_confidence=notes.low_confidence, warnings=notes.warnings,
+                            cost=cost(paid, self.ctx.price_per_1000), source=source)
 
     async def _read(self) -> tuple[bytes, str, os.stat_result]:
         """The file's bytes and their hash (of what was read, not what was planned)."""
@@ -303,30 +308,84 @@ class DocumentJob:
 
     async def _take(self, chunk: Chunk, sha: str, cut: _Cut, gate: asyncio.Semaphore
                     ) -> asyncio.Task[None] | None:
-        """Record the chunk; reuse its checkpointed answer, or start sending it."""
+        """Record the chunk; reuse its checkpointed answer or the answer for a document of the
+        same content, follow a request in flight for that content, or start sending it."""
         position = len(cut.chunks)
         cut.chunks.append(dataclasses.replace(chunk, data=b""))
         cut.sizes.append(len(chunk.data))
-        saved = None
-        if self.item.decision != Decision.NEW:  # a new document has no answers to reuse
-            saved = await self.ctx.manifest.chunk_response(self.src.rel, sha, chunk.first_page,
-                                                           chunk.page_count)
-        cut.answers.append(saved)
+        cut.answers.append(None)
+        saved = await self._saved_answer(chunk, sha, cut)
         if saved is not None:
-            cut.pages_reused += chunk.page_count
+            cut.answers[position] = saved
             gate.release()
             return None
+        key = (sha, chunk.first_page, chunk.page_count)
+        leader = self.ctx.share.leader(key) if self.ctx.share else None
+        if leader is not None:
+            return asyncio.create_task(self._follow(position, chunk, sha, cut, gate, leader))
+        self._reserve(chunk, gate)
+        return asyncio.create_task(self._send(position, chunk, sha, cut, gate, self._lead(key)))
+
+    def _lead(self, key: ContentKey) -> InFlight | None:
+        """Say (before the request is sent) that this document's request answers `key`."""
+        share = self.ctx.share
+        return share.lead(key, self.src.rel) if share and not share.leader(key) else None
+
+    async def _saved_answer(self, chunk: Chunk, sha: str, cut: _Cut) -> OCRResponse | None:
+        """This document's checkpoint from an earlier run, or this run's answer for another
+        document of the same content (recorded as this document's checkpoint)."""
+        db = self.ctx.manifest
+        if self.item.decision != Decision.NEW:  # a new document has no answers of its own
+            saved = await db.chunk_response(self.src.rel, sha, chunk.first_page, chunk.page_count)
+            if saved is not None:
+                cut.pages_reused += chunk.page_count
+                return saved
+        found = await db.content_response(sha, chunk.first_page, chunk.page_count,
+                                          not_path=self.src.rel)
+        if found is None:
+            return None
+        await self._took_same_content(chunk, sha, cut, *found)
+        return found[1]
+
+    async def _took_same_content(self, chunk: Chunk, sha: str, cut: _Cut, path: str,
+                                 response: OCRResponse) -> None:
+        await self.ctx.manifest.checkpoint_chunk(self.src.rel, sha, chunk.first_page,
+                                                 chunk.page_count, chunk.sha256, response)
+        cut.pages_same_content += chunk.page_count
+        cut.same_content_as = cut.same_content_as or path
+
+    def _reserve(self, chunk: Chunk, gate: asyncio.Semaphore) -> None:
         budget = self.ctx.budget
         if not budget.reserve(chunk.page_count):
             gate.release()
             self.ctx.request_stop(StopRequest(StopReason.BUDGET,
                                               f"{budget.page_limit} pages (--max-pages/--max-cost)"))
             raise StopRequested()
-        return asyncio.create_task(self._send(position, chunk, sha, cut, gate))
+
+    async def _follow(self, position: int, chunk: Chunk, sha: str, cut: _Cut,
+                      gate: asyncio.Semaphore, leader: InFlight) -> None:
+        """Wait for the request another document of the same content has in flight; when it
+        fails, send this document's own."""
+        try:
+            response = await asyncio.shield(leader.answer)
+        except Exception:  # noqa: BLE001 - the leader's failure is its own; try on our own
+            response = None
+        if response is not None:
+            try:
+                await self._took_same_content(chunk, sha, cut, leader.path, response)
+                cut.answers[position] = response
+            finally:
+                gate.release()
+            return
+        self._reserve(chunk, gate)
+        await self._send(position, chunk, sha, cut, gate,
+                         self._lead((sha, chunk.first_page, chunk.page_count)))
 
     async def _send(self, position: int, chunk: Chunk, sha: str, cut: _Cut,
-                    gate: asyncio.Semaphore) -> None:
+                    gate: asyncio.Semaphore, lead: InFlight | None = None) -> None:
         paid = False
+        response: OCRResponse | None = None
+        error: BaseException | None = None
         try:
             crashpoints.reached("request")
             response = await self.ctx.transport.answer(chunk)
@@ -335,7 +394,13 @@ class DocumentJob:
                                                      chunk.page_count, chunk.sha256, response)
             crashpoints.reached("chunk_persisted")
             cut.answers[position] = response
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
+            if lead is not None and self.ctx.share is not None:
+                self.ctx.share.settle((sha, chunk.first_page, chunk.page_count), lead,
+                                      response if error is None else None, error)
             self.ctx.budget.settle(chunk.page_count, paid=paid)
             gate.release()
 
@@ -354,6 +419,8 @@ class DocumentJob:
                 for c, n in zip(cut.chunks, cut.sizes, strict=True)
             ],
             "pages_from_checkpoint": cut.pages_reused,
+            **({"pages_from_same_content": cut.pages_same_content,
+                "same_content_as": cut.same_content_as} if cut.pages_same_content else {}),
             **cut.repair,
             "run_id": self.ctx.run_id,
             "seconds": round(time.monotonic() - self.started, 3),

@@ -42,6 +42,7 @@ class RunReport:
     documents_interrupted: int = 0
     pages_done: int = 0
     pages_from_checkpoints: int = 0  # pages reused from an earlier run's persisted responses
+    pages_same_content: int = 0  # pages answered for another document of the same bytes (dedup)
     cost: float = 0.0
     requests: dict[str, Any] = field(default_factory=dict)
     bytes_sent: int = 0
@@ -105,6 +106,9 @@ class RunReport:
                 f" {self.documents_interrupted} interrupted; pages: {self.pages_done};"
                 f" cost: ${self.cost:.4f}; {self.duration_s:.1f} s"
             )
+            if self.pages_same_content:
+                lines.append(f"  same content: {self.pages_same_content} pages taken from a"
+                             " document with the same bytes, not paid again")
             lines += self._backend_lines()
             if self.batch is not None:
                 lines.append(batch_line(self.batch))

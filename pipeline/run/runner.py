@@ -29,6 +29,7 @@ from pipeline.manifest import Manifest, PlannedDocument, manifest_path, state_di
 from pipeline.manifest.writer import AsyncManifest
 from pipeline.pricing import batch_price, price_per_1000_pages
 from pipeline.run.budget import Budget
+from pipeline.run.content_share import ContentShare
 from pipeline.run.document_job import (
     DocumentJob,
     DocumentLimits,
@@ -285,6 +286,8 @@ class Run:
             transport=self._watch, budget=self.budget, splitter=self.splitter,
             stopping=lambda: self.stopping, request_stop=self.request_stop,
             outputs=self.s.outputs,
+            # Batch mode shares content in its request lines (one custom_id for the same bytes).
+            share=None if self.s.service.mode == "batch" else ContentShare(),
         )
 
     def _record_plan(self, tally: PlanTally) -> None:
@@ -399,6 +402,7 @@ class Run:
             r.documents_done += 1
             r.pages_done += result.pages
             r.pages_from_checkpoints += result.pages_reused
+            r.pages_same_content += result.pages_same_content
             r.cost += result.cost
             for method, n in result.page_methods.items():
                 r.page_methods[method] = r.page_methods.get(method, 0) + n
