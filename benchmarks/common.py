@@ -139,27 +139,50 @@ def big_pdf(pages: int) -> Path:
     return path
 
 
+DOC_MARK = b"QQQQQQQQ"  # in each typeset variant; replaced by the document's number
+
+
+def _variant(v: int, pages: int) -> bytes:
+    """A PDF with uncompressed content streams whose every page carries DOC_MARK: replacing it
+    by 8 other characters keeps every offset, so the file stays valid."""
+    import io
+
+    from reportlab.lib.pagesizes import letter
+    from reportlab.pdfgen import canvas
+
+    buf = io.BytesIO()
+    c = canvas.Canvas(buf, pagesize=letter, pageCompression=0)
+    for p in range(pages):
+        c.setFont("Helvetica", 14)
+        c.drawString(72, letter[1] - 100, f"{page_text(f'v{v}', p)} id {DOC_MARK.decode()}")
+        c.showPage()
+    c.save()
+    return buf.getvalue()
+
+
 def tree(docs: int, pages: int, *, folders: int = 1, variants: int = 20) -> Path:
     """`docs` PDFs of `pages` pages spread over `folders` folders; cached under CACHE.
 
-    Only `variants` distinct files are typeset (different names, some identical contents):
-    enough that they are not all the same bytes, cheap enough for 100,000 files.
+    Every file has its own bytes and text (the pipeline OCRs files of the same bytes once, so
+    copies would measure nothing): `variants` layouts are typeset once and each file gets its
+    number written into every page, cheap enough for 100,000 files.
     """
-    final = CACHE / f"tree-{docs}x{pages}p-{folders}f"
+    final = CACHE / f"tree-unique-{docs}x{pages}p-{folders}f"
     if final.exists():
         return final
     tmp = CACHE / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    blobs = [pdf_bytes([page_text(f"v{v}", p) for p in range(pages)]) for v in range(variants)]
+    blobs = [_variant(v, pages) for v in range(variants)]
     per_folder = -(-docs // folders)
     t0 = time.perf_counter()
     for i in range(docs):
         folder = tmp / (f"f{i // per_folder:03d}" if folders > 1 else "")
         if i % per_folder == 0 or folders == 1 and i == 0:
             folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"doc{i:06d}.pdf").write_bytes(blobs[i % variants])
-    print(f"   (generated {docs:,} PDFs of {pages} page(s) in {time.perf_counter() - t0:.1f} s:"
-          f" {final})", flush=True)
+        data = blobs[i % variants].replace(DOC_MARK, f"{i:08d}".encode())
+        (folder / f"doc{i:06d}.pdf").write_bytes(data)
+    print(f"   (generated {docs:,} PDFs of {pages} page(s) in {time.perf_counter() - t0:.1f} s,"
+          f" each its own bytes: {final})", flush=True)
     return _publish(tmp, final)
 
 
