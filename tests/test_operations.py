@@ -286,3 +286,32 @@ async def test_config_error_names_the_key_and_file_and_exits_2(tmp_path: Path) -
          str(tmp_path / "out")], pipeline_env(api_key=None))
     assert proc.returncode == ExitCode.USAGE
     assert str(cfg) in proc.stderr and "'workers'" in proc.stderr
+
+
+async def test_progress_and_metrics_show_the_rate_limiter(tmp_path: Path, fake_server) -> None:
+    """The limiter's state reaches the operator: the pace and where the limit came from (the
+    server's x-ratelimit headers here), requests in flight against the Little's-law target and
+    the latency, in the JSON progress events and in the Prometheus file."""
+    server = await fake_server(latency=0.2, rps_limit=30, ratelimit_headers=True)
+    make_docs(tmp_path / "in", 30, 1)
+    metrics = tmp_path / "metrics.prom"
+    proc = await run_pipeline_process(
+        run_args(tmp_path / "in", tmp_path / "out", server.url, "--metrics-file", str(metrics))
+        + ["--config", str(write_config(tmp_path, "progress_interval: 0.3"))],
+        pipeline_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress, proc.stderr[-2000:]
+    last = progress[-1]
+    assert last["rate_limit_source"] == "headers"
+    assert 0 < last["rate_rps"] <= 30
+    assert last["latency_s"] is not None and last["latency_s"] >= 0.15
+    assert last["target_in_flight"] >= 1 and last["rejections_429"] >= 0
+    text = metrics.read_text()
+    assert 'ocr_pipeline_rate_limit_source{source="headers"} 1.0' in text
+    rate = float(next(line.split()[-1] for line in text.splitlines()
+                      if line.startswith("ocr_pipeline_rate_requests_per_second ")))
+    assert 0 < rate <= 30
+    assert "ocr_pipeline_request_latency_seconds" in text

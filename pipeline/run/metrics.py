@@ -15,6 +15,8 @@ from typing import Any
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
 
+from pipeline.transport.ratelimit import LimiterSnapshot
+
 if hasattr(prometheus_client, "disable_created_metrics"):
     prometheus_client.disable_created_metrics()
 
@@ -54,6 +56,7 @@ class MetricsSnapshot:
     workers: int | None = None  # local engine: processes, or Dask workers connected now
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # `endpoints:` lanes
     pages_low_confidence: int = 0  # this run: pages under outputs.confidence_threshold
+    limiter: LimiterSnapshot | None = None  # a single hosted endpoint's rate limiter
 
 
 def render_registry(snap: MetricsSnapshot) -> CollectorRegistry:
@@ -94,7 +97,28 @@ def render_registry(snap: MetricsSnapshot) -> CollectorRegistry:
         Gauge("ocr_pipeline_workers", "Workers reading pages now (local engine: processes, or Dask"
               " workers with --cluster)", registry=reg).set(snap.workers)
     _endpoint_metrics(reg, snap.endpoints)
+    if snap.limiter is not None:
+        _limiter_metrics(reg, snap.limiter)
     return reg
+
+
+def _limiter_metrics(reg: CollectorRegistry, lim: LimiterSnapshot) -> None:
+    """The rate limiter as it is now (docs/rate-limits.md): the pace, where the limit came from,
+    requests in flight against the Little's-law target, the latency it sizes them with."""
+    Gauge("ocr_pipeline_rate_requests_per_second", "Requests per second the limiter paces at now"
+          " (0: no limit)", registry=reg).set(lim.rate)
+    Gauge("ocr_pipeline_rate_limit_source", "Where the limit comes from (1 for the source in force)",
+          ["source"], registry=reg).labels(source=lim.limit_source).set(1)
+    Gauge("ocr_pipeline_requests_in_flight", "Requests sent and not answered yet",
+          registry=reg).set(lim.in_flight)
+    Gauge("ocr_pipeline_requests_in_flight_target", "Requests in flight the limiter aims at"
+          " (latency x rate)", registry=reg).set(lim.target_in_flight)
+    Gauge("ocr_pipeline_request_latency_seconds", "Mean latency of recent answers",
+          registry=reg).set(lim.latency or 0)
+    Counter("ocr_pipeline_rate_rejections", "429s heard by the limiter",
+            registry=reg).inc(lim.rejections)
+    Counter("ocr_pipeline_rate_pauses", "Global pauses (clustered 429s, remaining = 0)",
+            registry=reg).inc(lim.pauses)
 
 
 def _endpoint_metrics(reg: CollectorRegistry, endpoints: dict[str, dict[str, Any]]) -> None:

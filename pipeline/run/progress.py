@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, TextIO
 
+from pipeline.transport.ratelimit import LimiterSnapshot
+
 CLEAR_LINE = "\r\x1b[K"  # carriage return, then erase to the end of the line
 DEFAULT_WIDTH = 80
 MIN_BAR_CELLS = 10
@@ -31,6 +33,7 @@ class ProgressSnapshot:
     throttled: int
     elapsed_s: float
     workers: int | None = None  # local engine on a cluster: Dask workers connected now
+    limiter: LimiterSnapshot | None = None  # a hosted endpoint's rate limiter, as it is now
 
     @property
     def finished(self) -> int:
@@ -49,11 +52,22 @@ class ProgressSnapshot:
 
     def as_event(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("limiter")
+        if self.limiter is not None:  # pace, source of the limit, in flight vs Little's law
+            data.update(limiter_fields(self.limiter))
         data["pages_per_s"] = round(self.pages_per_s, 2)
         data["pages_per_min"] = round(self.pages_per_s * 60, 1)
         data["eta_s"] = None if self.eta_s is None else round(self.eta_s, 1)
         data["elapsed_s"] = round(self.elapsed_s, 1)
         return data
+
+
+def limiter_fields(lim: LimiterSnapshot) -> dict[str, Any]:
+    """The limiter's state as flat fields of a progress event."""
+    return {"rate_rps": round(lim.rate, 2), "rate_limit_source": lim.limit_source,
+            "requests_in_flight": lim.in_flight, "target_in_flight": lim.target_in_flight,
+            "latency_s": None if lim.latency is None else round(lim.latency, 3),
+            "rejections_429": lim.rejections, "global_pauses": lim.pauses}
 
 
 def _clock(seconds: float | None) -> str:
@@ -74,6 +88,8 @@ def _bar_fields(snap: ProgressSnapshot) -> list[str]:
     fields += [f"ETA {_clock(snap.eta_s)}", speed, f"{snap.pages_done} pages"]
     if snap.workers is not None:
         fields.append(f"{snap.workers} workers")
+    if snap.limiter is not None and snap.limiter.rate > 0:
+        fields.append(f"{snap.limiter.rate:.1f} req/s ({snap.limiter.limit_source})")
     if snap.retries:
         fields.append(f"retries {snap.retries}")
     if snap.throttled:

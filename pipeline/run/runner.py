@@ -50,6 +50,7 @@ from pipeline.timefmt import iso
 from pipeline.transport.base import RunTransport
 from pipeline.transport.endpoints import MultiEndpointTransport
 from pipeline.transport.retry import RetryStats
+from pipeline.transport.sync import SyncTransport
 
 PLAN_BATCH = 256  # files planned per trip to a thread
 MAX_OPEN_DOCUMENTS = 4096  # safety ceiling when the pool sizes itself
@@ -159,6 +160,8 @@ class Run:
                            lambda: self.transport.bytes_sent if self.transport else 0)
         if isinstance(self.transport, MultiEndpointTransport):
             ticker.endpoints = self.transport.endpoint_figures
+        if isinstance(self.transport, SyncTransport) and self.s.service.backend != "local":
+            ticker.limiter = self.transport.limiter.snapshot
         self._cluster = cluster_backend(self.transport)  # the local engine on Dask, or None
         if self._cluster is not None:
             self.report.cluster = self._cluster.cluster

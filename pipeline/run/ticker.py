@@ -15,6 +15,7 @@ from pipeline.manifest.writer import AsyncManifest
 from pipeline.run.metrics import MetricsSnapshot, write_metrics
 from pipeline.run.progress import ProgressDisplay, ProgressSnapshot
 from pipeline.run.report import RunReport
+from pipeline.transport.ratelimit import LimiterSnapshot
 from pipeline.transport.retry import RetryStats
 
 
@@ -39,6 +40,8 @@ class RunTicker:
         self.endpoints: Callable[[], dict[str, dict[str, Any]]] = dict
         # The local engine's workers now (a Dask cluster's, with --cluster); None: not shown.
         self.workers: Callable[[], int | None] = lambda: None
+        # The rate limiter of a single hosted endpoint (pace, in flight, latency); None: none.
+        self.limiter: Callable[[], LimiterSnapshot | None] = lambda: None
 
     def progress_snapshot(self) -> ProgressSnapshot:
         r = self.report
@@ -51,6 +54,7 @@ class RunTicker:
             throttled=self.stats().throttled,
             elapsed_s=time.time() - self.started,
             workers=self._sample_workers(),
+            limiter=self.limiter(),
         )
 
     def _sample_workers(self) -> int | None:
@@ -85,6 +89,7 @@ class RunTicker:
             endpoints=self.endpoints(),
             workers=self._sample_workers(),
             pages_low_confidence=r.pages_low_confidence,
+            limiter=self.limiter(),
         )
 
     async def _refresh_manifest_figures(self, manifest: AsyncManifest) -> None:
