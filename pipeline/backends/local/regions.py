@@ -9,12 +9,25 @@ full-width blocks, each band read column by column, captions after the text of t
 
 from __future__ import annotations
 
+import re
 import statistics
+from collections import Counter
 from collections.abc import Callable
 
 from pipeline.backends.local.columns import Region
-from pipeline.backends.local.layout import AMOUNT, Block, Box, Line, Paragraph, Word, body_size
+from pipeline.backends.local.layout import (
+    AMOUNT,
+    CELL_GAP,
+    LEADER,
+    Block,
+    Box,
+    Line,
+    Paragraph,
+    Word,
+    body_size,
+)
 from pipeline.backends.local.rules import Grid
+from pipeline.backends.local.tables import Table
 
 HEADER_ZONE = 0.08  # share of the page height at the top that can hold a running header
 FOOTER_ZONE = 0.08  # ... and at the bottom a footer
@@ -76,6 +89,29 @@ def tables_from_grids(blocks: list[Block], grids: list[Grid]) -> list[Block]:
                 line.box = _union([w.box for w in line.words])
         block.paragraphs = [p for p in block.paragraphs if p.lines]
     return kept_blocks + tables
+
+
+def tables_from_cells(blocks: list[Block], found: list[Table], texts: list[list[list[str]]]) -> list[Block]:
+    """Borderless tables read cell by cell replace the words Tesseract read inside them."""
+    for table in found:
+        for block in blocks:
+            for para in block.paragraphs:
+                for line in para.lines:
+                    line.words = [w for w in line.words if not _inside(w.box, table.box, table.glyph)]
+    kept = [b for b in blocks if b.kind == "table" or _words(b)]
+    for block in kept:
+        for para in block.paragraphs:
+            para.lines = [line for line in para.lines if line.words]
+            for line in para.lines:
+                line.box = _union([w.box for w in line.words])
+        block.paragraphs = [p for p in block.paragraphs if p.lines]
+    tables = [Block(kind="table", table=rows, grid_box=t.box) for t, rows in zip(found, texts, strict=True)]
+    return kept + tables
+
+
+def _inside(box: Box, area: Box, pad: float) -> bool:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return area[0] - pad <= cx <= area[2] + pad and area[1] - pad <= cy <= area[3] + pad
 
 
 def _union(boxes: list[Box]) -> Box:
@@ -204,6 +240,57 @@ def _line_left_of(lines: list[Line], new: Line, slope: float) -> Line | None:
 
 
 MIN_ROW_OVERLAP = 0.25
+MIN_COLUMN_AMOUNTS = 3  # right-aligned amounts in a column before its misfits are read again
+FORMAT_SHARE = 2 / 3  # the share of a column's amounts that sets its format
+MAX_AMOUNT_CHARS = 12
+
+
+def amount_format(text: str) -> int:
+    """Digits after the decimal separator (`12.53`: 2); 0 for integers and thousands (`1,234`)."""
+    m = re.search(r"[.,:'](\d+)\D*$", text)
+    return len(m.group(1)) if m and len(m.group(1)) <= 2 else 0
+
+
+def right_column(blocks: list[Block]) -> tuple[list[Word], int | None]:
+    """The words ending lines in a right-aligned column of amounts, and the column's format
+    (None when it has none).
+
+    A column of prices or page numbers (three or more amounts, set off from their lines, whose
+    right edges line up) sets a format (`12.53`: two decimals) when most of its amounts share
+    it. A word on that edge that is no amount (`13°71`, `TAL`) or not in the format (`1253`)
+    was misread; one that fits may be misread too (`4` for `1`): the caller reads them again.
+    """
+    ends = [line.words[-1] for b in blocks if b.kind != "table" for line in _lines(b) if _set_off(line)]
+    amounts = [w for w in ends if fits(w.text, None)]
+    if len(amounts) < MIN_COLUMN_AMOUNTS:
+        return [], None
+    height = statistics.median(w.box[3] - w.box[1] for w in amounts)
+    edge = max((w.box[2] for w in amounts), key=lambda r: sum(abs(w.box[2] - r) <= height for w in amounts))
+    column = [w for w in ends if abs(w.box[2] - edge) <= height and len(w.text) <= MAX_AMOUNT_CHARS]
+    found = [w for w in column if fits(w.text, None)]
+    if len(found) < MIN_COLUMN_AMOUNTS:
+        return [], None
+    fmt, n = Counter(amount_format(w.text) for w in found).most_common(1)[0]
+    dominant = fmt if n >= FORMAT_SHARE * len(found) else None
+    return column, dominant
+
+
+def _set_off(line: Line) -> bool:
+    """The line's last word stands apart: alone, after a wide gap, or after dot leaders (the end
+    of justified prose is no column of amounts)."""
+    if len(line.words) == 1:
+        return True
+    prev, last = line.words[-2], line.words[-1]
+    height = max(1, line.box[3] - line.box[1])
+    return last.box[0] - prev.box[2] > CELL_GAP * height or bool(LEADER.match(prev.text))
+
+
+def fits(text: str, dominant: int | None) -> bool:
+    """An amount, in the column's format when it has one."""
+    ok = bool(AMOUNT.match(text)) and any(c.isdigit() for c in text)
+    return ok and (dominant is None or amount_format(text) == dominant)
+
+
 # --- classification and reading order ----------------------------------------------------------
 
 
