@@ -161,3 +161,39 @@ async def test_after_its_pause_one_chunk_probes_a_dead_endpoint_and_the_others_k
     finally:
         transport.stop()
         await transport.close()
+
+
+async def test_chunks_waiting_for_an_endpoint_that_pauses_move_on_without_being_sent(
+        tmp_path: Path, fake_server) -> None:
+    """Chunks queued behind a lane's limiter when its breaker opens leave the queue at once: they
+    are not released one by one, at that lane's pace, to an endpoint that keeps failing."""
+    import hashlib
+
+    from pipeline.models import Chunk
+    from pipeline.run.transports import endpoint_lanes
+    from pipeline.transport.endpoints import BREAKER_FAILURES, MultiEndpointTransport
+    from pipeline.transport.retry import RetryPolicy
+    from tests.conftest import make_settings
+    from tests.pdfgen import page_text, pdf_bytes
+
+    slow = await fake_server(latency=0.05)
+    settings = make_settings(tmp_path, tmp_path / "out", slow.url, rps=None, endpoints=[
+        {"url": slow.url, "api_key": TEST_KEY, "name": "slow", "rps": 0.5}])
+    transport = MultiEndpointTransport(endpoint_lanes(settings), RetryPolicy(6, 0.01, 0.05))
+    (lane,) = transport.lanes
+    data = pdf_bytes([page_text("p.pdf", 0)])
+    chunk = Chunk("p.pdf", 0, 0, 1, "application/pdf", data, hashlib.sha256(data).hexdigest())
+    try:
+        tries = [asyncio.create_task(transport._try(lane, chunk)) for _ in range(6)]
+        while lane.limiter.waiting < 5:  # one sent, five queued at 1 per 2 s
+            await asyncio.sleep(0.01)
+        for _ in range(BREAKER_FAILURES):
+            transport._failed(lane)  # as if three answers had failed: the breaker opens
+        outcomes = await asyncio.wait_for(asyncio.gather(*tries), 30)
+    finally:
+        transport.stop()
+        await transport.close()
+    assert sum(o is None for o in outcomes) == 5  # moved, never sent
+    assert sum(o is not None for o in outcomes) == 1  # the one already sent got its answer
+    assert slow.stats.requests == 1 and lane.stats.attempts == 1
+    assert lane.limiter.waiting == 0 and lane.limiter.in_flight == 0

@@ -42,6 +42,12 @@ class Lane:
     half_open: bool = False  # the breaker has opened: after open_until, one probe at a time
     probing: bool = False  # that probe is under way
     drained: str | None = None  # why the lane takes no more work
+    on_pause: set[Callable[[], None]] = field(default_factory=set, repr=False)
+
+    def signal_pause(self) -> None:
+        """The lane has just paused or drained: tell the chunks waiting for it."""
+        for callback in list(self.on_pause):
+            callback()
 
     def ready(self, now: float) -> bool:
         """May a chunk be sent here now? Not while the breaker is open or its probe is out."""
@@ -62,6 +68,27 @@ class Lane:
             "failures": self.failures,
             "rate": round(self.limiter.rate, 2),
         }
+
+
+class _Sending:
+    """A lane's backend as `call_with_retry` sees it: notes whether the chunk was sent (the
+    limiter admitted it) before handing it to the backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.name, self.model = backend.name, backend.model
+        self.sent = False
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.backend.bytes_sent
+
+    async def ocr(self, chunk: Chunk) -> OCRResponse:
+        self.sent = True
+        return await self.backend.ocr(chunk)
+
+    async def close(self) -> None:
+        """The lane owns the backend: nothing to close here."""
 
 
 class MultiEndpointTransport:
@@ -141,8 +168,7 @@ class MultiEndpointTransport:
             if probe:
                 lane.probing = True  # this chunk probes the lane; the others keep away meanwhile
             try:
-                response = await call_with_retry(lane.backend, chunk, lane.limiter, self._one_try,
-                                                 lane.health, lane.stats)
+                response = await self._try(lane, chunk)
             except StopRequested:
                 self._probe_over(lane, probe)
                 if lane.drained and not self._stopped:
@@ -166,10 +192,38 @@ class MultiEndpointTransport:
                 self._probe_over(lane, probe)
                 raise
             self._probe_over(lane, probe)
+            if response is None:
+                continue  # the lane paused before the chunk was sent: take another
             lane.half_open = False  # an answer: the lane is healthy again
             lane.consecutive_failures = 0
             lane.pages += chunk.page_count
             return response
+
+    async def _try(self, lane: Lane, chunk: Chunk) -> OCRResponse | None:
+        """One try on `lane`; None when the lane paused while the chunk still waited in its
+        limiter's queue (not sent, so not a failure: the chunk moves on at once instead of
+        being released to a failing endpoint at that endpoint's pace)."""
+        sending = _Sending(lane.backend)
+        task = asyncio.current_task()
+        assert task is not None
+        moved = False
+
+        def move() -> None:
+            nonlocal moved
+            if not sending.sent and not moved:
+                moved = True
+                task.cancel()  # the limiter gives a cancelled waiter's place back
+
+        lane.on_pause.add(move)
+        try:
+            return await call_with_retry(sending, chunk, lane.limiter, self._one_try,
+                                         lane.health, lane.stats)
+        except asyncio.CancelledError:
+            if moved and task.uncancel() == 0:
+                return None  # our own cancel, and nobody else's: move on
+            raise
+        finally:
+            lane.on_pause.discard(move)
 
     @staticmethod
     def _probe_over(lane: Lane, probe: bool) -> None:
@@ -190,6 +244,7 @@ class MultiEndpointTransport:
             lane.open_until = self._clock() + BREAKER_SECONDS
             lane.half_open = True
             lane.consecutive_failures = 0
+            lane.signal_pause()
             if self.log:
                 self.log.warning("endpoint paused", endpoint=lane.name, seconds=BREAKER_SECONDS)
 
@@ -197,5 +252,6 @@ class MultiEndpointTransport:
         if lane.drained is None:
             lane.drained = why
             lane.limiter.close()
+            lane.signal_pause()
             if self.log:
                 self.log.error("endpoint drained", endpoint=lane.name, error=why)
