@@ -195,6 +195,7 @@ def measure(cell: Cell, inp: Path, quick: bool, window: float) -> dict[str, Any]
         "cpu_ms/page": 1000 * cpu / pages,
         "rss_mb": usage.ru_maxrss / 1024.0,
         "srv_cores": server_cores,
+        "cli_cores": cpu / wall if wall > 0 else 0.0,  # the pipeline's CPU: 2 = both cores
         "pages": final.get("pages_answered", 0),
         "stuck": final.get("stuck", 0),
         "window_s": span,
@@ -259,7 +260,7 @@ def poll(server: FakeServerProcess, child: Child, warmup: float,
 
 # ---- main -----------------------------------------------------------------------------------------
 COLUMNS = ["cell", "achieved/R", "429/100", "429/100 all", "max/1s", "R", "wall_s", "cpu_ms/page",
-           "rss_mb", "srv_cores", "pages", "stuck", "exit", "load", "note"]
+           "rss_mb", "cli_cores", "srv_cores", "pages", "stuck", "exit", "load", "note"]
 
 
 def main() -> None:
