@@ -47,7 +47,7 @@ def decide_outcome(*, fatal: bool, stop: StopRequest | None, failed_now: int,
                    failed_earlier: int) -> Outcome:
     """A fatal condition wins, then a stop, then failures: this run's and those left failed by
     earlier runs (the input is not all done while any is failed)."""
-    if fatal:
+    if fatal or (stop is not None and stop.reason == StopReason.PLANNING_ERROR):
         return Outcome.FATAL
     if stop is not None and stop.reason.is_signal:
         return Outcome.INTERRUPTED

@@ -347,7 +347,7 @@ class Run:
         """Open documents as the transport has room for their requests; each runs as one job."""
         changed = asyncio.Event()  # a document finished: there may be room again
         sizes: dict[asyncio.Task[Any], int] = {}
-        failures: list[BaseException] = []
+        planning_failed: FatalError | None = None
 
         def done(task: asyncio.Task[Any], rel: str) -> None:
             self._tasks.discard(task)
@@ -373,11 +373,18 @@ class Run:
                     task.add_done_callback(functools.partial(done, rel=item.source.rel))
         except FatalError as exc:
             self._abort(exc)
-        except Exception as exc:  # planning broke: stop, and say why after the documents end
-            failures.append(exc)
-            self.request_stop(StopRequest(StopReason.PLANNING_ERROR))
+        except Exception as exc:  # planning broke: the open documents end, then a fatal outcome
+            self.log.exception("planning failed")
+            planning_failed = FatalError(
+                f"planning the input failed: {type(exc).__name__}: {exc}",
+                hint="documents done so far are kept and the run is resumable; if the input is"
+                     " readable, report this as a bug")
+            self.request_stop(StopRequest(StopReason.PLANNING_ERROR, str(exc)))
         results = await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        for result in [*results, *failures]:
+        if planning_failed is not None and self.fatal is None:
+            self.fatal = planning_failed
+            self.log.error("fatal", error=redact(str(planning_failed)))
+        for result in results:
             if isinstance(result, BaseException) and not isinstance(
                 result, asyncio.CancelledError | FatalError
             ):
