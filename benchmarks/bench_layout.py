@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_layout.py                      # held-out set, ~5 min
     .venv/bin/python benchmarks/bench_layout.py --dev --per-kind 2
     .venv/bin/python benchmarks/bench_layout.py --base /tmp/e-base   # the code before, side by side
+    .venv/bin/python benchmarks/bench_layout.py --seeds-from 5000    # a fresh held-out set
 
 Pages come from tests/layoutgen.py (ruled and borderless tables of 3-8 columns, tables of contents
 with dot leaders, receipts, two- and three-column magazine pages with headline, drop cap, picture,
@@ -115,8 +116,10 @@ def main() -> None:
     ap.add_argument("--per-kind", type=int, default=4)
     ap.add_argument("--base", type=Path, default=None, help="a worktree with the code before")
     ap.add_argument("--misses", action="store_true", help="print each page's right-aligned numbers not kept")
+    ap.add_argument("--seeds-from", type=int, default=None,
+                    help="first seed (default 1000 held-out, 0 dev): fresh seeds are pages nobody looked at")
     args = ap.parse_args()
-    pages = page_set(held_out=not args.dev, per_kind=args.per_kind)
+    pages = page_set(held_out=not args.dev, per_kind=args.per_kind, base=args.seeds_from)
     scans = prose_scans()
     engines = [("after", ROOT)] + ([("before", args.base)] if args.base else [])
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,8 +134,10 @@ def main() -> None:
             img.save(path)
             images.append((path, dpi))
         results = {name: run_engine(root, images, work) for name, root in engines}
+    first = pages[0].seed
     print(
-        f"{'set':<10} {'dev' if args.dev else 'held-out'}, {args.per_kind} per kind: {', '.join(KINDS)}"
+        f"{'set':<10} {'dev' if args.dev else 'held-out'} (seeds from {first}), {args.per_kind} per kind:"
+        f" {', '.join(KINDS)}"
     )
     header = f"{'':<34}" + "".join(f"{name:>12}" for name, _ in engines)
     print(header)

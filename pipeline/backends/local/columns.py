@@ -182,20 +182,37 @@ def _is_column(frags: np.ndarray, a: int, b: int, glyph: float) -> bool:
     return span >= MIN_COLUMN * glyph and (int(wide.sum()) >= MIN_COLUMN_LINES or picture)
 
 
-def find(ink: np.ndarray, gray: np.ndarray, dpi: int | None) -> PageLayout | None:
-    """The page's reading regions when it has columns, else None (read it whole)."""
+@dataclass(frozen=True)
+class Ink:
+    """The page's glyph-sized ink, measured once for columns and for borderless tables."""
+
+    pictures: list[Box]
+    mask: np.ndarray  # glyph-sized ink, pictures and specks out
+    glyph: float  # median glyph height in pixels
+    fragments: np.ndarray  # n x 4 line fragments (x0, y0, x1, y1)
+
+
+def measure(ink: np.ndarray, gray: np.ndarray, dpi: int | None) -> Ink | None:
+    """Pictures, glyph-sized ink and its line fragments; None on a page without text."""
     res = dpi or 300
     pics = pictures(gray, res)
     found = _glyph_mask(ink, res, pics)
     if found is None:
         return None
     mask, glyph = found
-    frags = _fragments(mask, glyph)
+    return Ink(pics, mask, glyph, _fragments(mask, glyph))
+
+
+def find(measured: Ink | None, shape: tuple[int, int]) -> PageLayout | None:
+    """The page's reading regions when it has columns, else None (read it whole)."""
+    if measured is None:
+        return None
+    pics, mask, glyph, frags = measured.pictures, measured.mask, measured.glyph, measured.fragments
     if len(pics):
         frags = np.concatenate([frags, np.array(pics, dtype=frags.dtype)])
     if len(frags) < 2 * MIN_COLUMN_LINES:
         return None
-    height, width = ink.shape
+    height, width = shape
     # Stripes separated by white across the page, each with its own gutters; consecutive stripes
     # with the same gutters are one band (paragraph breaks that happen to line up).
     stripes: list[tuple[int, int, list[tuple[int, int]]]] = []

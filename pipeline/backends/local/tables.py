@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.backends.local.columns import _fragments, _glyph_mask
+from pipeline.backends.local.columns import Ink
 
 Box = tuple[int, int, int, int]
 
@@ -44,17 +44,15 @@ class Table:
     glyph: float  # median glyph height on the page, pixels
 
 
-def find(ink: np.ndarray, dpi: int | None, measure_slope: Callable[[], float]) -> list[Table]:
+def find(measured: Ink | None, measure_slope: Callable[[], float]) -> list[Table]:
     """Borderless tables of three or more columns on the page (see the module's rules).
 
     `measure_slope` (the page's tilt, dy/dx) is called only when the page has enough short
     fragments to hold a table: most pages do not.
     """
-    found = _glyph_mask(ink, dpi or 300, [])
-    if found is None:
+    if measured is None:
         return []
-    mask, glyph = found
-    frags = _fragments(mask, glyph)
+    frags, glyph = measured.fragments, measured.glyph
     if int(((frags[:, 2] - frags[:, 0]) <= MAX_CELL_GLYPHS * glyph).sum()) < MIN_COLUMNS * MIN_ROWS:
         return []
     rows = _rows(frags, glyph, measure_slope())
