@@ -151,14 +151,8 @@ def _check_input(settings: Settings) -> None:
         raise ConfigError(f"input is neither a folder nor a regular file: {settings.run.input}")
 
 
-def _progress_mode(settings: Settings) -> str:
-    if settings.run.progress == "auto":
-        return "bar" if sys.stderr.isatty() else "json"
-    return settings.run.progress
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.run.progress import BarTerminal
+    from pipeline.run.progress import BarTerminal, resolve_mode
 
     config = args.config
     if config is None and DEFAULT_CONFIG.exists() and args.backend is None:
@@ -169,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         register_secret(password)
     _check_input(settings)
     stderr = sys.stderr
-    mode = _progress_mode(settings)
+    mode = resolve_mode(settings.run.progress)
     if mode == "bar":
         # Log lines and the bar share the terminal: the bar stays below the lines.
         sys.stderr = BarTerminal(stderr)

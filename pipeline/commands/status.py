@@ -7,22 +7,25 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.manifest import MANIFEST_NAME, Manifest, state_dir
+from pipeline.manifest import Manifest, manifest_path
+from pipeline.manifest.states import DocState
 from pipeline.run.report import failure_text, review_lines
+
+STATUS_ORDER = (DocState.DONE, DocState.FAILED, DocState.PENDING, DocState.RUNNING)
 
 
 def status(output: Path) -> dict[str, Any]:
-    path = state_dir(output) / MANIFEST_NAME
+    path = manifest_path(output)
     if not path.exists():
         raise ConfigError(f"no manifest at {path}: has a run written to {output} yet?")
     manifest = Manifest(path)
     try:
         counts = manifest.counts()
+        last = manifest.last_summary() or {}
         return {
             "output": str(output),
             "manifest": str(path),
-            "documents": {state: counts.get(state, 0)
-                          for state in ("done", "failed", "pending", "running")},
+            "documents": {str(state): counts.get(state, 0) for state in STATUS_ORDER},
             "totals": manifest.totals(),
             "recent_runs": [_run_times_iso(run) for run in manifest.recent_runs()],
             "failures": [
@@ -31,8 +34,8 @@ def status(output: Path) -> dict[str, Any]:
                 for f in manifest.failures()
             ],
             "batch_jobs": _batch_jobs(manifest),
-            "endpoints": ((manifest.last_summary() or {}).get("requests") or {}).get("endpoints", {}),
-            **_low_confidence(manifest.last_summary() or {}),
+            "endpoints": (last.get("requests") or {}).get("endpoints", {}),
+            **_low_confidence(last),
         }
     finally:
         manifest.close()

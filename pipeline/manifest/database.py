@@ -574,9 +574,3 @@ class Manifest:
             " ORDER BY d.path LIMIT ?",
             (DocState.PENDING, after, SubmittedState.QUEUED, limit))
         return [DocumentRow.from_sql(r) for r in rows]
-
-    def batch_awaited(self) -> int:
-        """Chunks whose answers are awaited from open jobs."""
-        row = self._db.execute("SELECT COUNT(*) FROM batch_chunks WHERE state=?",
-                               (SubmittedState.QUEUED,)).fetchone()
-        return int(row[0])

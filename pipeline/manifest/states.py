@@ -6,12 +6,13 @@
      │                     ▲  ▲               │ │                │
      │ fail (planning)     │  └── release ────┘ │ fail           │ record_plan
      ▼                     │   (stop, crash)    ▼                │ (changed file)
-   FAILED ─────────────────┴──────────────── FAILED ◄────────────┘
-           record_plan (--retry-failed, changed file)
+   FAILED                  └──────────────── FAILED      PENDING ◄┘
+     └── record_plan (--retry-failed, changed file) ──► PENDING
 ```
 A crash leaves rows RUNNING; the next run's `start_run` puts them back to PENDING.
-Chunks: an answer is checkpointed as CHUNK_DONE the moment it arrives; when its document is
-stored, its chunks become CHUNK_MERGED and their bodies are dropped.
+Chunks: an answer is checkpointed as ChunkState.DONE the moment it arrives; when its document is
+stored, its chunks become ChunkState.MERGED. Their answers stay until the run ends (a document of
+the same content may take them: content dedup) and `finish_run` drops them.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class SubmittedState(enum.StrEnum):
     line failed (its document then fails), has no row: it is not submitted."""
 
     QUEUED = "queued"  # its line is in a job's file, the answer is awaited
-    ANSWERED = "answered"  # its answer is checkpointed in `chunks` (CHUNK_DONE)
+    ANSWERED = "answered"  # its answer is checkpointed in `chunks` (ChunkState.DONE)
 
 
 def batch_job_sources(target: BatchJobState) -> tuple[str, ...]:

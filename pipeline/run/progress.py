@@ -9,6 +9,7 @@ and draws the bar again below it: log lines scroll above the bar instead of bein
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +61,13 @@ class ProgressSnapshot:
         data["eta_s"] = None if self.eta_s is None else round(self.eta_s, 1)
         data["elapsed_s"] = round(self.elapsed_s, 1)
         return data
+
+
+def resolve_mode(mode: str) -> str:
+    """`auto`: a bar on a terminal (stderr), JSON events otherwise."""
+    if mode == "auto":
+        return "bar" if sys.stderr.isatty() else "json"
+    return mode
 
 
 def limiter_fields(lim: LimiterSnapshot) -> dict[str, Any]:

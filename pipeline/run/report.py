@@ -87,10 +87,6 @@ class RunReport:
         self.warnings_total += len(warnings)
         self.warnings.extend(warnings[:max(0, WARNINGS_KEPT - len(self.warnings))])
 
-    def count_page_methods(self, pages: list[dict[str, Any]]) -> None:
-        """Tally how the pages of one answer were read (see `tally_page_methods`)."""
-        tally_page_methods(self.page_methods, pages)
-
     def summary_lines(self) -> list[str]:
         head = "dry run" if self.dry_run else "run"
         lines = [

@@ -21,12 +21,13 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.backends.base import Backend
+from pipeline.backends.base import Backend, OCRResponse
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, FatalError
 from pipeline.logsetup import get_logger, redact
 from pipeline.manifest import Manifest, PlannedDocument, manifest_path, state_dir
 from pipeline.manifest.writer import AsyncManifest
+from pipeline.models import Chunk
 from pipeline.pricing import batch_price, price_per_1000_pages
 from pipeline.run.budget import Budget
 from pipeline.run.content_share import ContentShare
@@ -38,7 +39,7 @@ from pipeline.run.document_job import (
     JobContext,
 )
 from pipeline.run.outcome import Outcome, StopReason, StopRequest, decide_outcome, exit_code
-from pipeline.run.progress import ProgressDisplay
+from pipeline.run.progress import ProgressDisplay, resolve_mode
 from pipeline.run.report import Failure, RunReport
 from pipeline.run.split_pool import SplitPool
 from pipeline.run.ticker import RunTicker
@@ -99,19 +100,12 @@ class ReadinessWatch:
         self.inner = inner
         self.getting_ready: set[str] = set()
 
-    async def answer(self, chunk: Any) -> Any:
+    async def answer(self, chunk: Chunk) -> OCRResponse:
         self.getting_ready.discard(chunk.doc_rel)
         return await self.inner.answer(chunk)
 
     async def close(self) -> None:
         await self.inner.close()
-
-
-def _progress_mode(mode: str) -> str:
-    """`auto`: a bar on a terminal, JSON events otherwise."""
-    if mode == "auto":
-        return "bar" if sys.stderr.isatty() else "json"
-    return mode
 
 
 class Run:
@@ -144,13 +138,14 @@ class Run:
         self._watch = ReadinessWatch(self.transport) if self.transport else None
         self._grace_handle: asyncio.TimerHandle | None = None
         self._runtime_handle: asyncio.TimerHandle | None = None
-        self.progress = ProgressDisplay(_progress_mode(settings.run.progress), sys.stderr, self.log)
+        self.progress = ProgressDisplay(resolve_mode(settings.run.progress), sys.stderr, self.log)
         self.started = time.time()
         self.report = RunReport(
             run_id=self.run_id, started_at=iso(self.started), backend=settings.service.backend,
             model=settings.service.model, input=str(self.input), output=str(self.output),
             dry_run=settings.command.dry_run,
         )
+        self._cluster = cluster_backend(self.transport)  # the local engine on Dask, or None
         self.ticker = self._make_ticker()
 
     def _make_ticker(self) -> RunTicker:
@@ -162,10 +157,10 @@ class Run:
             ticker.endpoints = self.transport.endpoint_figures
         if isinstance(self.transport, SyncTransport) and self.s.service.backend != "local":
             ticker.limiter = self.transport.limiter.snapshot
-        self._cluster = cluster_backend(self.transport)  # the local engine on Dask, or None
-        if self._cluster is not None:
-            self.report.cluster = self._cluster.cluster
-            ticker.workers = lambda: self._cluster.workers
+        cluster = self._cluster
+        if cluster is not None:
+            self.report.cluster = cluster.cluster
+            ticker.workers = lambda: cluster.workers
         return ticker
 
     @property
@@ -404,9 +399,12 @@ class Run:
 
     def _record(self, result: DocumentResult) -> None:
         r = self.report
+        if result.status == DocumentStatus.DEFERRED:  # batch mode: its answers come from a job
+            return
         if result.status == DocumentStatus.INTERRUPTED:
             r.documents_interrupted += 1
-        elif result.status == DocumentStatus.FAILED and result.failure is not None:
+        elif result.status == DocumentStatus.FAILED:
+            assert result.failure is not None, "a failed document carries its failure"
             self._record_failure(result.failure)
         elif result.status == DocumentStatus.DONE:
             r.documents_done += 1
