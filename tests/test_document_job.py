@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from pipeline.budget import Budget
 from pipeline.errors import Category, RejectedError
 from pipeline.manifest import Manifest, PlannedDocument, manifest_path
 from pipeline.manifest.states import DocState
 from pipeline.manifest.writer import AsyncManifest
 from pipeline.models import Chunk, SourceFile
-from pipeline.run.budget import Budget
 from pipeline.run.document_job import (
     DocumentJob,
     DocumentLimits,

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from pipeline.manifest.database import DocumentRow, Manifest, ManifestError, PlannedDocument
-from pipeline.stages.discover import STATE_DIR
 
+STATE_DIR = ".ocr-pipeline"  # in the output folder; hidden, so a walk of the output skips it
 MANIFEST_NAME = "manifest.sqlite3"
 
 __all__ = ["DocumentRow", "MANIFEST_NAME", "Manifest", "ManifestError", "PlannedDocument",

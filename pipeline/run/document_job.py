@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__
+from pipeline import __version__, crashpoints
 from pipeline.backends.base import OCRResponse
+from pipeline.budget import Budget
 from pipeline.config.groups import OutputSettings
 from pipeline.errors import (
     Category,
@@ -37,8 +38,6 @@ from pipeline.manifest.writer import AsyncManifest
 from pipeline.models import Chunk
 from pipeline.pricing import cost
 from pipeline.reasons import exception_text
-from pipeline.run import crashpoints
-from pipeline.run.budget import Budget
 from pipeline.run.content_share import ContentKey, ContentShare, InFlight
 from pipeline.run.outcome import StopReason, StopRequest
 from pipeline.run.report import Failure, tally_page_methods

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.backends.base import Backend, OCRResponse
+from pipeline.budget import Budget
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, FatalError
 from pipeline.logsetup import get_logger, redact
@@ -29,7 +30,6 @@ from pipeline.manifest import Manifest, PlannedDocument, manifest_path, state_di
 from pipeline.manifest.writer import AsyncManifest
 from pipeline.models import Chunk
 from pipeline.pricing import batch_price, price_per_1000_pages
-from pipeline.run.budget import Budget
 from pipeline.run.content_share import ContentShare
 from pipeline.run.document_job import (
     DocumentJob,

@@ -8,8 +8,8 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from pipeline.backends.base import Backend
+from pipeline.budget import Budget
 from pipeline.config import Settings
-from pipeline.run.budget import Budget
 from pipeline.transport.base import RunTransport
 from pipeline.transport.endpoints import Lane, MultiEndpointTransport
 from pipeline.transport.ratelimit import RateLimiter

@@ -17,7 +17,6 @@ from pathlib import Path
 from pipeline.models import SourceFile
 from pipeline.stages.sniff import SNIFF_BYTES, sniff
 
-STATE_DIR = ".ocr-pipeline"
 DOCUMENT_SUFFIXES = {
     ".pdf", ".png", ".jpg", ".jpeg", ".jpe", ".tif", ".tiff", ".webp", ".gif", ".bmp",
 }

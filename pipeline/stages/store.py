@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import crashpoints
 from pipeline.config.groups import OutputSettings
 from pipeline.errors import Category, DocumentError
-from pipeline.run import crashpoints
 from pipeline.stages.encode import decode_data_url
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import crashpoints
 from pipeline.errors import Category
 from pipeline.logsetup import redact
 from pipeline.manifest.states import BatchJobState
 from pipeline.manifest.writer import AsyncManifest
-from pipeline.run import crashpoints
 from pipeline.transport.batch.client import TERMINAL, BatchClient, ResultsGone
 from pipeline.transport.batch.customid import parse_custom_id
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from pipeline.backends.base import OCRResponse
 from pipeline.backends.mistral import MistralBackend
+from pipeline.budget import Budget
 from pipeline.config import Settings
 from pipeline.manifest.writer import AsyncManifest
 from pipeline.models import Chunk
-from pipeline.run.budget import Budget
 from pipeline.transport.batch.deferred import ChunkDeferred
 from pipeline.transport.batch.jsonl import PartWriter
 from pipeline.transport.retry import RetryStats
