@@ -138,6 +138,11 @@ class DocumentJob:
         self.item = item
         self.src = item.source
         self.started = time.monotonic()
+        # One job is one document: its content hash, its chunks as they are cut and answered,
+        # and the gate that bounds its requests in flight.
+        self.sha = ""
+        self.cut = _Cut()
+        self.gate = asyncio.Semaphore(ctx.limits.chunks_in_flight)
 
     def _result(self, status: DocumentStatus, **kw: Any) -> DocumentResult:
         return DocumentResult(self.src.rel, status, seconds=round(time.monotonic() - self.started, 3),
@@ -189,7 +194,8 @@ class DocumentJob:
                                       mtime_ns=st.st_mtime_ns)
         if self.item.decision == Decision.CHANGED:
             remove_outputs(self.ctx.output, self.src.rel)
-        cut = await self._answer_all(data, sha)
+        self.sha = sha
+        cut = await self._answer_all(data)
         del data
         merged = merge_responses([(c, r) for c, r in zip(cut.chunks, cut.answers, strict=True)
                                   if r is not None], annotation_schema(self.ctx.outputs))
@@ -252,21 +258,20 @@ class DocumentJob:
             on_open=opened,
         )
 
-    async def _answer_all(self, data: bytes, sha: str) -> _Cut:
+    async def _answer_all(self, data: bytes) -> _Cut:
         """Cut the document one chunk at a time and get every chunk's answer: from an earlier
         run's checkpoint when there is one, else through the transport, at most
         `chunks_in_flight` at once (so memory holds that many chunks, whatever the PDF's size)."""
-        cut = _Cut()
+        cut, gate = self.cut, self.gate
         chunks = self._chunks(data, cut)
-        gate = asyncio.Semaphore(self.ctx.limits.chunks_in_flight)
         sending: list[asyncio.Task[None]] = []
         try:
-            while await self._next_slot(gate, sending, cut):
+            while await self._next_slot(sending):
                 chunk = await self.ctx.splitter.next_chunk(chunks)
                 if chunk is None:
                     gate.release()
                     break
-                task = await self._take(chunk, sha, cut, gate)
+                task = await self._take(chunk)
                 if task is not None:
                     sending.append(task)
                 del chunk
@@ -291,9 +296,9 @@ class DocumentJob:
             raise StopRequested()
         return cut
 
-    async def _next_slot(self, gate: asyncio.Semaphore, sending: list[asyncio.Task[None]],
-                         cut: _Cut) -> bool:
+    async def _next_slot(self, sending: list[asyncio.Task[None]]) -> bool:
         """Wait for room for one more chunk; False when no more should be cut."""
+        gate, cut = self.gate, self.cut
         await gate.acquire()
         if self.ctx.stopping():
             gate.release()
@@ -305,35 +310,38 @@ class DocumentJob:
             return False
         return True
 
-    async def _take(self, chunk: Chunk, sha: str, cut: _Cut, gate: asyncio.Semaphore
-                    ) -> asyncio.Task[None] | None:
+    async def _take(self, chunk: Chunk) -> asyncio.Task[None] | None:
         """Record the chunk; reuse its checkpointed answer or the answer for a document of the
         same content, follow a request in flight for that content, or start sending it."""
+        cut = self.cut
         position = len(cut.chunks)
         cut.chunks.append(dataclasses.replace(chunk, data=b""))
         cut.sizes.append(len(chunk.data))
         cut.answers.append(None)
-        saved = await self._saved_answer(chunk, sha, cut)
+        saved = await self._saved_answer(chunk)
         if saved is not None:
             cut.answers[position] = saved
-            gate.release()
+            self.gate.release()
             return None
-        key = (sha, chunk.first_page, chunk.page_count)
+        key = self._key(chunk)
         leader = self.ctx.share.leader(key) if self.ctx.share else None
         if leader is not None:
-            return asyncio.create_task(self._follow(position, chunk, sha, cut, gate, leader))
-        self._reserve(chunk, gate)
-        return asyncio.create_task(self._send(position, chunk, sha, cut, gate, self._lead(key)))
+            return asyncio.create_task(self._follow(position, chunk, leader))
+        self._reserve(chunk)
+        return asyncio.create_task(self._send(position, chunk, self._lead(key)))
+
+    def _key(self, chunk: Chunk) -> ContentKey:
+        return (self.sha, chunk.first_page, chunk.page_count)
 
     def _lead(self, key: ContentKey) -> InFlight | None:
         """Say (before the request is sent) that this document's request answers `key`."""
         share = self.ctx.share
         return share.lead(key, self.src.rel) if share and not share.leader(key) else None
 
-    async def _saved_answer(self, chunk: Chunk, sha: str, cut: _Cut) -> OCRResponse | None:
+    async def _saved_answer(self, chunk: Chunk) -> OCRResponse | None:
         """This document's checkpoint from an earlier run, or this run's answer for another
         document of the same content (recorded as this document's checkpoint)."""
-        db = self.ctx.manifest
+        db, sha, cut = self.ctx.manifest, self.sha, self.cut
         if self.item.decision != Decision.NEW:  # a new document has no answers of its own
             saved = await db.chunk_response(self.src.rel, sha, chunk.first_page, chunk.page_count)
             if saved is not None:
@@ -343,26 +351,24 @@ class DocumentJob:
                                           not_path=self.src.rel)
         if found is None:
             return None
-        await self._took_same_content(chunk, sha, cut, *found)
+        await self._took_same_content(chunk, *found)
         return found[1]
 
-    async def _took_same_content(self, chunk: Chunk, sha: str, cut: _Cut, path: str,
-                                 response: OCRResponse) -> None:
-        await self.ctx.manifest.checkpoint_chunk(self.src.rel, sha, chunk.first_page,
+    async def _took_same_content(self, chunk: Chunk, path: str, response: OCRResponse) -> None:
+        await self.ctx.manifest.checkpoint_chunk(self.src.rel, self.sha, chunk.first_page,
                                                  chunk.page_count, chunk.sha256, response)
-        cut.pages_same_content += chunk.page_count
-        cut.same_content_as = cut.same_content_as or path
+        self.cut.pages_same_content += chunk.page_count
+        self.cut.same_content_as = self.cut.same_content_as or path
 
-    def _reserve(self, chunk: Chunk, gate: asyncio.Semaphore) -> None:
+    def _reserve(self, chunk: Chunk) -> None:
         budget = self.ctx.budget
         if not budget.reserve(chunk.page_count):
-            gate.release()
+            self.gate.release()
             self.ctx.request_stop(StopRequest(StopReason.BUDGET,
                                               f"{budget.page_limit} pages (--max-pages/--max-cost)"))
             raise StopRequested()
 
-    async def _follow(self, position: int, chunk: Chunk, sha: str, cut: _Cut,
-                      gate: asyncio.Semaphore, leader: InFlight) -> None:
+    async def _follow(self, position: int, chunk: Chunk, leader: InFlight) -> None:
         """Wait for the request another document of the same content has in flight; when it
         fails, send this document's own."""
         try:
@@ -371,17 +377,15 @@ class DocumentJob:
             response = None
         if response is not None:
             try:
-                await self._took_same_content(chunk, sha, cut, leader.path, response)
-                cut.answers[position] = response
+                await self._took_same_content(chunk, leader.path, response)
+                self.cut.answers[position] = response
             finally:
-                gate.release()
+                self.gate.release()
             return
-        self._reserve(chunk, gate)
-        await self._send(position, chunk, sha, cut, gate,
-                         self._lead((sha, chunk.first_page, chunk.page_count)))
+        self._reserve(chunk)
+        await self._send(position, chunk, self._lead(self._key(chunk)))
 
-    async def _send(self, position: int, chunk: Chunk, sha: str, cut: _Cut,
-                    gate: asyncio.Semaphore, lead: InFlight | None = None) -> None:
+    async def _send(self, position: int, chunk: Chunk, lead: InFlight | None = None) -> None:
         paid = False
         response: OCRResponse | None = None
         error: BaseException | None = None
@@ -389,19 +393,19 @@ class DocumentJob:
             crashpoints.reached("request")
             response = await self.ctx.transport.answer(chunk)
             paid = True
-            await self.ctx.manifest.checkpoint_chunk(self.src.rel, sha, chunk.first_page,
+            await self.ctx.manifest.checkpoint_chunk(self.src.rel, self.sha, chunk.first_page,
                                                      chunk.page_count, chunk.sha256, response)
             crashpoints.reached("chunk_persisted")
-            cut.answers[position] = response
+            self.cut.answers[position] = response
         except BaseException as exc:
             error = exc
             raise
         finally:
             if lead is not None and self.ctx.share is not None:
-                self.ctx.share.settle((sha, chunk.first_page, chunk.page_count), lead,
+                self.ctx.share.settle(self._key(chunk), lead,
                                       response if error is None else None, error)
             self.ctx.budget.settle(chunk.page_count, paid=paid)
-            gate.release()
+            self.gate.release()
 
     def _source_block(self, sha: str, size: int, pages: int, cut: _Cut) -> dict[str, Any]:
         """The JSON's `source` block: where the document came from and how it was processed."""
