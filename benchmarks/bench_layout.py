@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_layout.py                      # held-out set, ~5 min
     .venv/bin/python benchmarks/bench_layout.py --dev --per-kind 2
     .venv/bin/python benchmarks/bench_layout.py --base /tmp/e-base   # the code before, side by side
+    .venv/bin/python benchmarks/bench_layout.py --base /tmp/e-head --base /tmp/e-base  # two befores
     .venv/bin/python benchmarks/bench_layout.py --seeds-from 5000    # a fresh held-out set
 
 Pages come from tests/layoutgen.py (ruled and borderless tables of 3-8 columns, tables of contents
@@ -114,14 +115,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dev", action="store_true", help="the development set instead of the held-out one")
     ap.add_argument("--per-kind", type=int, default=4)
-    ap.add_argument("--base", type=Path, default=None, help="a worktree with the code before")
+    ap.add_argument("--base", type=Path, action="append", default=[],
+                    help="a worktree with the code before (repeat for several, each its own column)")
     ap.add_argument("--misses", action="store_true", help="print each page's right-aligned numbers not kept")
     ap.add_argument("--seeds-from", type=int, default=None,
                     help="first seed (default 1000 held-out, 0 dev): fresh seeds are pages nobody looked at")
     args = ap.parse_args()
     pages = page_set(held_out=not args.dev, per_kind=args.per_kind, base=args.seeds_from)
     scans = prose_scans()
-    engines = [("after", ROOT)] + ([("before", args.base)] if args.base else [])
+    engines = [("after", ROOT)] + [(base.name, base) for base in args.base]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         images = []
