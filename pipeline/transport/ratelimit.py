@@ -41,6 +41,7 @@ CLUSTER_COUNT = 3  # this many 429s within CLUSTER_SECONDS pause everyone
 CLUSTER_SECONDS = 1.0
 STRIKES = 3  # this many 429 events within STRIKE_SENDS sends at a known limit: it is one lower
 STRIKE_SENDS = 300  # (over 1% of sends: more than jitter, which the margin absorbs)
+STRIKE_SECONDS = 5  # ... or within this many seconds of sends at the known count, if more
 RAMP_DOUBLING = 0.25  # while nothing is known, the rate doubles every this many seconds
 RAMP_MAX = 10_000.0
 PROBE_QUIET = 15.0  # a limit learned from 429s is tried 2% higher after this long without 429
@@ -226,6 +227,7 @@ class RateLimiter:
         self._raised_from = 0  # ... and from which count
         self._probe_quiet = PROBE_QUIET
         self._last_429 = -math.inf
+        self._last_event_429 = -math.inf  # the first 429 of the last event counted as a strike
         self._probe_sent_at: float | None = None
         self._probing = rps is None  # auto: one request first, the rest wait (a little)
         self._answered = asyncio.Event()
@@ -613,14 +615,20 @@ class RateLimiter:
             # quiet spell is not enough to say so; a cluster is.
             self._set_learned(admitted, now)
             return
-        if now - self._last_429 <= CLUSTER_SECONDS:
+        if now - self._last_event_429 <= CLUSTER_SECONDS:
             return  # the same event (a late, bunched burst): one margin step and strike each
+        # Timed from the event's first 429, not the latest: 429s that never stop for a whole
+        # second are a new event each second (they would otherwise never add up to a strike).
+        self._last_event_429 = now
         if self._send_count - self._send_count_at_429 < MARGIN_BUMP_SENDS:
             # More than one 429 event in 200 sends: timing jitter most likely, widen the margin.
             self.margin = min(MARGIN_MAX, self.margin + MARGIN_STEP)
         self._send_count_at_429 = self._send_count
         self._strikes.append(self._send_count)
-        while self._strikes and self._strikes[0] < self._send_count - STRIKE_SENDS:
+        # Events are at most one a second, so at a high rate 300 sends are too few to hold
+        # three: the window is also at least STRIKE_SECONDS of sends at the known count.
+        span = max(STRIKE_SENDS, STRIKE_SECONDS * min(per_second))
+        while self._strikes and self._strikes[0] < self._send_count - span:
             self._strikes.popleft()
         if len(self._strikes) >= STRIKES:
             # Refusals keep coming at our count: the server's window holds one fewer.
