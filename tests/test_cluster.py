@@ -278,3 +278,32 @@ def test_a_worker_joining_mid_run_gets_pages_and_raises_the_in_flight_ceiling(tm
              if e.get("event") == "cluster size"]
     assert sizes[0] == (1, 2) and (2, 4) in sizes, sizes
     assert f"cluster: {cl.address}, 2 workers at most" in stdout
+
+
+def test_a_worker_joining_mid_run_without_the_language_gets_no_task(tmp_path: Path) -> None:
+    """A worker that joins mid-run is checked like the first ones: one lacking the Tesseract
+    model is named in a warning and gets no task (not a page read with no model), and the run
+    finishes on the good worker."""
+    inp = tmp_path / "in"
+    scanned_documents(inp, 16, 2)
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    with local_cluster(tmp_path / "cluster", workers=1) as cl:
+        run = subprocess.Popen(pipeline_cmd(inp, tmp_path / "out", "--cluster", cl.address),
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            cl.wait_until_reading("w1")
+            cl.start_worker("nolang", env={"TESSDATA_PREFIX": str(empty)})
+            stdout, stderr = run.communicate(timeout=180)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        refused_executed = _late_worker_executed(cl.address, "nolang")
+    assert run.returncode == 0, stdout + stderr
+    assert refused_executed == 0
+    refused = [e for e in _json_lines(stderr) if e.get("event") == "cluster worker refused"]
+    assert refused and "nolang (tcp://127.0.0.1:" in str(refused[0]["worker"])
+    assert "lacks eng.traineddata" in str(refused[0]["why"])
+    done = page_texts(tmp_path / "out")
+    assert len(done) == 16 and all(len(pages) == 2 for pages in done.values())

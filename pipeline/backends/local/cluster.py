@@ -8,8 +8,12 @@ page's answer comes back as plain data. Workers need no access to the input or o
 - Before any work: the scheduler must answer (else FatalError, exit 3, naming the address) and
   every worker must run this pipeline's version and have the configured Tesseract languages
   (else ConfigError, exit 2, naming each worker and what it lacks).
-- Backpressure: tasks in flight are capped at IN_FLIGHT_PER_THREAD x the cluster's threads,
-  read again every REFRESH_S, so the cap grows when workers join and shrinks when they leave.
+- Workers that join mid-run are checked the same way before they get any task: tasks are
+  submitted only to the workers that passed (`workers=`, no others allowed), and a worker that
+  fails the check is named in a warning and left idle; the run goes on.
+- Backpressure: tasks in flight are capped at IN_FLIGHT_PER_THREAD x the admitted workers'
+  threads, read again every REFRESH_S, so the cap grows when workers join and shrinks when they
+  leave.
 - A worker killed mid-task: the scheduler runs its tasks elsewhere (`retries=` also re-runs a
   task that raised); each page's answer is one future, so a page is never counted twice.
 """
@@ -100,33 +104,74 @@ class DaskExecutor:
     """Runs worker functions as Dask tasks through a synchronous `distributed.Client` (its own
     IO thread); results are handed to the run's event loop as the futures finish."""
 
-    def __init__(self, client: Any, address: str) -> None:
+    def __init__(self, client: Any, address: str, language: str = "eng",
+                 tessdata_path: str | None = None, checked: frozenset[str] = frozenset()) -> None:
         self.client = client
         self.address = address
+        self.language = language
+        self.tessdata_path = tessdata_path
         self._threads = 0
         self._workers = 0
         self._refreshed = 0.0
         self._refresher: asyncio.Task[None] | None = None
         self.gate = CapacityGate(lambda: IN_FLIGHT_PER_THREAD * self._threads)
         self.peak_workers = 0
-        self._update(client.scheduler_info(n_workers=0))
+        # Worker addresses that passed the check (tasks go only there) and those that failed.
+        self.admitted: frozenset[str] = checked  # passed the check in `connect`
+        self.refused: frozenset[str] = frozenset()
+        self._update(client.scheduler_info(n_workers=-1))
 
     # -- cluster size --------------------------------------------------------------------------
     def _update(self, info: dict[str, Any]) -> None:
-        threads, workers = int(info.get("total_threads") or 0), int(info.get("n_workers") or 0)
-        if (threads, workers) != (self._threads, self._workers):
+        """Take in the scheduler's view: workers gone are dropped, workers new are checked
+        (version, languages) before they may get a task. Runs in a thread (it may call the
+        cluster); the sets are replaced whole, so the loop always reads a consistent one."""
+        workers: dict[str, Any] = info.get("workers") or {}
+        present = set(workers)
+        admitted, refused = self.admitted & present, self.refused & present
+        new = present - admitted - refused
+        if new:
+            ok, bad = self._check_new(new, workers)
+            admitted |= ok
+            refused |= bad
+        threads = sum(int(workers[a].get("nthreads") or 0) for a in admitted)
+        if (threads, len(admitted)) != (self._threads, self._workers):
             # The operator sees the cluster grow or shrink, and the in-flight ceiling follow.
-            get_logger().info("cluster size", scheduler=self.address, workers=workers,
+            get_logger().info("cluster size", scheduler=self.address, workers=len(admitted),
                               threads=threads, in_flight_cap=IN_FLIGHT_PER_THREAD * threads)
-        self._threads, self._workers = threads, workers
+        self.admitted, self.refused = frozenset(admitted), frozenset(refused)
+        self._threads, self._workers = threads, len(admitted)
         self.peak_workers = max(self.peak_workers, self._workers)
         self._refreshed = time.monotonic()
+
+    def _check_new(self, new: set[str], workers: dict[str, Any]) -> tuple[set[str], set[str]]:
+        from pipeline import __version__
+
+        answers = self.client.run(worker.probe, self.language, self.tessdata_path,
+                                  workers=sorted(new), on_error="return")
+        ok, bad = set(), set()
+        for addr in new:
+            name = _named(addr, workers[addr].get("name"))
+            if addr not in answers:  # gone again before it answered
+                continue
+            problems = worker_problems([_check(name, answers[addr])], __version__, self.language)
+            if problems:
+                bad.add(addr)
+                get_logger().warning("cluster worker refused", worker=name, why=problems[0],
+                                     message="it gets no task; install the same ocr-pipeline"
+                                             " version and the Tesseract models on it")
+            else:
+                ok.add(addr)
+        return ok, bad
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(REFRESH_S)
             with contextlib.suppress(OSError, TimeoutError, RuntimeError):
-                self._update(await asyncio.to_thread(self.client.scheduler_info, n_workers=0))
+                await asyncio.to_thread(self._refresh)
+
+    def _refresh(self) -> None:
+        self._update(self.client.scheduler_info(n_workers=-1))
 
     @property
     def capacity(self) -> int:
@@ -137,9 +182,14 @@ class DaskExecutor:
         return self._workers
 
     # -- work ----------------------------------------------------------------------------------
+    def _placement(self) -> dict[str, Any]:
+        """Tasks go only to admitted workers (none admitted yet: anywhere is no better)."""
+        return {"workers": sorted(self.admitted), "allow_other_workers": False} if self.admitted \
+            else {}
+
     def share(self, data: bytes) -> Any:
         return self.client.submit(worker.hold, data, pure=False, retries=TASK_RETRIES,
-                                  key=f"hold-{uuid.uuid4().hex}")
+                                  key=f"hold-{uuid.uuid4().hex}", **self._placement())
 
     def unshare(self, handle: Any) -> None:
         handle.release()
@@ -173,7 +223,8 @@ class DaskExecutor:
 
         try:
             future = self.client.submit(fn, *args, pure=False, retries=TASK_RETRIES,
-                                        key=f"{fn.__name__}-{uuid.uuid4().hex}")
+                                        key=f"{fn.__name__}-{uuid.uuid4().hex}",
+                                        **self._placement())
         except (OSError, RuntimeError) as exc:
             raise RetryableError(f"cannot submit work to the Dask scheduler at {self.address}: "
                                  f"{exc}", category=Category.BACKEND) from exc
@@ -261,7 +312,7 @@ def connect(address: str, language: str, tessdata_path: str | None) -> DaskExecu
                 hint="install the same ocr-pipeline version and the Tesseract models on every"
                 " worker (e.g. pip install tessdata.fast-<lang>), or point TESSDATA_PREFIX at them",
             )
-        return DaskExecutor(client, address)
+        return DaskExecutor(client, address, language, tessdata_path, frozenset(answers))
     except BaseException:
         client.close()
         raise
