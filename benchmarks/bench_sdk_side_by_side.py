@@ -5,6 +5,12 @@ under asyncio.gather with a semaphore (`client.ocr.process_async`).
     .venv/bin/pip install mistralai                              # benchmark-only dependency
     .venv/bin/python benchmarks/bench_sdk_side_by_side.py        # 60 docs at 0.3-1 s, 300 docs at 0 s
     .venv/bin/python benchmarks/bench_sdk_side_by_side.py --short
+    .venv/bin/python benchmarks/bench_sdk_side_by_side.py --strict   # issue 10's comparison
+
+`--strict`: the fake server as a strict gateway (at most R = 20 admissions in any sliding 1 s
+window, latency uniform 1-3 s, no rate headers), 400 one-page PDFs; the pipeline with its
+defaults only (no rate, worker or in-flight flags) against the thirty lines a user writes with the
+SDK: gather, 40 at once, the SDK's retries on (429 and 5xx, exponential backoff).
 
 Every contender is a child process measured the same way (wall time, own CPU, peak RSS) and
 writes the same outputs per document (`<rel>.json` with the response, `<rel>.md` with the pages'
@@ -68,15 +74,25 @@ def sdk_sequential(url: str, inp: Path, out: Path) -> None:
         save(resp, inp, out, path)
 
 
-def sdk_gather(url: str, inp: Path, out: Path, concurrency: int) -> None:
+def sdk_retries():  # type: ignore[no-untyped-def]
+    """The SDK's own retry configuration: 429 and 5xx, backoff 0.5 s x 1.5 up to 60 s."""
+    try:
+        from mistralai.utils import BackoffStrategy, RetryConfig  # mistralai 1.x
+    except ImportError:
+        from mistralai.client.utils import BackoffStrategy, RetryConfig
+    return RetryConfig("backoff", BackoffStrategy(500, 60_000, 1.5, 3_600_000), True)
+
+
+def sdk_gather(url: str, inp: Path, out: Path, concurrency: int, retries: bool = False) -> None:
     async def main() -> None:
         client = sdk_client(url)
         sem = asyncio.Semaphore(concurrency)
+        extra = {"retries": sdk_retries()} if retries else {}
 
         async def one(path: Path) -> None:
             async with sem:
                 resp = await client.ocr.process_async(
-                    model=MODEL, document=document(path), include_image_base64=True
+                    model=MODEL, document=document(path), include_image_base64=True, **extra
                 )
             save(resp, inp, out, path)
 
@@ -89,7 +105,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--short", action="store_true")
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--contender", choices=["sdk-seq", "sdk-async"], help=argparse.SUPPRESS)
+    ap.add_argument("--strict", action="store_true", help="issue 10's strict-gateway comparison")
+    ap.add_argument("--contender", choices=["sdk-seq", "sdk-async", "sdk-async-retries"],
+                    help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--output", type=Path, help=argparse.SUPPRESS)
@@ -98,8 +116,12 @@ def main() -> None:
     if args.contender == "sdk-seq":
         sdk_sequential(args.url, args.input, args.output)
         return
-    if args.contender == "sdk-async":
-        sdk_gather(args.url, args.input, args.output, args.concurrency)
+    if args.contender in ("sdk-async", "sdk-async-retries"):
+        sdk_gather(args.url, args.input, args.output, args.concurrency,
+                   retries=args.contender == "sdk-async-retries")
+        return
+    if args.strict:
+        strict_side_by_side(args.json)
         return
 
     from common import (
@@ -170,6 +192,67 @@ def main() -> None:
                        "cpu_ms/page", "peak_rss_mb", "vs_sdk_seq", "vs_sdk_async"]))
     res.print_figures()
     res.dump(args.json)
+
+
+def strict_side_by_side(json_path: str | None) -> None:
+    """Issue 10: R = 20 strict window, L = 2 s, 400 one-page PDFs; defaults vs SDK gather(40)."""
+    from common import (
+        PY,
+        FakeServerProcess,
+        Results,
+        banner,
+        bench_env,
+        fresh_dir,
+        run_child,
+        shown,
+        table,
+        tree,
+    )
+
+    banner("side by side at a strict gateway: pipeline defaults vs SDK gather(40) with retries")
+    version = sdk_available()
+    if version is None:
+        print("   mistralai is not installed: `.venv/bin/pip install mistralai`. Exiting.")
+        return
+    rate, docs = 20, 400
+    inp = tree(docs, 1)
+    res = Results("sdk_strict")
+    rows = []
+    with FakeServerProcess("--cheap", "--rate-limit-mode", "sliding-window", "--rps-limit",
+                           str(rate), "--latency", "1", "--latency-max", "3",
+                           "--latency-distribution", "uniform", "--no-ratelimit-headers",
+                           "--seed", "1") as server:
+        print(f"   mistralai {version}; server: {server.command()}; {docs} one-page PDFs")
+        for name in ("pipeline defaults", "sdk-async-retries"):
+            out = fresh_dir(f"sbs-strict-{name.split()[0]}")
+            server.reset()
+            if name == "pipeline defaults":
+                argv = [PY, "-m", "pipeline", "run", "--backend", "mistral", "--endpoint",
+                        server.url, "--input", str(inp), "--output", str(out), "--progress",
+                        "off", "--quiet"]
+            else:
+                argv = [PY, __file__, "--contender", name, "--url", server.url, "--input",
+                        str(inp), "--output", str(out), "--concurrency", "40"]
+            run = run_child(argv, env=bench_env())
+            st = server.stats()
+            done = len(list(out.rglob("*.pdf.md")))
+            row = {"contender": name, "exit": run.returncode, "done": done,
+                   "wall_s": run.wall_s, "achieved/R": st["answered_ok"] / run.wall_s / rate,
+                   "429/100": 100 * st["rate_limited"] / max(st["requests"], 1),
+                   "max/1s": st["max_admitted_1s"], "cpu_s": run.cpu_s,
+                   "peak_rss_mb": run.maxrss_mb}
+            rows.append(row)
+            res.details.append(row | {"command": shown(argv)})
+            print(f"   {name}: {shown(argv)}", flush=True)
+    pipe, sdk = rows
+    res.add("pipeline defaults: wall time / SDK gather(40)", pipe["wall_s"] / sdk["wall_s"], "x",
+            note=f"{pipe['wall_s']:.1f} s vs {sdk['wall_s']:.1f} s (whole runs, start-up included)")
+    res.add("pipeline defaults: 429s per 100", pipe["429/100"], "",
+            note=f"SDK: {sdk['429/100']:.1f} per 100")
+    print(table(rows, ["contender", "exit", "done", "wall_s", "achieved/R", "429/100", "max/1s",
+                       "cpu_s", "peak_rss_mb"]))
+    res.print_figures()
+    res.dump(json_path)
 
 
 if __name__ == "__main__":
