@@ -550,14 +550,18 @@ class Manifest:
             self._batch_move(part_id, target, status=status, note=note)
         return cur.rowcount
 
-    def batch_answered_jobs(self) -> dict[str, set[str]]:
-        """Jobs whose answers await assembly, by path (for the `source` block)."""
+    def batch_jobs_of(self, paths: list[str]) -> dict[str, set[str]]:
+        """Jobs whose answers await assembly for these paths (a page of documents at a time,
+        so the run never holds them for the whole output)."""
         out: dict[str, set[str]] = {}
-        rows = self._db.execute(
-            "SELECT c.path, j.job_id FROM batch_chunks c JOIN batch_jobs j ON j.part_id=c.part_id"
-            " WHERE c.state=?", (SubmittedState.ANSWERED,))
-        for path, job_id in rows:
-            out.setdefault(path, set()).add(job_id)
+        for start in range(0, len(paths), 500):  # under SQLite's bound-variable limit
+            some = paths[start:start + 500]
+            rows = self._db.execute(
+                "SELECT c.path, j.job_id FROM batch_chunks c JOIN batch_jobs j"
+                f" ON j.part_id=c.part_id WHERE c.state=? AND c.path IN ({','.join('?' * len(some))})",
+                (SubmittedState.ANSWERED, *some))
+            for path, job_id in rows:
+                out.setdefault(path, set()).add(job_id)
         return out
 
     def batch_forget_done(self) -> None:

@@ -63,7 +63,8 @@ class Collector:
         self.timeout_hours = timeout_hours
         self.log = log
         self.tally = CollectTally()
-        self.jobs_by_path: dict[str, set[str]] = {}  # answered, not yet assembled
+        # Jobs that answered the documents now going through the pool (driver._with_jobs).
+        self.jobs_by_path: dict[str, set[str]] = {}
         self.progress: dict[str, tuple[int, int]] = {}  # part -> (completed, total)
 
     def metadata(self, part_id: str) -> dict[str, str]:
@@ -199,8 +200,6 @@ class Collector:
             if paths:  # not one already checkpointed by an earlier, interrupted download
                 self.tally.answers += 1
                 self.tally.pages_answered += key.page_count
-            for path, job in paths:
-                self.jobs_by_path.setdefault(path, set()).add(job)
             return
         category = line_category(status) if (status or error) else Category.BACKEND
         detail = _error_text(error, body, status)

@@ -53,14 +53,13 @@ async def run_batch(run: Run, events: Iterator[PlanEvent], tally: PlanTally,
                          retry_max=s.service.retry_max)
     collector = Collector(client, db, output_id, run.run_id, batch_folder(run), s.model,
                           s.batch.timeout_hours, run.log)
-    collector.jobs_by_path = await db.batch_call("batch_answered_jobs")
     ctx = dataclasses.replace(run._context(db), source_notes=lambda rel: _source_note(collector, rel))
     try:
         for name in await db.batch_call("batch_discard_unsealed"):
             (batch_folder(run) / name).unlink(missing_ok=True)
         await collector.submit_waiting()
         await collector.poll_once()
-        await run._pool(run._planned(events, tally, db), ctx)
+        await _pool(run, _with_jobs(run._planned(events, tally, db), collector, db), ctx, collector)
         await _submit(run, transport, collector, db)
         await _wait(run, transport, collector, db, ctx)
         await db.batch_call("batch_forget_done")
@@ -75,6 +74,39 @@ async def run_batch(run: Run, events: Iterator[PlanEvent], tally: PlanTally,
 def _source_note(collector: Collector, rel: str) -> dict[str, Any]:
     jobs = sorted(collector.jobs_by_path.pop(rel, ()))  # once stored, not needed again
     return {"batch": {"jobs": jobs, "price": "batch (50% of the synchronous price)"}} if jobs else {}
+
+
+async def _pool(run: Run, items: AsyncIterator[PlanItem], ctx: Any, collector: Collector) -> None:
+    """Run documents through the pool; the job ids looked up for those not stored go with it."""
+    try:
+        await run._pool(items, ctx)
+    finally:
+        collector.jobs_by_path.clear()
+
+
+async def _with_jobs(items: AsyncIterator[PlanItem], collector: Collector, db: AsyncManifest,
+                     group: int = 100) -> AsyncIterator[PlanItem]:
+    """The items, with the batch jobs that answered each resumed document looked up (a group
+    at a time) just before it goes to the pool, for its `source` block. Only the documents on
+    their way through the pool are held, never a map of the whole output: with every answer of
+    a 10,000-line job collected before assembly, that map was the run's one per-document cost."""
+    buffer: list[PlanItem] = []
+
+    async def flush() -> list[PlanItem]:
+        resumed = [i.source.rel for i in buffer if i.decision is not Decision.NEW]
+        if resumed:
+            collector.jobs_by_path.update(await db.batch_call("batch_jobs_of", resumed))
+        out = buffer[:]
+        buffer.clear()
+        return out
+
+    async for item in items:
+        buffer.append(item)
+        if len(buffer) >= group:
+            for ready in await flush():
+                yield ready
+    for ready in await flush():
+        yield ready
 
 
 async def _submit(run: Run, transport: BatchSubmitTransport, collector: Collector,
@@ -112,7 +144,7 @@ async def _wait(run: Run, transport: BatchSubmitTransport, collector: Collector,
         ready = _ready(run, db)
         if not open_jobs and not await _any_ready(db):
             return
-        await run._pool(ready, ctx)
+        await _pool(run, _with_jobs(ready, collector, db, READY_PAGE), ctx, collector)
         if transport.tally.queued > before:
             rounds += 1
             if rounds > b.max_rounds:
