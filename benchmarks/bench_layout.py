@@ -13,7 +13,9 @@ the default: it was not looked at while building. Both engines (this tree and `-
 of the previous commit: `git worktree add --detach /tmp/e-base <commit>`) run the same pages in
 a child process each, one page after another, so pages/min compare like with like.
 Printed per engine: table cells in the right row and column (%), right-aligned numbers kept (%),
-reading-order CER on magazine pages (normalised text), pages/min, and CER on upright prose scans.
+reading-order CER on magazine pages (normalised text), pages/min, CPU seconds per page (all, and
+per kind: steadier than pages/min when other jobs share the machine), and CER on upright prose
+scans.
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ for line in open(sys.argv[2]):
     path, dpi = line.split()
     img = Image.open(path)
     img.load()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     rec, _ = recognize_upright(engine, img, int(dpi))
     md = layout.to_markdown(rec.blocks)
-    out.append({"md": md, "s": time.perf_counter() - t, "conf": rec.confidence})
+    out.append({"md": md, "s": time.perf_counter() - t, "cpu": time.process_time() - cpu,
+                "conf": rec.confidence})
 json.dump(out, open(sys.argv[3], "w"))
 """
 
@@ -171,6 +174,11 @@ def main() -> None:
         figures["  worst magazine page (%)"] = f"{100 * max(mags, default=0):.2f}"
         seconds = sum(r["s"] for r in res)
         figures["pages/min (1 process, all pages)"] = f"{60 * len(res) / seconds:.1f}"
+        # CPU time is steadier than wall time on a machine other jobs share.
+        figures["CPU s/page, all pages"] = f"{sum(r['cpu'] for r in res) / len(res):.3f}"
+        for kind in KINDS:
+            cpu = [r["cpu"] for p, r in zip(pages, per_page, strict=True) if p.kind == kind]
+            figures[f"  {kind}"] = f"{sum(cpu) / max(1, len(cpu)):.3f}"
         scan_cer = [cer(t, r["md"]) for (_, _, t), r in zip(scans, scan_res, strict=True)]
         figures["CER upright prose scans (%)"] = f"{100 * sum(scan_cer) / len(scan_cer):.2f}"
         for key, value in figures.items():

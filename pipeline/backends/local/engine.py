@@ -64,6 +64,8 @@ class Engine:
         slope = _Lazy(lambda: ink.skew(prepared.ink))
         # Borderless tables are read cell by cell below; Tesseract reads the rest of the page.
         borderless = [] if page is not None else tables.find(measured, slope)
+        # Ruled grids too: Tesseract's page read misreads their small type (`3L5`, `w cS) BR`).
+        borderless += [tables.from_grid(g, prepared.ink) for g in prepared.grids]
         text = _without(prepared, borderless)
         api.SetPageSegMode(PSM.AUTO)
         api.SetImage(text.image)
@@ -79,9 +81,12 @@ class Engine:
             self._read_unread(rec, text, dpi)
             self._reread_amounts(_outside(rec.blocks, prepared.grids), prepared.image, slope, dpi)
             regions.attach_numbers(rec.blocks, slope)
-        blocks = regions.tables_from_grids(rec.blocks, prepared.grids)
+        blocks = rec.blocks
         if borderless and rec.upright:
-            texts = [self._read_cells(prepared.image, t, slope(), dpi, rec) for t in borderless]
+            # A ruled cell is a short line boxed by straight rules: no tilt to undo (and no need
+            # to measure it).
+            texts = [self._read_cells(prepared.image, t, 0.0 if t.ruled else slope(), dpi, rec)
+                     for t in borderless]
             blocks = regions.tables_from_cells(blocks, borderless, texts)
         if page is not None:
             regions.place(blocks, page.regions)

@@ -105,7 +105,11 @@ def tables_from_cells(blocks: list[Block], found: list[Table], texts: list[list[
             for line in para.lines:
                 line.box = _union([w.box for w in line.words])
         block.paragraphs = [p for p in block.paragraphs if p.lines]
-    tables = [Block(kind="table", table=rows, grid_box=t.box) for t, rows in zip(found, texts, strict=True)]
+    tables = []
+    for table, rows in zip(found, texts, strict=True):
+        rows = [row for row in rows if any(row)]  # a ruled grid's empty rows
+        if rows:
+            tables.append(Block(kind="table", table=rows, grid_box=table.box))
     return kept + tables
 
 

@@ -20,9 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from pipeline.backends.local.columns import Ink
+from pipeline.backends.local.rules import Grid
 
 Box = tuple[int, int, int, int]
 
@@ -42,6 +44,7 @@ class Table:
     box: Box
     cells: list[list[Box | None]]
     glyph: float  # median glyph height on the page, pixels
+    ruled: bool = False  # from a ruled grid (rules.py), not from alignment
 
 
 def find(measured: Ink | None, measure_slope: Callable[[], float]) -> list[Table]:
@@ -145,3 +148,44 @@ def _table(run: list[np.ndarray], glyph: float) -> Table | None:
         return None
     box = (int(frags[:, 0].min()), int(frags[:, 1].min()), int(frags[:, 2].max()), int(frags[:, 3].max()))
     return Table(box, cells, glyph)
+
+
+CELL_MARGIN = 0.1  # share of a ruled cell's height kept clear of its rules (what is left of them)
+MIN_PART = 0.15  # ink in a ruled cell shorter and narrower than this share of its height is a speck
+
+
+def from_grid(grid: Grid, ink: np.ndarray) -> Table:
+    """A ruled grid as a table of cell boxes: each the tight box of the glyph-sized ink inside
+    the cell (None for an empty cell), so the cells are read like a borderless table's."""
+    cells: list[list[Box | None]] = []
+    heights = []
+    for r in range(grid.shape[0]):
+        row: list[Box | None] = []
+        y0, y1 = grid.rows[r], grid.rows[r + 1]
+        m = max(1, int(CELL_MARGIN * (y1 - y0)))
+        for c in range(grid.shape[1]):
+            x0, x1 = grid.cols[c], grid.cols[c + 1]
+            box = _ink_box(ink[y0 + m : y1 - m, x0 + m : x1 - m], y1 - y0)
+            if box is not None:
+                box = (box[0] + x0 + m, box[1] + y0 + m, box[2] + x0 + m, box[3] + y0 + m)
+                heights.append(box[3] - box[1])
+            row.append(box)
+        cells.append(row)
+    glyph = float(np.median(heights)) if heights else 1.0
+    return Table(grid.box, cells, glyph, ruled=True)
+
+
+def _ink_box(inner: np.ndarray, cell_h: int) -> Box | None:
+    if inner.size == 0 or not inner.any():
+        return None
+    count, _, stats, _ = cv2.connectedComponentsWithStats(inner.astype(np.uint8), connectivity=8)
+    least = MIN_PART * cell_h
+    parts = [st for st in stats[1:count] if st[3] >= least or st[2] >= least]
+    if not parts:
+        return None
+    return (
+        int(min(st[0] for st in parts)),
+        int(min(st[1] for st in parts)),
+        int(max(st[0] + st[2] for st in parts)),
+        int(max(st[1] + st[3] for st in parts)),
+    )
