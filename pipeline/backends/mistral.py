@@ -42,6 +42,17 @@ def ocr_url(service: ServiceSettings) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
 
 
+def auth_headers(service: ServiceSettings) -> dict[str, str]:
+    """Accept, User-Agent and the key: `Authorization: Bearer` (Mistral), or Azure's `api-key`."""
+    key = service.api_key or ""
+    headers = {"Accept": "application/json", "User-Agent": f"ocr-pipeline/{__version__}"}
+    if service.auth_header == "api-key":
+        headers["api-key"] = key
+    else:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
 def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
     """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date."""
     ms = headers.get("retry-after-ms")
@@ -157,17 +168,7 @@ class MistralBackend:
                    rate_listener=rate_listener)
 
     def _headers(self) -> dict[str, str]:
-        key = self.service.api_key or ""
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": f"ocr-pipeline/{__version__}",
-        }
-        if self.service.auth_header == "api-key":
-            headers["api-key"] = key
-        else:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        return {"Content-Type": "application/json", **auth_headers(self.service)}
 
     def _session_for_loop(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -18,8 +18,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from pipeline import __version__
-from pipeline.backends.mistral import error_detail, parse_retry_after
+from pipeline.backends.mistral import auth_headers, error_detail, parse_retry_after
 from pipeline.config import Settings
 from pipeline.errors import FatalError
 
@@ -58,20 +57,12 @@ class BatchClient:
         self.bytes_sent = 0
         self._session: aiohttp.ClientSession | None = None
 
-    def _headers(self) -> dict[str, str]:
-        key = self.settings.service.api_key or ""
-        headers = {"Accept": "application/json", "User-Agent": f"ocr-pipeline/{__version__}"}
-        if self.settings.service.auth_header == "api-key":
-            headers["api-key"] = key
-        else:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             s = self.settings.service
             self._session = aiohttp.ClientSession(
-                headers=self._headers(),
+                headers=auth_headers(self.settings.service),
                 connector=aiohttp.TCPConnector(limit=8, ssl=None if s.verify_tls else False),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout,
                                               sock_read=s.request_timeout),
