@@ -11,6 +11,7 @@ import email.utils
 import json
 import resource
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,7 +21,14 @@ from pipeline import __version__
 from pipeline.backends.base import OCRResponse
 from pipeline.config import Settings
 from pipeline.config.groups import OutputSettings, ServiceSettings
-from pipeline.errors import Category, FatalError, RejectedError, RetryableError, TooLargeError
+from pipeline.errors import (
+    Category,
+    FatalError,
+    PipelineError,
+    RejectedError,
+    RetryableError,
+    TooLargeError,
+)
 from pipeline.models import Chunk
 from pipeline.stages.encode import document_field
 from pipeline.transport.ratelimit import IN_FLIGHT_CEILING, RateListener, rate_info_from_headers
@@ -139,6 +147,14 @@ def raise_open_file_limit(needed: int) -> None:
         pass  # not permitted here: the limiter's gate still bounds the sockets
 
 
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: bytes
+    location: str  # a redirect's target, reported (never followed)
+    retry_after: float | None
+
+
 class MistralBackend:
     """`POST /v1/ocr` with Bearer (or Azure's `api-key`) authentication.
 
@@ -195,10 +211,22 @@ class MistralBackend:
         return body
 
     async def ocr(self, chunk: Chunk) -> OCRResponse:
-        session = self._session_for_loop()
         payload = json.dumps(self.request_body(chunk)).encode("ascii")
         self.bytes_sent += len(payload)
         where = f"{chunk.doc_rel} pages {chunk.first_page + 1}-{chunk.first_page + chunk.page_count}"
+        answer = await self._post(payload, where)
+        text = answer.body.decode("utf-8", "replace")
+        if answer.status == 200:
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise RetryableError(f"{where}: service answered 200 with invalid JSON") from None
+        raise self._refusal(answer, error_detail(text), where)
+
+    async def _post(self, payload: bytes, where: str) -> _Answer:
+        """One POST; transport failures become the pipeline's errors. Every answer's rate
+        headers go to the limiter, 200 or not."""
+        session = self._session_for_loop()
         try:
             # No redirects: aiohttp would carry Azure's `api-key` header to whatever host a
             # redirect names.
@@ -206,12 +234,11 @@ class MistralBackend:
                 if (resp.content_length or 0) > MAX_ANSWER_BYTES:
                     raise RetryableError(f"{where}: answer of {resp.content_length:,} bytes refused")
                 body = await _read_capped(resp, where)
-                status = resp.status
-                location = resp.headers.get("Location", "")
                 retry_after = parse_retry_after(resp.headers)
                 if self.rate_listener is not None:
-                    self.rate_listener.observe(rate_info_from_headers(status, resp.headers,
+                    self.rate_listener.observe(rate_info_from_headers(resp.status, resp.headers,
                                                                       retry_after))
+                return _Answer(resp.status, body, resp.headers.get("Location", ""), retry_after)
         except TimeoutError:
             raise RetryableError(
                 f"{where}: no complete answer within {self.service.request_timeout:g} s",
@@ -231,37 +258,35 @@ class MistralBackend:
                 f"{where}: connection to {urlsplit(self.url).netloc} failed:"
                 f" {type(exc).__name__}: {exc}"
             ) from None
-        text = body.decode("utf-8", "replace")
-        if status == 200:
-            try:
-                return json.loads(text)
-            except ValueError:
-                raise RetryableError(f"{where}: service answered 200 with invalid JSON") from None
-        detail = error_detail(text)
+
+    def _refusal(self, answer: _Answer, detail: str, where: str) -> PipelineError:
+        """The error for a status other than 200, decided on the status alone."""
+        status = answer.status
         if 300 <= status < 400:
-            raise FatalError(
-                f"the endpoint {self.url} answered HTTP {status} (redirect to {location or '?'})",
+            return FatalError(
+                f"the endpoint {self.url} answered HTTP {status} (redirect to"
+                f" {answer.location or '?'})",
                 hint="set the endpoint to the final URL; redirects are not followed, so the key"
                 " is never sent to another host",
             )
         if status in FATAL_STATUS:
-            raise FatalError(
+            return FatalError(
                 f"the OCR service refused the API key (HTTP {status}: {detail})",
                 hint="check MISTRAL_API_KEY / AZURE_API_KEY and that the key may use this model",
             )
         if status in RETRYABLE_STATUS:
-            raise RetryableError(
+            return RetryableError(
                 f"{where}: HTTP {status}: {detail}",
-                retry_after=retry_after,
+                retry_after=answer.retry_after,
                 status=status,
                 category=Category.TIMEOUT if status in (408, 504) else Category.BACKEND,
             )
         if status == 413:
-            raise TooLargeError(
+            return TooLargeError(
                 f"{where}: the service refused the request as too large (HTTP 413: {detail})",
                 hint="lower max_bytes_per_request (or max_pages_per_request) for this backend",
             )
-        raise RejectedError(
+        return RejectedError(
             f"{where}: the service rejected the document (HTTP {status}: {detail})", status=status
         )
 
