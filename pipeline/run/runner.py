@@ -127,9 +127,7 @@ class Run:
         self.budget = Budget(settings.limits.max_pages, settings.limits.max_cost, self.price)
         self.transport: RunTransport | None = None if settings.command.dry_run else build_transport(
             settings, run_id=self.run_id, batch_folder=self.state / "batch", budget=self.budget,
-            backend=backend)
-        if isinstance(self.transport, MultiEndpointTransport):
-            self.transport.log = self.log
+            backend=backend, log=self.log)
         self.workers = fixed_workers(settings)
         if settings.service.mode == "batch":  # documents are cut into request lines: docs/batch.md
             self.workers = self.workers or BATCH_WORKERS

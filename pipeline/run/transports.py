@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pipeline.backends.base import Backend
@@ -60,13 +60,13 @@ def endpoint_lanes(settings: Settings) -> list[Lane]:
 
 
 def build_transport(settings: Settings, *, run_id: str, batch_folder: Path, budget: Budget,
-                    backend: Backend | None = None) -> RunTransport:
+                    backend: Backend | None = None, log: Any = None) -> RunTransport:
     if settings.service.mode == "batch":  # docs/batch.md
         from pipeline.transport.batch.submit import BatchSubmitTransport
 
         return BatchSubmitTransport(settings, run_id, batch_folder, budget)
     if settings.service.endpoints and backend is None:
-        return MultiEndpointTransport(endpoint_lanes(settings), _policy(settings))
+        return MultiEndpointTransport(endpoint_lanes(settings), _policy(settings), log=log)
     limiter = RateLimiter(settings.limits.rps, settings.limits.max_in_flight)
     return SyncTransport(backend or build_backend(settings, limiter), limiter, _policy(settings),
                          _health(settings))

@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeline.backends.base import Backend, OCRResponse
 from pipeline.errors import FatalError, RetryableError, StopRequested
+from pipeline.logsetup import get_logger
 from pipeline.models import Chunk
 from pipeline.transport.ratelimit import RateLimiter
 from pipeline.transport.retry import EndpointHealth, RetryPolicy, RetryStats, call_with_retry
@@ -95,7 +96,7 @@ class MultiEndpointTransport:
     """A `ChunkTransport` over several lanes."""
 
     def __init__(self, lanes: list[Lane], policy: RetryPolicy, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, log: Any = None) -> None:
         if not lanes:
             raise ValueError("at least one endpoint")
         self.lanes = lanes
@@ -103,7 +104,7 @@ class MultiEndpointTransport:
         self._one_try = RetryPolicy(1, policy.initial, policy.maximum, policy.rng)
         self._clock = clock
         self._stopped = False
-        self.log: Any = None
+        self.log = log or get_logger()  # an endpoint paused or drained is said here
 
     # ---- what the run reads ----------------------------------------------------------------
     @property
@@ -245,13 +246,11 @@ class MultiEndpointTransport:
             lane.half_open = True
             lane.consecutive_failures = 0
             lane.signal_pause()
-            if self.log:
-                self.log.warning("endpoint paused", endpoint=lane.name, seconds=BREAKER_SECONDS)
+            self.log.warning("endpoint paused", endpoint=lane.name, seconds=BREAKER_SECONDS)
 
     def _drain(self, lane: Lane, why: str) -> None:
         if lane.drained is None:
             lane.drained = why
             lane.limiter.close()
             lane.signal_pause()
-            if self.log:
-                self.log.error("endpoint drained", endpoint=lane.name, error=why)
+            self.log.error("endpoint drained", endpoint=lane.name, error=why)
