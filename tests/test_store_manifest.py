@@ -423,3 +423,24 @@ def test_plan_force_redoes_everything(doc: SourceFile, state: str) -> None:
     item = decide(doc, row_for(doc, state, sha=file_sha256(doc.path), category="input"), force=True)
     assert item.decision in TODO
     assert item.decision != Decision.UNCHANGED
+
+
+def test_a_batch_line_id_written_by_the_manifest_is_parsed_back_by_the_collector(
+        manifest: Manifest) -> None:
+    """`batch_enqueue` writes the custom_id; `customid.parse_custom_id` reads it from the
+    downloaded results: the two must agree on the format."""
+    from pipeline.manifest.states import EnqueueVerdict
+    from pipeline.transport.batch.customid import ChunkKey, make_custom_id, parse_custom_id
+
+    sha = "ab" * 32
+    manifest.record_plan(plan_docs("a.pdf"), "run-1")
+    manifest.claim("a.pdf", sha, "run-1")
+    output_id = manifest.batch_output_id()
+    manifest.batch_open_part("p1", "p1.jsonl", "run-1")
+    verdict, custom_id, response = manifest.batch_enqueue("a.pdf", 4, 2, "c" * 64, "p1", output_id)
+    assert (verdict, response) == (EnqueueVerdict.QUEUED, None)
+    assert custom_id == make_custom_id(output_id, ChunkKey(sha, 4, 2))
+    assert parse_custom_id(output_id, custom_id) == ChunkKey(sha, 4, 2)
+    assert parse_custom_id("f" * 16, custom_id) is None  # another output's line
+    again = manifest.batch_enqueue("a.pdf", 4, 2, "c" * 64, "p1", output_id)
+    assert again[0] == EnqueueVerdict.ALREADY

@@ -29,6 +29,7 @@ from pipeline.manifest.states import (
     BatchJobState,
     ChunkState,
     DocState,
+    EnqueueVerdict,
     SubmittedState,
     batch_job_sources,
     check_constraint,
@@ -419,16 +420,18 @@ class Manifest:
                  (part_id, file, BatchJobState.WRITING, run_id, now, now))
 
     def batch_enqueue(self, path: str, first_page: int, page_count: int, chunk_sha256: str,
-                      part_id: str, output_id: str) -> tuple[str, str, dict[str, Any] | None]:
+                      part_id: str, output_id: str
+                      ) -> tuple[EnqueueVerdict, str, dict[str, Any] | None]:
         """Record a chunk as submitted in `part_id`, unless it need not be: returns
-        (`"already"`, custom_id, None) when its line is in a job still open, (`"answer"`, custom_id,
-        response) when the same content's answer is at hand from another path, (`"shared"`,
+        (ALREADY, custom_id, None) when its line is in a job still open, (ANSWER, custom_id,
+        response) when the same content's answer is at hand from another path, (SHARED,
         custom_id, None) when the same content's line is in an open job for another path (content
-        dedup: one request), else (`"queued"`, custom_id, None): write its line into `part_id`."""
+        dedup: one request), else (QUEUED, custom_id, None): write its line into `part_id`."""
         row = self._db.execute("SELECT sha256 FROM documents WHERE path=?", (path,)).fetchone()
         if not row or not row[0]:
             raise ValueError(f"{path}: not claimed, no content hash")
         sha = str(row[0])
+        # The format `transport/batch/customid.py` parses back (its tests check both ways).
         custom_id = f"{output_id}.{sha}.{first_page}.{page_count}"
         open_states = sql_in(tuple(s.value for s in OPEN_BATCH_JOBS))
         mine = self._db.execute(
@@ -437,17 +440,17 @@ class Manifest:
             f" AND (c.state=? OR j.state IN {open_states})",
             (path, sha, first_page, page_count, SubmittedState.ANSWERED)).fetchone()
         if mine:
-            return "already", custom_id, None
+            return EnqueueVerdict.ALREADY, custom_id, None
         answered = self._db.execute(
             "SELECT response FROM chunks WHERE doc_sha256=? AND first_page=? AND page_count=?"
             " AND response IS NOT NULL LIMIT 1", (sha, first_page, page_count)).fetchone()
         if answered:
-            return "answer", custom_id, json.loads(answered[0])
+            return EnqueueVerdict.ANSWER, custom_id, json.loads(answered[0])
         other = self._db.execute(
             "SELECT c.part_id FROM batch_chunks c JOIN batch_jobs j ON j.part_id=c.part_id"
             f" WHERE c.custom_id=? AND c.state=? AND j.state IN {open_states} LIMIT 1",
             (custom_id, SubmittedState.QUEUED)).fetchone()
-        verdict = "shared" if other else "queued"
+        verdict = EnqueueVerdict.SHARED if other else EnqueueVerdict.QUEUED
         self._tx(
             "INSERT OR REPLACE INTO batch_chunks (path, doc_sha256, first_page, page_count,"
             " chunk_sha256, custom_id, part_id, state, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",

@@ -96,3 +96,12 @@ class SubmittedState(enum.StrEnum):
 def batch_job_sources(target: BatchJobState) -> tuple[str, ...]:
     """The job states allowed to move to `target`, for a SQL `state IN (...)`."""
     return tuple(sorted(s.value for s, moves in BATCH_JOB_MOVES.items() if target in moves))
+
+
+class EnqueueVerdict(enum.StrEnum):
+    """What `Manifest.batch_enqueue` decided for a chunk."""
+
+    ALREADY = "already"  # its line is in a job still open
+    ANSWER = "answer"  # the same content's answer is at hand from another path
+    SHARED = "shared"  # the same content's line is in an open job for another path: one request
+    QUEUED = "queued"  # write its line into the part

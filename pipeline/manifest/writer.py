@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from pipeline.manifest.database import Manifest, PlannedDocument
+from pipeline.manifest.states import EnqueueVerdict
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -163,7 +164,7 @@ class AsyncManifest:
 
     async def batch_enqueue(self, path: str, first_page: int, page_count: int,
                             chunk_sha256: str, part_id: str, output_id: str
-                            ) -> tuple[str, str, dict[str, Any] | None]:
+                            ) -> tuple[EnqueueVerdict, str, dict[str, Any] | None]:
         return await self._writer.run(self.manifest.batch_enqueue, path, first_page, page_count,
                                       chunk_sha256, part_id, output_id)
 

@@ -17,6 +17,7 @@ from pipeline.backends.base import OCRResponse
 from pipeline.backends.mistral import MistralBackend
 from pipeline.budget import Budget
 from pipeline.config import Settings
+from pipeline.manifest.states import EnqueueVerdict
 from pipeline.manifest.writer import AsyncManifest
 from pipeline.models import Chunk
 from pipeline.transport.batch.deferred import ChunkDeferred
@@ -70,21 +71,21 @@ class BatchSubmitTransport:
             chunk.doc_rel, chunk.first_page, chunk.page_count, chunk.sha256, part.part_id,
             self.output_id)
         tally = self.tally
-        if verdict != "queued":
+        if verdict != EnqueueVerdict.QUEUED:
             self.writer.unplace(part, size)
-        if verdict == "answer":
+        if verdict == EnqueueVerdict.ANSWER:
             assert response is not None
             tally.dedup_answers += 1
             tally.pages_deduplicated += chunk.page_count
             return response
-        if verdict == "queued":
+        if verdict == EnqueueVerdict.QUEUED:
             line = '{"custom_id":' + json.dumps(custom_id) + ',"body":' + body + "}\n"
             self.writer.write(part, line.encode("utf-8"))
             # Paid once the job runs: counted against --max-pages / --max-cost now.
             self.budget.spent += chunk.page_count
             tally.queued += 1
             tally.pages_queued += chunk.page_count
-        elif verdict == "shared":
+        elif verdict == EnqueueVerdict.SHARED:
             tally.shared += 1
             tally.pages_deduplicated += chunk.page_count
         else:
