@@ -5,6 +5,15 @@ twice, cost against the synchronous price, and each run's peak RSS.
 
     .venv/bin/python benchmarks/bench_batch.py --docs 1000
     .venv/bin/python benchmarks/bench_batch.py --docs 10000 --points none   # peak RSS at 10x
+
+What grows with the document count: `--trace DIR` runs the last run under tracemalloc and writes
+its snapshots (at the traced peak, sampled every 0.25 s, and at exit) to DIR; `--compare A B`
+prints what B holds more than A (e.g. the 10k run's peak snapshot against the 1k run's). A
+traced run is several times slower and its peak RSS includes tracemalloc's own: not a figure.
+
+    .venv/bin/python benchmarks/bench_batch.py --docs 1000 --points none --trace /tmp/tm
+    .venv/bin/python benchmarks/bench_batch.py --docs 10000 --points none --trace /tmp/tm
+    .venv/bin/python benchmarks/bench_batch.py --compare /tmp/tm/peak-1000 /tmp/tm/peak-10000
 """
 
 from __future__ import annotations
@@ -45,14 +54,50 @@ def make_tree(root: Path, docs: int) -> None:
     marker.touch()
 
 
-def run(args: list[str], env: dict[str, str]) -> tuple[int, float, int]:
-    """(exit code, seconds, peak RSS in MiB) of one pipeline process."""
+def run(args: list[str], env: dict[str, str], trace: list[str] | None = None
+        ) -> tuple[int, float, int]:
+    """(exit code, seconds, peak RSS in MiB) of one pipeline process (under tracemalloc with
+    `trace`: [peak snapshot file, exit snapshot file])."""
     started = time.monotonic()
-    proc = subprocess.Popen([PY, "-m", "pipeline", *args], cwd=ROOT, env=env,
+    command = [PY, "-c", TRACER, *trace] if trace else [PY, "-m", "pipeline"]
+    proc = subprocess.Popen([*command, *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, time.monotonic() - started, usage.ru_maxrss // 1024
+
+
+# The pipeline child under tracemalloc: the snapshot at the traced peak is rewritten whenever the
+# traced memory passes the last one by 2% (dumped and dropped, so it does not count itself).
+TRACER = """
+import atexit, os, runpy, sys, threading, time, tracemalloc
+peak_file, end_file = sys.argv[1], sys.argv[2]
+tracemalloc.start(12)
+def watch(best=0):
+    while True:
+        time.sleep(0.25)
+        now = tracemalloc.get_traced_memory()[0]
+        if now > best * 1.02:
+            tracemalloc.take_snapshot().dump(peak_file + ".tmp")
+            os.replace(peak_file + ".tmp", peak_file)
+            best = now
+threading.Thread(target=watch, daemon=True).start()
+atexit.register(lambda: tracemalloc.take_snapshot().dump(end_file))
+sys.argv = ["pipeline", *sys.argv[3:]]
+runpy.run_module("pipeline", run_name="__main__")
+"""
+
+
+def compare(older: Path, newer: Path, top: int = 10) -> None:
+    import tracemalloc
+
+    keep = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    a = tracemalloc.Snapshot.load(str(older)).filter_traces(keep)
+    b = tracemalloc.Snapshot.load(str(newer)).filter_traces(keep)
+    for stat in b.compare_to(a, "traceback")[:top]:
+        print(f"{stat.size_diff / 1024:+9.0f} KiB {stat.count_diff:+7d} blocks")
+        for line in stat.traceback.format()[-10:]:
+            print("   ", line)
 
 
 def manifest_done(out: Path) -> int:
@@ -69,7 +114,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--points", default="all", help="all, none, or comma-separated")
+    parser.add_argument("--trace", type=Path, help="folder for tracemalloc snapshots of the last run")
+    parser.add_argument("--compare", type=Path, nargs=2, metavar=("OLDER", "NEWER"),
+                        help="print what snapshot NEWER holds more than OLDER, and exit")
     opts = parser.parse_args()
+    if opts.compare:
+        compare(*opts.compare)
+        return
     points = POINTS if opts.points == "all" else [p for p in opts.points.split(",") if p != "none"]
     banner(f"batch mode: {opts.docs:,} one-page documents, SIGKILL at {len(points)} crash points")
     tree = SCRATCH / f"batch-in-{opts.docs}"
@@ -93,7 +144,11 @@ async def main() -> None:
             if point != "(none)":
                 kill_code, kill_s, kill_rss = await asyncio.to_thread(
                     run, args, {**env, "OCR_PIPELINE_CRASH_AT": f"{point}:1"})
-            code, seconds, rss = await asyncio.to_thread(run, args, env)
+            trace = None
+            if opts.trace:
+                opts.trace.mkdir(parents=True, exist_ok=True)
+                trace = [str(opts.trace / f"{kind}-{opts.docs}") for kind in ("peak", "end")]
+            code, seconds, rss = await asyncio.to_thread(run, args, env, trace)
             twice = sum(1 for n in fake.by_custom_id.values() if n > 1)
             cost = report_costs(out)
             rows.append({
