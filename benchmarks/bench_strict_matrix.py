@@ -265,7 +265,8 @@ COLUMNS = ["cell", "achieved/R", "429/100", "429/100 all", "max/1s", "R", "wall_
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a few cells, short windows (~3 min)")
+    ap.add_argument("--quick", "--short", dest="quick", action="store_true",
+                    help="a few cells, short windows (~3 min); --short for run_all.py")
     ap.add_argument("--cells", nargs="*", metavar="NAME",
                     help="cell names or shell patterns (see --list); default: all, or the quick set")
     ap.add_argument("--window", type=float, default=None, help="seconds of steady window")

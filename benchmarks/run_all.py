@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 
 from common import ROOT, table  # noqa: E402
 
-BENCHES = ["overhead", "split", "ratelimit", "sdk_side_by_side", "memory", "resume"]
+BENCHES = ["overhead", "split", "strict_matrix", "sdk_side_by_side", "memory", "resume"]
 
 
 def main() -> int:
