@@ -42,18 +42,21 @@ async def test_twins_are_answered_once(tmp_path: Path, fake_server, workers: int
     assert server.stats.pages_answered == 3 + 3
     assert report.pages_done == 4 * 3 + 3 + 3
     assert report.pages_same_content == 4 * 3
+    # Which twin sends a chunk's request is a race: any of the five may lead any chunk. What
+    # holds: same markdown for all, 12 of their 15 pages taken from another twin, none from itself.
+    twins = ["orig.pdf"] + [f"sub{n}/copy-{n}.pdf" for n in range(4)]
     original = (out / "orig.pdf.md").read_text(encoding="utf-8")
-    for n in range(4):
-        rel = f"sub{n}/copy-{n}.pdf"
+    taken = 0
+    for rel in twins:
         assert (out / f"{rel}.md").read_text(encoding="utf-8") == original
         source = load_json(out / f"{rel}.json")["source"]
         assert source["path"] == rel
-        assert source["pages_from_same_content"] == 3
-        assert source["same_content_as"] in {"orig.pdf"} | {f"sub{k}/copy-{k}.pdf" for k in range(4)}
-    assert "pages_from_same_content" not in load_json(out / "other-a.pdf.json")["source"]
-    paid_docs = [load_json(out / f"{r}.json")["source"] for r in ["orig.pdf", "other-a.pdf",
-                                                                   "other-b.pdf"]]
-    assert sum(1 for s in paid_docs if "same_content_as" in s) <= 1  # orig may follow a twin
+        taken += source.get("pages_from_same_content", 0)
+        if "same_content_as" in source:
+            assert source["same_content_as"] in set(twins) - {rel}
+    assert taken == 4 * 3
+    for rel in ("other-a.pdf", "other-b.pdf"):
+        assert "pages_from_same_content" not in load_json(out / f"{rel}.json")["source"]
     assert any("same content: 12 pages" in line for line in report.summary_lines())
 
 
