@@ -308,7 +308,7 @@ def _without(prepared: rules.Prepared, found: list[tables.Table]) -> rules.Prepa
     arr = np.array(prepared.image)
     mask = prepared.ink.copy()
     for t in found:
-        pad = int(t.glyph)
+        pad = 0 if t.ruled else int(t.glyph)  # a ruled grid's text is inside its rules
         x0, y0, x1, y1 = max(0, t.box[0] - pad), max(0, t.box[1] - pad), t.box[2] + pad, t.box[3] + pad
         arr[y0:y1, x0:x1] = 255
         mask[y0:y1, x0:x1] = False

@@ -97,7 +97,8 @@ def tables_from_cells(blocks: list[Block], found: list[Table], texts: list[list[
         for block in blocks:
             for para in block.paragraphs:
                 for line in para.lines:
-                    line.words = [w for w in line.words if not _inside(w.box, table.box, table.glyph)]
+                    pad = 0 if table.ruled else table.glyph
+                    line.words = [w for w in line.words if not _inside(w.box, table.box, pad)]
     kept = [b for b in blocks if b.kind == "table" or _words(b)]
     for block in kept:
         for para in block.paragraphs:

@@ -172,7 +172,10 @@ def from_grid(grid: Grid, ink: np.ndarray) -> Table:
             row.append(box)
         cells.append(row)
     glyph = float(np.median(heights)) if heights else 1.0
-    return Table(grid.box, cells, glyph, ruled=True)
+    # The cells' extent, not grid.box: a grid whose upper rules were lost in the noise has a box
+    # reaching over rows it has no cells for (their text is read with the page).
+    box = (grid.cols[0], grid.rows[0], grid.cols[-1], grid.rows[-1])
+    return Table(box, cells, glyph, ruled=True)
 
 
 def _ink_box(inner: np.ndarray, cell_h: int) -> Box | None:
