@@ -71,6 +71,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     updated_at REAL NOT NULL,
     PRIMARY KEY (path, doc_sha256, first_page, page_count)
 );
+-- Content dedup: the answer for these pages of this content, whatever the path.
+CREATE INDEX IF NOT EXISTS chunks_content ON chunks (doc_sha256, first_page, page_count);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     started_at REAL NOT NULL,
