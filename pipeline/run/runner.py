@@ -252,11 +252,11 @@ class Run:
             ticker = asyncio.create_task(self.ticker.tick_forever(db))
             try:
                 if self.s.service.mode == "batch":  # collect, submit, wait: docs/batch.md
-                    from pipeline.transport.batch.driver import run_batch
+                    from pipeline.run.batch_run import run_batch
 
                     await run_batch(self, events, tally, db)
                 else:
-                    await self._pool(self._planned(events, tally, db), self._context(db))
+                    await self.process(self.planned_documents(events, tally, db), self.job_context(db))
             finally:
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -274,7 +274,7 @@ class Run:
         self.report.bytes_sent = self.transport.bytes_sent
         self._finish(manifest)
 
-    def _context(self, db: AsyncManifest) -> JobContext:
+    def job_context(self, db: AsyncManifest) -> JobContext:
         assert self.transport is not None
         return JobContext(
             output=self.output, run_id=self.run_id, backend=self.s.backend, model=self.s.model,
@@ -292,7 +292,7 @@ class Run:
         self.report.failed_earlier = tally.failed_earlier
         self.report.ignored = [Failure(i.rel, i.category, i.reason) for i in tally.ignored]
 
-    async def _planned(self, events: Iterator[PlanEvent], tally: PlanTally,
+    async def planned_documents(self, events: Iterator[PlanEvent], tally: PlanTally,
                        db: AsyncManifest) -> AsyncIterator[PlanItem]:
         """The documents to process, planned a batch of files at a time while earlier ones are
         already being processed; each batch is recorded as pending before its work starts."""
@@ -306,7 +306,7 @@ class Run:
                     message = f"{event.rel}: {event.reason}"
                     await db.fail(event.rel, event.category, message, size=event.size,
                                   mtime_ns=event.mtime_ns)
-                    self._record_failure(Failure(event.rel, event.category, message))
+                    self.record_failure(Failure(event.rel, event.category, message))
                 elif isinstance(event, Touch):
                     await db.touch_unchanged(event.rel, event.size, event.mtime_ns)
             if todo:
@@ -336,7 +336,7 @@ class Run:
         assert self.transport is not None
         return self.transport.demand() > len(self._watch.getting_ready)
 
-    async def _pool(self, todo: AsyncIterator[PlanItem], ctx: JobContext) -> None:
+    async def process(self, todo: AsyncIterator[PlanItem], ctx: JobContext) -> None:
         """Open documents as the transport has room for their requests; each runs as one job."""
         changed = asyncio.Event()  # a document finished: there may be room again
         sizes: dict[asyncio.Task[Any], int] = {}
@@ -365,7 +365,7 @@ class Run:
                         self._watch.getting_ready.add(item.source.rel)
                     task.add_done_callback(functools.partial(done, rel=item.source.rel))
         except FatalError as exc:
-            self._abort(exc)
+            self.abort(exc)
         except Exception as exc:  # planning broke: the open documents end, then a fatal outcome
             self.log.exception("planning failed")
             planning_failed = FatalError(
@@ -391,7 +391,7 @@ class Run:
             raise
         except FatalError as exc:  # also from the manifest itself (disk full)
             self.report.documents_interrupted += 1
-            self._abort(exc)
+            self.abort(exc)
             return
         self._record(result)
 
@@ -403,7 +403,7 @@ class Run:
             r.documents_interrupted += 1
         elif result.status == DocumentStatus.FAILED:
             assert result.failure is not None, "a failed document carries its failure"
-            self._record_failure(result.failure)
+            self.record_failure(result.failure)
         elif result.status == DocumentStatus.DONE:
             r.documents_done += 1
             r.pages_done += result.pages
@@ -422,7 +422,7 @@ class Run:
             log("document", path=result.rel, state="done", pages=result.pages,
                 seconds=result.seconds)
 
-    def _record_failure(self, failure: Failure) -> None:
+    def record_failure(self, failure: Failure) -> None:
         self.report.failures.append(failure)
         self.report.documents_failed += 1
         self.log.warning("document", path=failure.path, state="failed", category=failure.category,
@@ -458,7 +458,7 @@ class Run:
         for task in list(self._tasks):
             task.cancel()
 
-    def _abort(self, error: FatalError) -> None:
+    def abort(self, error: FatalError) -> None:
         if self.fatal is None:
             self.fatal = error
             self.log.error("fatal", error=redact(str(error)))

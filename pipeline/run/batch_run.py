@@ -53,18 +53,18 @@ async def run_batch(run: Run, events: Iterator[PlanEvent], tally: PlanTally,
                          retry_max=s.service.retry_max)
     collector = Collector(client, db, output_id, run.run_id, batch_folder(run), s.model,
                           s.batch.timeout_hours, run.log)
-    ctx = dataclasses.replace(run._context(db), source_notes=lambda rel: _source_note(collector, rel))
+    ctx = dataclasses.replace(run.job_context(db), source_notes=lambda rel: _source_note(collector, rel))
     try:
         for name in await db.batch_call("batch_discard_unsealed"):
             (batch_folder(run) / name).unlink(missing_ok=True)
         await collector.submit_waiting()
         await collector.poll_once()
-        await _pool(run, _with_jobs(run._planned(events, tally, db), collector, db), ctx, collector)
+        await _pool(run, _with_jobs(run.planned_documents(events, tally, db), collector, db), ctx, collector)
         await _submit(run, transport, collector, db)
         await _wait(run, transport, collector, db, ctx)
         await db.batch_call("batch_forget_done")
     except FatalError as exc:
-        run._abort(exc)
+        run.abort(exc)
     finally:
         await client.close()
         transport.uploaded_bytes = client.bytes_sent
@@ -79,7 +79,7 @@ def _source_note(collector: Collector, rel: str) -> dict[str, Any]:
 async def _pool(run: Run, items: AsyncIterator[PlanItem], ctx: Any, collector: Collector) -> None:
     """Run documents through the pool; the job ids looked up for those not stored go with it."""
     try:
-        await run._pool(items, ctx)
+        await run.process(items, ctx)
     finally:
         collector.jobs_by_path.clear()
 
@@ -190,7 +190,7 @@ async def _report(run: Run, transport: BatchSubmitTransport, collector: Collecto
                   db: AsyncManifest) -> None:
     c, t = collector.tally, transport.tally
     for path, category, message in c.failures:
-        run._record_failure(Failure(path, category, redact(message)))
+        run.record_failure(Failure(path, category, redact(message)))
     run.report.cost += cost(c.pages_answered, run.price)
     try:
         pending = await db.batch_call("batch_jobs", list(OPEN_BATCH_JOBS))
