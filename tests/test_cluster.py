@@ -9,14 +9,16 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import distributed  # noqa: E402, F401  (the dev extra installs it: a missing one fails, not skips)
 from reportlab.lib.pagesizes import A6
 
 from pipeline.backends.local import cluster as dask_cluster
 from pipeline.backends.local.cluster import CapacityGate, WorkerCheck, worker_problems
-from tests.dask_cluster import ROOT, free_port, local_cluster
+from tests.dask_cluster import ROOT, LocalCluster, free_port, local_cluster
 from tests.local_fixtures import PARAGRAPHS, TITLES, image_pdf, prose_page, render
 
 DPI = 100  # small scans (A6 at 100 dpi): a page reads in about 0.3 s
@@ -55,20 +57,35 @@ def page_texts(out: Path) -> dict[str, list[str]]:
     return texts
 
 
+T = TypeVar("T")
+
+
+def run_while(cl: LocalCluster, inp: Path, out: Path, during: Callable[[], T],
+              timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], T]:
+    """Run the pipeline on the cluster; call `during()` while it runs (to kill or add workers);
+    wait for the run to end. The run is killed if anything fails."""
+    run = subprocess.Popen(pipeline_cmd(inp, out, "--cluster", cl.address), cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = during()
+        stdout, stderr = run.communicate(timeout=timeout)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    return subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr), seen
+
+
 def test_a_worker_killed_mid_run_loses_nothing_and_repeats_nothing(tmp_path: Path) -> None:
     inp = tmp_path / "in"
     scanned_documents(inp, 6, 2)
     with local_cluster(tmp_path / "cluster", workers=2) as cl:
-        run = subprocess.Popen(pipeline_cmd(inp, tmp_path / "out", "--cluster", cl.address),
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
+        def kill_w2() -> None:
             cl.wait_until_reading("w2")  # a page is on w2 now
             cl.kill_worker("w2")
-            stdout, stderr = run.communicate(timeout=60)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
+
+        run, _ = run_while(cl, inp, tmp_path / "out", kill_w2, timeout=60)
+        stdout, stderr = run.stdout, run.stderr
     assert run.returncode == 0, stdout + stderr
     done_in_cluster = page_texts(tmp_path / "out")
     assert len(done_in_cluster) == 6
@@ -249,17 +266,13 @@ def test_a_worker_joining_mid_run_gets_pages_and_raises_the_in_flight_ceiling(tm
     inp = tmp_path / "in"
     scanned_documents(inp, 24, 2)
     with local_cluster(tmp_path / "cluster", workers=1) as cl:
-        run = subprocess.Popen(pipeline_cmd(inp, tmp_path / "out", "--cluster", cl.address),
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
+        def add_late() -> list[str]:
             cl.wait_until_reading("w1")  # the run is under way on one worker
             cl.start_worker("late")
-            late_keys = cl.wait_until_reading("late", timeout=60)  # the scheduler gave it a page
-            stdout, stderr = run.communicate(timeout=120)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
+            return cl.wait_until_reading("late", timeout=60)  # the scheduler gave it a page
+
+        run, late_keys = run_while(cl, inp, tmp_path / "out", add_late)
+        stdout, stderr = run.stdout, run.stderr
         late_executed = _late_worker_executed(cl.address, "late")
     assert run.returncode == 0, stdout + stderr
     assert any(k.startswith("ocr_pdf_page") for k in late_keys)
@@ -289,16 +302,12 @@ def test_a_worker_joining_mid_run_without_the_language_gets_no_task(tmp_path: Pa
     empty = tmp_path / "no-models"
     empty.mkdir()
     with local_cluster(tmp_path / "cluster", workers=1) as cl:
-        run = subprocess.Popen(pipeline_cmd(inp, tmp_path / "out", "--cluster", cl.address),
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
+        def add_nolang() -> None:
             cl.wait_until_reading("w1")
             cl.start_worker("nolang", env={"TESSDATA_PREFIX": str(empty)})
-            stdout, stderr = run.communicate(timeout=180)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
+
+        run, _ = run_while(cl, inp, tmp_path / "out", add_nolang, timeout=180)
+        stdout, stderr = run.stdout, run.stderr
         refused_executed = _late_worker_executed(cl.address, "nolang")
     assert run.returncode == 0, stdout + stderr
     assert refused_executed == 0
