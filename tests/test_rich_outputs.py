@@ -457,7 +457,9 @@ async def test_every_link_of_every_markdown_written_here_resolves(tmp_path: Path
             count, bad = dangling_links(out)
             assert bad == [], out
             checked += count
-    assert checked >= 10
+    # Its own two runs write 8 links (tables and images of a split document); the outputs of the
+    # other tests of this file, when they ran first, add more.
+    assert checked >= 8
     md = (tmp_path / "no-images/doc.pdf.md").read_text()
     assert "[img-0.jpeg]" in md and "](img-0.jpeg)" not in md  # not delivered: text, no link
     shutil.rmtree(tmp_path / "in")
