@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.stages.confidence import LowPage
 from pipeline.stages.store import atomic_write
@@ -13,6 +13,9 @@ from pipeline.stages.store import atomic_write
 REPORT_VERSION = 1
 LOW_CONFIDENCE_KEPT = 100  # the lowest pages listed; all of them are counted
 WARNINGS_KEPT = 1000
+
+if TYPE_CHECKING:
+    from pipeline.run.document_job import DocumentResult
 
 
 @dataclass
@@ -86,6 +89,21 @@ class RunReport:
             self.low_confidence_pages = pages[:LOW_CONFIDENCE_KEPT]
         self.warnings_total += len(warnings)
         self.warnings.extend(warnings[:max(0, WARNINGS_KEPT - len(self.warnings))])
+
+    def count_done(self, result: DocumentResult) -> None:
+        """A document stored: its pages, cost and what the reviewer should look at."""
+        self.documents_done += 1
+        self.pages_done += result.pages
+        self.pages_from_checkpoints += result.pages_reused
+        self.pages_same_content += result.pages_same_content
+        self.cost += result.cost
+        for method, n in result.page_methods.items():
+            self.page_methods[method] = self.page_methods.get(method, 0) + n
+        self.note_review(result.low_confidence, result.warnings)
+
+    def count_failure(self, failure: Failure) -> None:
+        self.failures.append(failure)
+        self.documents_failed += 1
 
     def summary_lines(self) -> list[str]:
         head = "dry run" if self.dry_run else "run"

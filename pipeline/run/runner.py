@@ -38,6 +38,7 @@ from pipeline.run.document_job import (
     DocumentStatus,
     JobContext,
 )
+from pipeline.run.dry_run import dry_run_estimate
 from pipeline.run.outcome import Outcome, StopReason, StopRequest, decide_outcome, exit_code
 from pipeline.run.progress import ProgressDisplay, resolve_mode
 from pipeline.run.report import Failure, RunReport
@@ -46,7 +47,7 @@ from pipeline.run.ticker import RunTicker
 from pipeline.run.transports import build_transport, cluster_backend
 from pipeline.stages.discover import Skipped
 from pipeline.stages.plan import Decision, PlanItem
-from pipeline.stages.planner import PlanEvent, PlanTally, Touch, estimate, plan_events, take
+from pipeline.stages.planner import PlanEvent, PlanTally, Touch, plan_events, take
 from pipeline.timefmt import iso
 from pipeline.transport.base import RunTransport
 from pipeline.transport.endpoints import MultiEndpointTransport
@@ -210,31 +211,13 @@ class Run:
                 loop.remove_signal_handler(sig)
 
     async def _dry_run(self) -> None:
-        """Plan and estimate, calling nothing and writing nothing: the manifest, when there is
-        one, is only read."""
+        """Plan and estimate, calling nothing and writing nothing (run/dry_run.py)."""
         tally = PlanTally()
-        path = manifest_path(self.output)
-        reader = Manifest.reader(path) if path.exists() else None
-        try:
-            events = plan_events(self.s, self.input, self.output,
-                                 reader.lookup if reader else (lambda rel: None), tally)
-            self.report.estimate = await asyncio.to_thread(self._estimate, events)
-        finally:
-            if reader:
-                reader.close()
+        self.report.estimate = await asyncio.to_thread(
+            dry_run_estimate, self.s, self.input, self.output, self.price, tally,
+            self.report.failures.append)
         self._record_plan(tally)
         self._finish(None)
-
-    def _estimate(self, events: Iterator[PlanEvent]) -> dict[str, Any]:
-        def todo() -> Iterator[PlanItem]:
-            for event in events:
-                if isinstance(event, PlanItem):
-                    yield event
-                elif isinstance(event, Skipped):
-                    self.report.failures.append(Failure(event.rel, event.category,
-                                                        f"{event.rel}: {event.reason}"))
-
-        return estimate(self.s, todo(), self.price)
 
     async def _plan_and_work(self, manifest: Manifest) -> None:
         manifest.start_run(self.run_id)
@@ -405,14 +388,7 @@ class Run:
             assert result.failure is not None, "a failed document carries its failure"
             self.record_failure(result.failure)
         elif result.status == DocumentStatus.DONE:
-            r.documents_done += 1
-            r.pages_done += result.pages
-            r.pages_from_checkpoints += result.pages_reused
-            r.pages_same_content += result.pages_same_content
-            r.cost += result.cost
-            for method, n in result.page_methods.items():
-                r.page_methods[method] = r.page_methods.get(method, 0) + n
-            r.note_review(result.low_confidence, result.warnings)  # for the reviewer: report, status
+            r.count_done(result)
             if result.source and result.source.get("repaired"):
                 self.log.warning("repaired", path=result.rel,
                                  notes=result.source.get("repair_notes"))
@@ -423,8 +399,7 @@ class Run:
                 seconds=result.seconds)
 
     def record_failure(self, failure: Failure) -> None:
-        self.report.failures.append(failure)
-        self.report.documents_failed += 1
+        self.report.count_failure(failure)
         self.log.warning("document", path=failure.path, state="failed", category=failure.category,
                          error=failure.message)
 
