@@ -1,10 +1,11 @@
 """The resumable manifest: one SQLite (WAL) file, one row per document and one per chunk.
 
 All SQL of the project lives here (batch mode's tables in `batch_ledger.py`, mixed in), behind a
-small interface (record the plan, claim, checkpoint a chunk, finish, fail, query). The states and their allowed moves are in `pipeline.manifest.states`:
-every write names its target state and moves only rows in a state allowed to reach it (a move that
-is not allowed changes nothing). A chunk's response is committed the moment it arrives: a resumed
-run reuses it instead of paying for it again.
+small interface (record the plan, claim, checkpoint a chunk, finish, fail, query). The states
+and their allowed moves are in `pipeline.manifest.states`: every write names its target state
+and moves only rows in a state allowed to reach it (a move that is not allowed changes nothing).
+A chunk's response is committed the moment it arrives: a resumed run reuses it instead of paying
+for it again.
 
 Threads: a `Manifest` object is used by one thread at a time. During a run that is the manifest
 writer's thread (`pipeline.manifest.writer`, reached from the event loop through `AsyncManifest`);

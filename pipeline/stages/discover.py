@@ -10,7 +10,7 @@ import dataclasses
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -87,19 +87,18 @@ def discover(
     yield from walker.walk(walker.root, "")
 
 
+@dataclass
 class _Walker:
     """One walk of the input tree; remembers the folders and linked files already reached."""
 
-    def __init__(self, root: Path, include: list[str], exclude: list[str], follow_symlinks: bool,
-                 skip: set[Path], known: Callable[[str, int, int], str | None] | None) -> None:
-        self.root = root
-        self.include = include
-        self.exclude = exclude
-        self.follow_symlinks = follow_symlinks
-        self.skip = skip
-        self.known = known
-        self.seen_dirs: set[tuple[int, int]] = set()
-        self.linked_files: dict[tuple[int, int], str] = {}  # files reached through links, by inode
+    root: Path
+    include: list[str]
+    exclude: list[str]
+    follow_symlinks: bool
+    skip: set[Path]
+    known: Callable[[str, int, int], str | None] | None
+    seen_dirs: set[tuple[int, int]] = field(default_factory=set)
+    linked_files: dict[tuple[int, int], str] = field(default_factory=dict)  # reached via links
 
     def walk(self, folder: Path, rel_prefix: str) -> Iterator[SourceFile | Skipped]:
         try:

@@ -81,14 +81,18 @@ def tables_from_grids(blocks: list[Block], grids: list[Grid]) -> list[Block]:
         rows = [row for row in rows if any(row)]
         if rows:
             tables.append(Block(kind="table", table=rows, grid_box=grid.box))
-    kept_blocks = [b for b in blocks if _words(b)]
-    for block in kept_blocks:
+    return _pruned([b for b in blocks if _words(b)]) + tables
+
+
+def _pruned(blocks: list[Block]) -> list[Block]:
+    """Lines and paragraphs left without words dropped, line boxes fitted to their words."""
+    for block in blocks:
         for para in block.paragraphs:
             para.lines = [line for line in para.lines if line.words]
             for line in para.lines:
                 line.box = _union([w.box for w in line.words])
         block.paragraphs = [p for p in block.paragraphs if p.lines]
-    return kept_blocks + tables
+    return blocks
 
 
 def tables_from_cells(blocks: list[Block], found: list[Table], texts: list[list[list[str]]]) -> list[Block]:
@@ -99,13 +103,7 @@ def tables_from_cells(blocks: list[Block], found: list[Table], texts: list[list[
                 for line in para.lines:
                     pad = 0 if table.ruled else table.glyph
                     line.words = [w for w in line.words if not _inside(w.box, table.box, pad)]
-    kept = [b for b in blocks if b.kind == "table" or _words(b)]
-    for block in kept:
-        for para in block.paragraphs:
-            para.lines = [line for line in para.lines if line.words]
-            for line in para.lines:
-                line.box = _union([w.box for w in line.words])
-        block.paragraphs = [p for p in block.paragraphs if p.lines]
+    kept = _pruned([b for b in blocks if b.kind == "table" or _words(b)])
     tables = []
     for table, rows in zip(found, texts, strict=True):
         rows = [row for row in rows if any(row)]  # a ruled grid's empty rows
