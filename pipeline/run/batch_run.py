@@ -49,7 +49,7 @@ async def run_batch(run: Run, events: Iterator[PlanEvent], tally: PlanTally,
     s = run.s
     output_id = await db.batch_call("batch_output_id")
     transport.bind(db, output_id)
-    client = BatchClient(s, retry_initial=min(1.0, s.service.retry_initial),
+    client = BatchClient(s.service, retry_initial=min(1.0, s.service.retry_initial),
                          retry_max=s.service.retry_max)
     collector = Collector(client, db, output_id, run.run_id, batch_folder(run), s.model,
                           s.batch.timeout_hours, run.log)

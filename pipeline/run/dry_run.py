@@ -22,8 +22,8 @@ def dry_run_estimate(s: Settings, input_dir: Path, output: Path, price: float, t
     path = manifest_path(output)
     reader = Manifest.reader(path) if path.exists() else None
     try:
-        events = plan_events(s, input_dir, output, reader.lookup if reader else (lambda rel: None),
-                             tally)
+        lookup = reader.lookup if reader else (lambda rel: None)
+        events = plan_events(s.run, s.command, input_dir, output, lookup, tally)
 
         def todo() -> Iterator[PlanItem]:
             for event in events:

@@ -226,7 +226,7 @@ class Run:
         db = AsyncManifest(manifest)
         assert self.transport is not None
         try:
-            events = plan_events(self.s, self.input, self.output, reader.lookup, tally)
+            events = plan_events(self.s.run, self.s.command, self.input, self.output, reader.lookup, tally)
             if self.s.limits.max_runtime:
                 self._runtime_handle = asyncio.get_running_loop().call_later(
                     self.s.limits.max_runtime, self.request_stop,

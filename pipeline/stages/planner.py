@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Settings
+from pipeline.config import CommandLine, RunSettings, Settings
 from pipeline.errors import PipelineError
 from pipeline.logsetup import get_logger
 from pipeline.manifest import DocumentRow
@@ -52,7 +52,8 @@ class PlanTally:
 
 
 def plan_events(
-    s: Settings,
+    run: RunSettings,
+    command: CommandLine,
     input_dir: Path,
     output_dir: Path,
     lookup: Callable[[str], DocumentRow | None],
@@ -65,19 +66,19 @@ def plan_events(
     before any work (Skipped) and the stats to refresh (Touch); counts go into `tally`.
     """
     skip_dirs = [output_dir] if output_dir.is_relative_to(input_dir) else []
-    retry_categories = set(s.command.retry_categories) if s.command.retry_categories else None
-    rows = _RowCache(lookup, force=s.command.force)
-    for found in discover(input_dir, include=s.run.include, exclude=s.run.exclude,
-                          follow_symlinks=s.run.follow_symlinks, skip_dirs=skip_dirs,
+    retry_categories = set(command.retry_categories) if command.retry_categories else None
+    rows = _RowCache(lookup, force=command.force)
+    for found in discover(input_dir, include=run.include, exclude=run.exclude,
+                          follow_symlinks=run.follow_symlinks, skip_dirs=skip_dirs,
                           known=rows.known):
         if isinstance(found, Skipped):
             yield from _refused_event(found, rows.row_for(found.rel), tally, retry=wants_retry(
-                rows.row_for(found.rel), retry_failed=s.command.retry_failed,
+                rows.row_for(found.rel), retry_failed=command.retry_failed,
                 retry_categories=retry_categories))
             continue
         try:
-            item = decide(found, rows.row_for(found.rel), force=s.command.force,
-                          retry_failed=s.command.retry_failed, retry_categories=retry_categories)
+            item = decide(found, rows.row_for(found.rel), force=command.force,
+                          retry_failed=command.retry_failed, retry_categories=retry_categories)
         except OSError as exc:  # re-hashing a changed file failed: that file alone fails
             tally.bad += 1
             tally.count("bad_input")

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from pipeline.backends.mistral import auth_headers, error_detail, parse_retry_after
-from pipeline.config import Settings
+from pipeline.config.groups import ServiceSettings
 from pipeline.errors import FatalError
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -48,10 +48,10 @@ def api_base(endpoint: str) -> str:
 
 
 class BatchClient:
-    def __init__(self, settings: Settings, retry_initial: float = 0.5, retry_max: float = 30.0
-                 ) -> None:
-        self.settings = settings
-        self.base = api_base(settings.service.endpoint)
+    def __init__(self, service: ServiceSettings, retry_initial: float = 0.5,
+                 retry_max: float = 30.0) -> None:
+        self.service = service
+        self.base = api_base(service.endpoint)
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.bytes_sent = 0
@@ -60,9 +60,9 @@ class BatchClient:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            s = self.settings.service
+            s = self.service
             self._session = aiohttp.ClientSession(
-                headers=auth_headers(self.settings.service),
+                headers=auth_headers(self.service),
                 connector=aiohttp.TCPConnector(limit=8, ssl=None if s.verify_tls else False),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout,
                                               sock_read=s.request_timeout),
