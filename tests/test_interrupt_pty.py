@@ -22,8 +22,6 @@ import pytest
 from tests.conftest import REPO, pipeline_env
 from tests.local_fixtures import PARAGRAPHS, TITLES, prose_page, render, to_bytes
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pty + process groups")
-
 PAGES = 12  # enough for a few seconds of OCR on two cores
 
 

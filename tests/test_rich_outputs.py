@@ -379,7 +379,8 @@ def test_the_fake_servers_rich_answers_follow_the_published_schema() -> None:
 
 
 async def test_the_official_sdk_parses_the_rich_answers(tmp_path: Path, fake_server: Any) -> None:
-    mistralai = pytest.importorskip("mistralai.client", reason="dev dependency mistralai")
+    import mistralai.client as mistralai  # the dev extra installs it: a missing one fails
+
     server = await fake_server(images_per_page=1)
     data = "data:application/pdf;base64," + base64.b64encode(pdf(PAGES)).decode()
 

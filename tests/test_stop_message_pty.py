@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 from pathlib import Path
-
-import pytest
 
 from pipeline.errors import ExitCode
 from tests.pdfgen import write_pdf
 from tests.test_interrupt_pty import TerminalRun
-
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pty")
 
 
 async def wait_until(condition, what: str, run: TerminalRun, timeout: float = 20) -> None:
