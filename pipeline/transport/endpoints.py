@@ -171,12 +171,10 @@ class MultiEndpointTransport:
             try:
                 response = await self._try(lane, chunk)
             except StopRequested:
-                self._probe_over(lane, probe)
                 if lane.drained and not self._stopped:
                     continue  # its lane was drained while the chunk waited: take another
                 raise
             except FatalError as exc:
-                self._probe_over(lane, probe)
                 if any(other.drained is None and other is not lane for other in self.lanes):
                     self._drain(lane, str(exc))
                     continue
@@ -189,10 +187,9 @@ class MultiEndpointTransport:
                     raise
                 await asyncio.sleep(self.policy.backoff(failures) if self._alone() else 0)
                 continue
-            except BaseException:
-                self._probe_over(lane, probe)
-                raise
-            self._probe_over(lane, probe)
+            finally:
+                if probe:
+                    lane.probing = False  # the probe is over, whatever its outcome
             if response is None:
                 continue  # the lane paused before the chunk was sent: take another
             lane.half_open = False  # an answer: the lane is healthy again
@@ -226,11 +223,6 @@ class MultiEndpointTransport:
         finally:
             lane.on_pause.discard(move)
 
-    @staticmethod
-    def _probe_over(lane: Lane, probe: bool) -> None:
-        if probe:
-            lane.probing = False
-
     def _alone(self) -> bool:
         """No other lane to try now: back off before trying the same one again."""
         now = self._clock()
@@ -239,8 +231,6 @@ class MultiEndpointTransport:
     def _failed(self, lane: Lane, probe: bool = False) -> None:
         lane.failures += 1
         lane.consecutive_failures += 1
-        if probe:
-            lane.probing = False
         if lane.consecutive_failures >= BREAKER_FAILURES or probe:
             lane.open_until = self._clock() + BREAKER_SECONDS
             lane.half_open = True
