@@ -7,6 +7,7 @@ memory) and reuses it for every page.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ class Engine:
         measured = None if prepared.grids else columns.measure(prepared.ink, gray, dpi)
         page = columns.find(measured, prepared.ink.shape)
         caps = self._read_drop_caps(prepared, page.drop_caps, dpi) if page else []
-        slope = _Lazy(lambda: ink.skew(prepared.ink))
+        slope = functools.cache(lambda: ink.skew(prepared.ink))  # most pages never need it
         # Borderless tables are read cell by cell below; Tesseract reads the rest of the page.
         borderless = [] if page is not None else tables.find(measured, slope)
         # Ruled grids too: Tesseract's page read misreads their small type (`3L5`, `w cS) BR`).
@@ -250,8 +251,7 @@ class Engine:
         return best
 
     def _read_region(
-        self, image: Image.Image, box: tuple[int, int, int, int], slope: float, dpi: int | None,
-        psm: PSM = PSM.SINGLE_BLOCK, min_conf: float | None = None,
+        self, image: Image.Image, box: tuple[int, int, int, int], slope: float, dpi: int | None
     ) -> list[Line]:
         """One region as a single block of text: thresholded on its own, straightened, bordered.
 
@@ -269,11 +269,11 @@ class Engine:
         margin = REGION_MARGIN
         crop = ImageOps.expand(crop, margin, fill=255)
         x0, y0 = x0 - margin, y0 - margin
-        self.api.SetPageSegMode(psm)
+        self.api.SetPageSegMode(PSM.SINGLE_BLOCK)
         self.api.SetImage(crop)
         self.api.SetVariable("user_defined_dpi", str(dpi or 0))
         self.api.Recognize()
-        lines = _read_region_words(self.api, MIN_RECOVERED_CONF if min_conf is None else min_conf)
+        lines = _read_region_words(self.api)
         for line in lines:
             line.box = (line.box[0] + x0, line.box[1] + y0, line.box[2] + x0, line.box[3] + y0)
             for w in line.words:
@@ -326,19 +326,6 @@ def _outside(blocks: list[Block], grids: list[rules.Grid]) -> list[Block]:
         for g in grids)]
 
 
-class _Lazy:
-    """A value computed on first call and kept (the page's tilt: most pages never need it)."""
-
-    def __init__(self, compute: Callable[[], float]) -> None:
-        self._compute = compute
-        self._value: float | None = None
-
-    def __call__(self) -> float:
-        if self._value is None:
-            self._value = self._compute()
-        return self._value
-
-
 SURE = 95  # a reading at this confidence is not tried again enlarged
 SURE_ENOUGH = 90  # an amount read on the page at this confidence is not read again
 CELL_SCALE = 2  # enlargement for a cell or an amount read again
@@ -347,11 +334,11 @@ REGION_MARGIN = 20  # white pixels around a region read on its own
 MIN_RECOVERED_CONF = 40.0  # words read from leftover ink below this are noise read as letters
 
 
-def _read_region_words(api: PyTessBaseAPI, min_conf: float = MIN_RECOVERED_CONF) -> list[Line]:
+def _read_region_words(api: PyTessBaseAPI) -> list[Line]:
     again = _structure(api)
     lines = []
     for line in (line for b in again.blocks for p in b.paragraphs for line in p.lines):
-        line.words = [w for w in line.words if (w.conf or 0) >= min_conf]
+        line.words = [w for w in line.words if (w.conf or 0) >= MIN_RECOVERED_CONF]
         if line.words:
             lines.append(line)
     return lines
