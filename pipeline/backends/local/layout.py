@@ -459,12 +459,6 @@ def _margin_part(blocks: list[Block], kind: str, found: dict[str, str | None]) -
     return Part(found[kind] or "", kind, union([b.box for b in blocks if b.kind == kind and b.box]))
 
 
-def page_markdown(blocks: list[Block]) -> tuple[str, dict[str, str | None]]:
-    """The page's markdown without its running header and footer, and those two (or None)."""
-    got = page_text(blocks)
-    return got.markdown, {"header": got.header, "footer": got.footer}
-
-
 def api_blocks(found: list[Part], width: int, height: int) -> list[dict[str, object]]:
     """The parts as the API's typed blocks (`pages[].blocks[]`): type, content and the box in
     pixels of the page image, clipped to it."""
