@@ -220,3 +220,31 @@ async def test_batch_mode_with_azure_is_a_config_error_that_says_why(tmp_path: P
     assert proc.returncode == ExitCode.USAGE, proc.stderr
     assert "batch" in proc.stderr and "azure" in proc.stderr.lower()
     assert not (tmp_path / "out").exists()
+
+
+async def test_a_twin_planned_after_its_content_was_collected_takes_that_answer(
+        tmp_path: Path, fake_server) -> None:
+    """Batch mode's content dedup at the document job: `a.pdf`'s job is collected at the start
+    of the second run, then a twin added since is planned: it takes a.pdf's checkpointed answer
+    (no request line, no second payment) and the report counts its pages as deduplicated."""
+    server = await fake_server()
+    fake = batch_of(server)
+    fake.behaviour.hold = True
+    out, args = setup(tmp_path, server.url)
+    assert (await run_to_end([*args, "--no-wait"], pipeline_env(), tmp_path / "1.log"))[0] == 0
+    fake.behaviour.hold = False
+    inp = tmp_path / "in"
+    (inp / "twin-of-a.pdf").write_bytes((inp / "a.pdf").read_bytes())
+
+    code, output, _ = await run_to_end(args, pipeline_env(), tmp_path / "2.log")
+    assert code == ExitCode.OK, output
+    assert_accounted(out, DOCS)
+    assert manifest_rows(out)["twin-of-a.pdf"].state == "done"
+    assert_each_chunk_answered_once(server, fake)  # the twin sent no line of its own
+    assert fake.jobs_created == 2
+    twin = json.loads((out / "twin-of-a.pdf.json").read_text())
+    assert twin["pages"] == json.loads((out / "a.pdf.json").read_text())["pages"]
+    assert twin["source"]["same_content_as"] == "a.pdf"
+    report = run_report(out)
+    assert report["batch"]["pages_deduplicated"] == DOCS["a.pdf"]
+    assert report["batch"]["requests_queued"] == 0

@@ -437,8 +437,8 @@ def test_a_batch_line_id_written_by_the_manifest_is_parsed_back_by_the_collector
     manifest.claim("a.pdf", sha, "run-1")
     output_id = manifest.batch_output_id()
     manifest.batch_open_part("p1", "p1.jsonl", "run-1")
-    verdict, custom_id, response = manifest.batch_enqueue("a.pdf", 4, 2, "c" * 64, "p1", output_id)
-    assert (verdict, response) == (EnqueueVerdict.QUEUED, None)
+    verdict, custom_id = manifest.batch_enqueue("a.pdf", 4, 2, "c" * 64, "p1", output_id)
+    assert verdict == EnqueueVerdict.QUEUED
     assert custom_id == make_custom_id(output_id, ChunkKey(sha, 4, 2))
     assert parse_custom_id(output_id, custom_id) == ChunkKey(sha, 4, 2)
     assert parse_custom_id("f" * 16, custom_id) is None  # another output's line

@@ -58,12 +58,12 @@ class BatchLedger:
 
     def batch_enqueue(self, path: str, first_page: int, page_count: int, chunk_sha256: str,
                       part_id: str, output_id: str
-                      ) -> tuple[EnqueueVerdict, str, dict[str, Any] | None]:
+                      ) -> tuple[EnqueueVerdict, str]:
         """Record a chunk as submitted in `part_id`, unless it need not be: returns
-        (ALREADY, custom_id, None) when its line is in a job still open, (ANSWER, custom_id,
-        response) when the same content's answer is at hand from another path, (SHARED,
-        custom_id, None) when the same content's line is in an open job for another path (content
-        dedup: one request), else (QUEUED, custom_id, None): write its line into `part_id`."""
+        (ALREADY, custom_id) when its line is in a job still open, (SHARED, custom_id) when the
+        same content's line is in an open job for another path (content dedup: one request),
+        else (QUEUED, custom_id): write its line into `part_id`. (An answer already at hand for
+        the same content was taken by the document job before it asked.)"""
         row = self._db.execute("SELECT sha256 FROM documents WHERE path=?", (path,)).fetchone()
         if not row or not row[0]:
             raise ValueError(f"{path}: not claimed, no content hash")
@@ -77,12 +77,7 @@ class BatchLedger:
             f" AND (c.state=? OR j.state IN {open_states})",
             (path, sha, first_page, page_count, SubmittedState.ANSWERED)).fetchone()
         if mine:
-            return EnqueueVerdict.ALREADY, custom_id, None
-        answered = self._db.execute(
-            "SELECT response FROM chunks WHERE doc_sha256=? AND first_page=? AND page_count=?"
-            " AND response IS NOT NULL LIMIT 1", (sha, first_page, page_count)).fetchone()
-        if answered:
-            return EnqueueVerdict.ANSWER, custom_id, json.loads(answered[0])
+            return EnqueueVerdict.ALREADY, custom_id
         other = self._db.execute(
             "SELECT c.part_id FROM batch_chunks c JOIN batch_jobs j ON j.part_id=c.part_id"
             f" WHERE c.custom_id=? AND c.state=? AND j.state IN {open_states} LIMIT 1",
@@ -93,7 +88,7 @@ class BatchLedger:
             " chunk_sha256, custom_id, part_id, state, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
             (path, sha, first_page, page_count, chunk_sha256, custom_id,
              other[0] if other else part_id, SubmittedState.QUEUED, time.time()))
-        return verdict, custom_id, None
+        return verdict, custom_id
 
     def _batch_move(self, part_id: str, target: BatchJobState, **values: Any) -> bool:
         sets = "".join(f", {k}=?" for k in values)

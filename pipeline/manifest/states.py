@@ -102,6 +102,5 @@ class EnqueueVerdict(enum.StrEnum):
     """What `Manifest.batch_enqueue` decided for a chunk."""
 
     ALREADY = "already"  # its line is in a job still open
-    ANSWER = "answer"  # the same content's answer is at hand from another path
     SHARED = "shared"  # the same content's line is in an open job for another path: one request
     QUEUED = "queued"  # write its line into the part

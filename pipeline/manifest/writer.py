@@ -164,7 +164,7 @@ class AsyncManifest:
 
     async def batch_enqueue(self, path: str, first_page: int, page_count: int,
                             chunk_sha256: str, part_id: str, output_id: str
-                            ) -> tuple[EnqueueVerdict, str, dict[str, Any] | None]:
+                            ) -> tuple[EnqueueVerdict, str]:
         return await self._writer.run(self.manifest.batch_enqueue, path, first_page, page_count,
                                       chunk_sha256, part_id, output_id)
 

@@ -209,7 +209,8 @@ async def _report(run: Run, transport: BatchSubmitTransport, collector: Collecto
         "pages_collected": c.pages_answered,
         "lines_failed": c.lines_failed,
         "chunks_returned_to_pending": c.returned_to_pending,
-        "pages_deduplicated": t.pages_deduplicated,
+        # Lines shared with another path's, and answers taken from another path's checkpoint.
+        "pages_deduplicated": t.pages_shared + run.report.pages_same_content,
         "jobs_pending": [
             {"job_id": j["job_id"], "state": j["state"], "status": j["status"],
              "completed": j["completed"], "requests": j["requests"]}

@@ -2,8 +2,9 @@
 line in a JSONL part file, records it in the manifest as submitted, and raises `ChunkDeferred`.
 
 A chunk whose line is already in an open job is not queued again (a resumed run, a document
-planned twice); a chunk whose content (document sha256 + page range) is already answered, or
-already queued, for another path shares that answer or that line (content dedup).
+planned twice); a chunk whose content (document sha256 + page range) is already queued for another
+path shares that line (content dedup). A chunk whose content is already answered never gets here:
+the document job takes that answer first, as in sync mode (`DocumentJob._saved_answer`).
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ class SubmitTally:
     pages_queued: int = 0
     already: int = 0  # chunks found in an open job (an earlier run's)
     shared: int = 0  # the same content queued for another path: no second line
-    dedup_answers: int = 0  # the same content answered for another path: reused
-    pages_deduplicated: int = 0
+    pages_shared: int = 0
 
 
 class BatchSubmitTransport:
@@ -67,17 +67,12 @@ class BatchSubmitTransport:
         part, new = self.writer.place(size)
         if new:
             await self.db.batch_call("batch_open_part", part.part_id, part.path.name, self.run_id)
-        verdict, custom_id, response = await self.db.batch_enqueue(
+        verdict, custom_id = await self.db.batch_enqueue(
             chunk.doc_rel, chunk.first_page, chunk.page_count, chunk.sha256, part.part_id,
             self.output_id)
         tally = self.tally
         if verdict != EnqueueVerdict.QUEUED:
             self.writer.unplace(part, size)
-        if verdict == EnqueueVerdict.ANSWER:
-            assert response is not None
-            tally.dedup_answers += 1
-            tally.pages_deduplicated += chunk.page_count
-            return response
         if verdict == EnqueueVerdict.QUEUED:
             line = '{"custom_id":' + json.dumps(custom_id) + ',"body":' + body + "}\n"
             self.writer.write(part, line.encode("utf-8"))
@@ -87,7 +82,7 @@ class BatchSubmitTransport:
             tally.pages_queued += chunk.page_count
         elif verdict == EnqueueVerdict.SHARED:
             tally.shared += 1
-            tally.pages_deduplicated += chunk.page_count
+            tally.pages_shared += chunk.page_count
         else:
             tally.already += 1
         raise ChunkDeferred()
