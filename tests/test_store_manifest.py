@@ -307,6 +307,26 @@ def test_release_returns_only_running_documents_to_pending(manifest: Manifest) -
     assert docs["done.pdf"].state == "done"
 
 
+def test_moves_the_state_machine_forbids_raise_and_change_nothing(manifest: Manifest) -> None:
+    """`claim` and `finish` move one row, only from the states `TRANSITIONS` allows."""
+    from pipeline.manifest.database import IllegalMove
+
+    manifest.record_plan(plan_docs("a.pdf"), "run-1")
+    with pytest.raises(IllegalMove, match="a.pdf: cannot move from pending to done"):
+        manifest.finish("a.pdf", 1, 0.0)  # never claimed
+    with pytest.raises(IllegalMove, match="ghost.pdf: cannot move from no row to running"):
+        manifest.claim("ghost.pdf", "s", "run-1")  # never planned
+    manifest.claim("a.pdf", "s", "run-1")
+    manifest.finish("a.pdf", 1, 0.0)
+    with pytest.raises(IllegalMove, match="from done to done"):
+        manifest.finish("a.pdf", 2, 9.9)  # stored twice
+    with pytest.raises(IllegalMove, match="from done to running"):
+        manifest.claim("a.pdf", "s", "run-2")  # a done document is planned again first
+    row = manifest.all_documents()["a.pdf"]
+    assert (row.state, row.pages, row.attempts) == ("done", 1, 1)
+    assert "ghost.pdf" not in manifest.all_documents()
+
+
 def test_a_crashed_run_leaves_resumable_pending_rows(tmp_path: Path) -> None:
     path = tmp_path / "m.sqlite3"
     first = Manifest(path)

@@ -41,6 +41,11 @@ class ManifestError(FatalError):
     """The manifest cannot be read or written: stop the run (exit 3), resumable."""
 
 
+class IllegalMove(RuntimeError):
+    """A move the state machine does not allow (`states.TRANSITIONS`): a bug, recorded against
+    its document as an internal error."""
+
+
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS documents (
     path TEXT PRIMARY KEY,
@@ -226,12 +231,22 @@ class Manifest(BatchLedger):
     def claim(self, path: str, sha256: str, run_id: str, *, size: int | None = None,
               mtime_ns: int | None = None) -> None:
         """Mark a document running, with the hash (and stat) of the content actually read."""
-        self._tx(
-            "UPDATE documents SET state=?, sha256=?, attempts=attempts+1, run_id=?,"
-            " size=COALESCE(?, size), mtime_ns=COALESCE(?, mtime_ns), updated_at=? WHERE path=?"
-            f" AND state IN {sql_in(sources(DocState.RUNNING))}",
-            (DocState.RUNNING, sha256, run_id, size, mtime_ns, time.time(), path),
-        )
+        with self._write() as db:
+            self._move(db, path, DocState.RUNNING,
+                       "UPDATE documents SET state=?, sha256=?, attempts=attempts+1, run_id=?,"
+                       " size=COALESCE(?, size), mtime_ns=COALESCE(?, mtime_ns), updated_at=?",
+                       (DocState.RUNNING, sha256, run_id, size, mtime_ns, time.time()))
+
+    def _move(self, db: sqlite3.Connection, path: str, target: DocState, update: str,
+              values: tuple[Any, ...]) -> None:
+        """One document's move to `target`, only from the states `TRANSITIONS` allows: any
+        other (a document not planned, or in a state it cannot leave that way) is a bug, and
+        raises instead of passing silently."""
+        cur = db.execute(f"{update} WHERE path=? AND state IN {sql_in(sources(target))}",
+                         (*values, path))
+        if cur.rowcount != 1:
+            row = db.execute("SELECT state FROM documents WHERE path=?", (path,)).fetchone()
+            raise IllegalMove(f"{path}: cannot move from {row[0] if row else 'no row'} to {target}")
 
     def chunk_response(
         self, path: str, doc_sha256: str, first_page: int, page_count: int
@@ -275,12 +290,9 @@ class Manifest(BatchLedger):
         """The document's outputs are in place: mark it done and drop its chunk bodies."""
         now = time.time()
         with self._write() as db:
-            db.execute(
-                "UPDATE documents SET state=?, pages=?, cost=?, error_category=NULL,"
-                " error_message=NULL, updated_at=? WHERE path=?"
-                f" AND state IN {sql_in(sources(DocState.DONE))}",
-                (DocState.DONE, pages, cost, now, path),
-            )
+            self._move(db, path, DocState.DONE,
+                       "UPDATE documents SET state=?, pages=?, cost=?, error_category=NULL,"
+                       " error_message=NULL, updated_at=?", (DocState.DONE, pages, cost, now))
             # The answers stay until the run ends: a document of the same content met later in
             # this run is made from them instead of paying again (content dedup).
             db.execute(

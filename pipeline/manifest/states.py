@@ -9,7 +9,9 @@
    FAILED                  └──────────────── FAILED      PENDING ◄┘
      └── record_plan (--retry-failed, changed file) ──► PENDING
 ```
-A crash leaves rows RUNNING; the next run's `start_run` puts them back to PENDING.
+A crash leaves rows RUNNING; the next run's `start_run` puts them back to PENDING. Every write
+moves only rows in `sources(target)`; `claim` and `finish`, which move one named document, raise
+`IllegalMove` when it is not in one of them.
 Chunks: an answer is checkpointed as ChunkState.DONE the moment it arrives; when its document is
 stored, its chunks become ChunkState.MERGED. Their answers stay until the run ends (a document of
 the same content may take them: content dedup) and `finish_run` drops them.

@@ -50,15 +50,14 @@ from pipeline.stages.sniff import PDF
 from pipeline.stages.split import OpenedPdf, iter_chunks
 from pipeline.stages.store import remove_outputs, write_document
 from pipeline.timefmt import iso
-from pipeline.transport.base import ChunkTransport
-from pipeline.transport.batch.deferred import ChunkDeferred
+from pipeline.transport.base import ChunkDeferred, ChunkTransport
 
 
 class DocumentStatus(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # the run stopped first: back to pending, resumable
-    DEFERRED = "deferred"  # batch mode: chunks submitted to a batch job; back to pending
+    DEFERRED = "deferred"  # the transport answers later (ChunkDeferred): back to pending
 
 
 @dataclass(frozen=True)
@@ -155,7 +154,7 @@ class DocumentJob:
         try:
             async with asyncio.timeout(limits.document_timeout):
                 return await self._process()
-        except ChunkDeferred:  # batch mode: its answers come with the job's results
+        except ChunkDeferred:  # its answers come later, through the manifest
             await self.ctx.manifest.release(rel)
             return self._result(DocumentStatus.DEFERRED)
         except StopRequested:

@@ -380,7 +380,7 @@ class Run:
 
     def _record(self, result: DocumentResult) -> None:
         r = self.report
-        if result.status == DocumentStatus.DEFERRED:  # batch mode: its answers come from a job
+        if result.status == DocumentStatus.DEFERRED:  # answered later: counted when stored
             return
         if result.status == DocumentStatus.INTERRUPTED:
             r.documents_interrupted += 1

@@ -2,7 +2,8 @@
 
 A transport takes one chunk and returns its OCR response, checked. The synchronous path
 (`SyncTransport`: rate limiter, retry policy, an HTTP or local backend) is one; a batch job or a
-remote executor is another. The document job only sees this interface.
+remote executor is another. The document job only sees this interface: it knows that a
+transport may answer later (`ChunkDeferred`), not which one does (batch mode's).
 """
 
 from __future__ import annotations
@@ -10,15 +11,24 @@ from __future__ import annotations
 from typing import Protocol
 
 from pipeline.backends.base import OCRResponse
+from pipeline.errors import StopRequested
 from pipeline.models import Chunk
 from pipeline.transport.retry import RetryStats
+
+
+class ChunkDeferred(StopRequested):
+    """A transport's "the answer comes later": the chunk is queued with a transport that answers
+    asynchronously (a batch job, now or by an earlier run). Its answer will be checkpointed in
+    the manifest when it arrives, maybe in a later run; the document goes back to pending, like
+    a stop, with nothing lost."""
 
 
 class ChunkTransport(Protocol):
     async def answer(self, chunk: Chunk) -> OCRResponse:
         """The chunk's response, or one of `pipeline.errors`' exceptions: `RetryableError`
         (gave up after the policy's tries), `DocumentError` (the document is at fault),
-        `FatalError` (stop the run), `StopRequested` (the run is stopping)."""
+        `FatalError` (stop the run), `StopRequested` (the run is stopping), `ChunkDeferred`
+        (queued: answered later)."""
         ...
 
     async def close(self) -> None: ...

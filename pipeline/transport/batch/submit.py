@@ -21,7 +21,7 @@ from pipeline.config import Settings
 from pipeline.manifest.states import EnqueueVerdict
 from pipeline.manifest.writer import AsyncManifest
 from pipeline.models import Chunk
-from pipeline.transport.batch.deferred import ChunkDeferred
+from pipeline.transport.base import ChunkDeferred
 from pipeline.transport.batch.jsonl import PartWriter
 from pipeline.transport.retry import RetryStats
 
