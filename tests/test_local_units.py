@@ -193,3 +193,33 @@ def test_a_ruled_grid_with_broken_or_lost_rules_is_one_whole_grid(gaps: list[tup
     assert [g.shape for g in prepared.grids] == [(6, 4)]
     [grid] = prepared.grids
     assert abs(grid.rows[0] - 300) <= 12 and abs(grid.rows[-1] - 660) <= 12
+
+
+def test_a_paragraph_running_on_into_the_next_column_is_no_table_column() -> None:
+    # Short lines in a narrow column; the last paragraph runs on to the head of the next column
+    # (joined across columns), beside the first paragraph's lines: regrouped by position, they
+    # became a table of the two columns' lines.
+    def para(words: list[str], x: int, y: int) -> list[layout.Line]:
+        return [_line([(w, x + 80 * i, x + 80 * i + 70) for i, w in enumerate(line.split())], y + 40 * n)
+                for n, line in enumerate(words)]
+
+    first = layout.Block([layout.Paragraph(para(["the hospital", "a second wing", "last autumn."], 0, 100))])
+    foot = para(["the new train", "line connects the"], 0, 300)
+    head = para(["harbor with the", "central station."], 600, 100)
+    runs_on = layout.Block([layout.Paragraph(foot + head)])
+    md = layout.to_markdown([first, runs_on])
+    assert "|" not in md
+    assert md == ("the hospital a second wing last autumn.\n\n"
+                  "the new train line connects the harbor with the central station.")
+
+
+def test_a_misread_decimal_separator_does_not_fit_the_column_of_amounts() -> None:
+    # `35:23` in a column of `12.53` (read at confidence 92): the digits fit, the separator not.
+    from pipeline.backends.local import regions
+
+    items = [("Dish", "19.75"), ("Paper", "18.37"), ("Pasta", "35:23"), ("Cheddar", "31.41")]
+    lines = [_line([(item, 0, 120), (price, 600, 690)], 60 * n) for n, (item, price) in enumerate(items)]
+    column, dominant = regions.right_column([layout.Block([layout.Paragraph(lines)])])
+    assert [w.text for w in column] == [price for _, price in items]
+    assert not regions.fits("35:23", dominant)
+    assert regions.fits("35.23", dominant) and regions.fits("7.00", dominant)

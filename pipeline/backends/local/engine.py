@@ -209,24 +209,36 @@ class Engine:
             x0, y0, x1, y1 = word.box
             pad = max(2, int(0.3 * (y1 - y0)))
             crop = gray.crop((x0 - 3 * pad, y0 - pad, x1 + pad, y1 + pad))  # the box may have lost a glyph
-            scale = CELL_SCALE if y1 - y0 < SMALL_GLYPH else 1
-            first = self._read_line(crop, slope(), scale, dpi)
+            # Small type is read enlarged first; the second reading is at the other size.
+            scale, other = (CELL_SCALE, 1) if y1 - y0 < SMALL_GLYPH else (1, CELL_SCALE)
+            first = self._read_line(crop, slope(), scale, dpi, smooth=True)
             if not regions.fits(word.text, dominant):
                 if regions.fits(first, dominant):
                     word.text = first
                 continue
             if first != word.text and regions.fits(first, dominant):
                 sure = self.api.MeanTextConf()
-                second = self._read_line(crop, slope(), scale + 1, dpi)
+                second = self._read_line(crop, slope(), other, dpi, smooth=True)
                 sure = min(sure, self.api.MeanTextConf())
                 if second == first and sure > (word.conf or 0):
                     word.text = first
         self.api.SetPageSegMode(PSM.AUTO)
 
-    def _read_line(self, crop: Image.Image, slope: float, scale: int, dpi: int | None) -> str:
+    def _read_line(
+        self, crop: Image.Image, slope: float, scale: int, dpi: int | None, smooth: bool = False
+    ) -> str:
+        """One line of text from its crop: enlarged `scale` times, Otsu, the tilt undone.
+
+        `smooth` blurs the crop (half a scan pixel) before Otsu: on a noisy scan the specks
+        Otsu keeps close a `5`'s open bowl, and a receipt's `25.53` was read `29.93` at both
+        sizes (measured: smoothed, `25.53` at 94-96).
+        """
         if scale != 1:
             crop = crop.resize((crop.width * scale, crop.height * scale), Image.Resampling.LANCZOS)
-        _, binary = cv2.threshold(np.asarray(crop), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        pixels = np.asarray(crop)
+        if smooth:
+            pixels = cv2.GaussianBlur(pixels, (0, 0), SMOOTH_SIGMA * scale)
+        _, binary = cv2.threshold(pixels, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         crop = Image.fromarray(binary)
         angle = math.degrees(math.atan(slope))
         if abs(angle) >= 0.5:
@@ -329,6 +341,7 @@ def _outside(blocks: list[Block], grids: list[rules.Grid]) -> list[Block]:
 SURE = 95  # a reading at this confidence is not tried again enlarged
 SURE_ENOUGH = 90  # an amount read on the page at this confidence is not read again
 CELL_SCALE = 2  # enlargement for a cell or an amount read again
+SMOOTH_SIGMA = 0.5  # blur (scan pixels) before an amount read again is thresholded
 SMALL_GLYPH = 32  # amounts in type smaller than this (pixels) are read again enlarged
 REGION_MARGIN = 20  # white pixels around a region read on its own
 MIN_RECOVERED_CONF = 40.0  # words read from leftover ink below this are noise read as letters

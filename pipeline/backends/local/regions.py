@@ -248,18 +248,23 @@ FORMAT_SHARE = 2 / 3  # the share of a column's amounts that sets its format
 MAX_AMOUNT_CHARS = 12
 
 
-def amount_format(text: str) -> int:
-    """Digits after the decimal separator (`12.53`: 2); 0 for integers and thousands (`1,234`)."""
-    m = re.search(r"[.,:'](\d+)\D*$", text)
-    return len(m.group(1)) if m and len(m.group(1)) <= 2 else 0
+Format = tuple[str, int]  # an amount's decimal separator and digits after it: ('.', 2) for `12.53`
 
 
-def right_column(blocks: list[Block]) -> tuple[list[Word], int | None]:
+def amount_format(text: str) -> Format:
+    """The decimal separator and digits after it (`12.53`: ('.', 2)); ('', 0) for integers and
+    thousands (`1,234`). The separator counts: `35:23` in a column of `12.53` is a misread
+    point (read at confidence 92, so the digits alone would have let it pass)."""
+    m = re.search(r"([.,:'])(\d+)\D*$", text)
+    return (m.group(1), len(m.group(2))) if m and len(m.group(2)) <= 2 else ("", 0)
+
+
+def right_column(blocks: list[Block]) -> tuple[list[Word], Format | None]:
     """The words ending lines in a right-aligned column of amounts, and the column's format
     (None when it has none).
 
     A column of prices or page numbers (three or more amounts, set off from their lines, whose
-    right edges line up) sets a format (`12.53`: two decimals) when most of its amounts share
+    right edges line up) sets a format (`12.53`: a point, two decimals) when most of its amounts share
     it. A word on that edge that is no amount (`13°71`, `TAL`) or not in the format (`1253`)
     was misread; one that fits may be misread too (`4` for `1`): the caller reads them again.
     """
@@ -288,7 +293,7 @@ def _set_off(line: Line) -> bool:
     return last.box[0] - prev.box[2] > CELL_GAP * height or bool(LEADER.match(prev.text))
 
 
-def fits(text: str, dominant: int | None) -> bool:
+def fits(text: str, dominant: Format | None) -> bool:
     """An amount, in the column's format when it has one."""
     ok = bool(AMOUNT.match(text)) and any(c.isdigit() for c in text)
     return ok and (dominant is None or amount_format(text) == dominant)
