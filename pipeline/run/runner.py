@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import secrets
 import signal
@@ -21,18 +20,16 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.backends.base import Backend, OCRResponse
+from pipeline.backends.base import Backend
 from pipeline.budget import Budget
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, FatalError
 from pipeline.logsetup import get_logger, redact
 from pipeline.manifest import Manifest, PlannedDocument, manifest_path, state_dir
 from pipeline.manifest.writer import AsyncManifest
-from pipeline.models import Chunk
 from pipeline.pricing import batch_price, price_per_1000_pages
 from pipeline.run.content_share import ContentShare
 from pipeline.run.document_job import (
-    DocumentJob,
     DocumentLimits,
     DocumentResult,
     DocumentStatus,
@@ -40,6 +37,7 @@ from pipeline.run.document_job import (
 )
 from pipeline.run.dry_run import dry_run_estimate
 from pipeline.run.outcome import Outcome, StopReason, StopRequest, decide_outcome, exit_code
+from pipeline.run.pool import DocumentPool, PoolHooks
 from pipeline.run.progress import ProgressDisplay, resolve_mode
 from pipeline.run.report import Failure, RunReport
 from pipeline.run.split_pool import SplitPool
@@ -55,8 +53,6 @@ from pipeline.transport.retry import RetryStats
 from pipeline.transport.sync import SyncTransport
 
 PLAN_BATCH = 256  # files planned per trip to a thread
-MAX_OPEN_DOCUMENTS = 4096  # safety ceiling when the pool sizes itself
-MAX_OPEN_BYTES = 256 * 1024 * 1024  # input bytes of open documents, beyond the first one
 CHUNKS_IN_FLIGHT_AUTO = 8  # requests of one document at once when workers/max_in_flight are auto
 BATCH_WORKERS = 32  # batch mode: documents cut into request lines at once
 
@@ -92,23 +88,6 @@ def document_limits(s: Settings) -> DocumentLimits:
     )
 
 
-class ReadinessWatch:
-    """The pool's view of the transport: which open documents have not asked for an answer yet
-    (still reading, claiming, cutting). The pool opens another document only while the transport
-    wants more requests than these are about to bring (`demand() > len(getting_ready)`)."""
-
-    def __init__(self, inner: RunTransport) -> None:
-        self.inner = inner
-        self.getting_ready: set[str] = set()
-
-    async def answer(self, chunk: Chunk) -> OCRResponse:
-        self.getting_ready.discard(chunk.doc_rel)
-        return await self.inner.answer(chunk)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
 class Run:
     def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         if settings.run.input is None or settings.run.output is None:
@@ -133,8 +112,8 @@ class Run:
         if settings.service.mode == "batch":  # documents are cut into request lines: docs/batch.md
             self.workers = self.workers or BATCH_WORKERS
         self.splitter = SplitPool(min(self.workers or 4, 8))
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._watch = ReadinessWatch(self.transport) if self.transport else None
+        self._cluster = cluster_backend(self.transport)  # the local engine on Dask, or None
+        self.pool = self._make_pool()
         self._grace_handle: asyncio.TimerHandle | None = None
         self._runtime_handle: asyncio.TimerHandle | None = None
         self.progress = ProgressDisplay(resolve_mode(settings.run.progress), sys.stderr, self.log)
@@ -144,8 +123,18 @@ class Run:
             model=settings.service.model, input=str(self.input), output=str(self.output),
             dry_run=settings.command.dry_run,
         )
-        self._cluster = cluster_backend(self.transport)  # the local engine on Dask, or None
         self.ticker = self._make_ticker()
+
+    def _make_pool(self) -> DocumentPool | None:
+        if self.transport is None:  # a dry run
+            return None
+        hooks = PoolHooks(stopping=lambda: self.stopping, on_result=self._record,
+                          on_interrupted=self._interrupted, on_fatal=self.abort,
+                          on_plan_error=self._plan_broke)
+        cluster = self._cluster
+        sized_by_cluster = cluster is not None and not self.s.limits.workers
+        return DocumentPool(self.transport, hooks, workers=self.workers,
+                            cluster_processes=(lambda: cluster.processes) if sized_by_cluster else None)
 
     def _make_ticker(self) -> RunTicker:
         ticker = RunTicker(self.report, lambda: self.stats, self.progress,
@@ -258,11 +247,11 @@ class Run:
         self._finish(manifest)
 
     def job_context(self, db: AsyncManifest) -> JobContext:
-        assert self.transport is not None
+        assert self.pool is not None
         return JobContext(
             output=self.output, run_id=self.run_id, backend=self.s.backend, model=self.s.model,
             price_per_1000=self.price, limits=document_limits(self.s), manifest=db,
-            transport=self._watch, budget=self.budget, splitter=self.splitter,
+            transport=self.pool.watch, budget=self.budget, splitter=self.splitter,
             stopping=lambda: self.stopping, request_stop=self.request_stop,
             outputs=self.s.outputs,
             # Batch mode shares content in its request lines (one custom_id for the same bytes).
@@ -303,80 +292,24 @@ class Run:
                 yield item
 
     # ---- the pool ---------------------------------------------------------------------------
-    def _room_for(self, open_bytes: int) -> bool:
-        """May one more document be opened now?"""
-        open_count = len(self._tasks)
-        if open_count == 0:
-            return True
-        if self.workers:
-            if self._cluster is not None and not self.s.limits.workers:
-                # Twice the cluster's threads now: more documents open as workers join.
-                return open_count < 2 * self._cluster.processes
-            return open_count < self.workers
-        if open_count >= MAX_OPEN_DOCUMENTS or open_bytes >= MAX_OPEN_BYTES:
-            return False
-        assert self._watch is not None
-        assert self.transport is not None
-        return self.transport.demand() > len(self._watch.getting_ready)
-
     async def process(self, todo: AsyncIterator[PlanItem], ctx: JobContext) -> None:
-        """Open documents as the transport has room for their requests; each runs as one job."""
-        changed = asyncio.Event()  # a document finished: there may be room again
-        sizes: dict[asyncio.Task[Any], int] = {}
-        planning_failed: FatalError | None = None
-
-        def done(task: asyncio.Task[Any], rel: str) -> None:
-            self._tasks.discard(task)
-            sizes.pop(task, None)
-            if self._watch:
-                self._watch.getting_ready.discard(rel)
-            changed.set()
-
-        try:
-            async with contextlib.aclosing(todo) as planned:
-                async for item in planned:
-                    while not self._room_for(sum(sizes.values())) and not self.stopping:
-                        changed.clear()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(changed.wait(), 0.02)
-                    if self.stopping:
-                        break
-                    task = asyncio.create_task(self._document(ctx, item))
-                    self._tasks.add(task)
-                    sizes[task] = item.source.size
-                    if self._watch:
-                        self._watch.getting_ready.add(item.source.rel)
-                    task.add_done_callback(functools.partial(done, rel=item.source.rel))
-        except FatalError as exc:
-            self.abort(exc)
-        except Exception as exc:  # planning broke: the open documents end, then a fatal outcome
-            self.log.exception("planning failed")
-            planning_failed = FatalError(
-                f"planning the input failed: {type(exc).__name__}: {exc}",
+        """Run the planned documents through the pool (run/pool.py); a broken plan ends the
+        run fatal once the open documents have ended, with its report."""
+        assert self.pool is not None
+        plan_error = await self.pool.run(todo, ctx)
+        if plan_error is not None and self.fatal is None:
+            self.fatal = FatalError(
+                f"planning the input failed: {type(plan_error).__name__}: {plan_error}",
                 hint="documents done so far are kept and the run is resumable; if the input is"
                      " readable, report this as a bug")
-            self.request_stop(StopRequest(StopReason.PLANNING_ERROR, str(exc)))
-        results = await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        if planning_failed is not None and self.fatal is None:
-            self.fatal = planning_failed
-            self.log.error("fatal", error=redact(str(planning_failed)))
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(
-                result, asyncio.CancelledError | FatalError
-            ):
-                raise result
+            self.log.error("fatal", error=redact(str(self.fatal)))
 
-    async def _document(self, ctx: JobContext, item: PlanItem) -> None:
-        try:
-            result = await DocumentJob(ctx, item).run()
-        except asyncio.CancelledError:
-            self.report.documents_interrupted += 1
-            raise
-        except FatalError as exc:  # also from the manifest itself (disk full)
-            self.report.documents_interrupted += 1
-            self.abort(exc)
-            return
-        self._record(result)
+    def _plan_broke(self, exc: Exception) -> None:
+        self.log.exception("planning failed")  # called from the pool's except clause
+        self.request_stop(StopRequest(StopReason.PLANNING_ERROR, str(exc)))
+
+    def _interrupted(self) -> None:
+        self.report.documents_interrupted += 1
 
     def _record(self, result: DocumentResult) -> None:
         r = self.report
@@ -430,8 +363,8 @@ class Run:
                                                                    self._cancel_all)
 
     def _cancel_all(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        if self.pool:
+            self.pool.cancel_all()
 
     def abort(self, error: FatalError) -> None:
         if self.fatal is None:
