@@ -223,3 +223,19 @@ def test_a_misread_decimal_separator_does_not_fit_the_column_of_amounts() -> Non
     assert [w.text for w in column] == [price for _, price in items]
     assert not regions.fits("35:23", dominant)
     assert regions.fits("35.23", dominant) and regions.fits("7.00", dominant)
+
+
+def test_a_photos_border_is_no_rule_but_a_grid_on_tinted_paper_is() -> None:
+    # The local threshold makes a thin band of ink along the inside of a photo's border: paper
+    # on one side, picture on the other. Erased as a rule, it left specks read as text.
+    import numpy as np
+
+    from pipeline.backends.local import rules
+
+    page = np.full((1400, 1700), 245, np.uint8)
+    page[300:700, 400:1300] = np.linspace(95, 175, 400, dtype=np.uint8)[:, None]  # a gradient photo
+    prepared = rules.prepare(Image.fromarray(page), 200)
+    assert prepared.rules == 0
+    assert (np.asarray(prepared.image) == page).all()
+    tinted = np.asarray(_ruled_grid(5, 4, 0.3)).astype(np.int16) * 200 // 255  # paper at 200
+    assert [g.shape for g in rules.prepare(Image.fromarray(tinted.astype(np.uint8)), 200).grids] == [(5, 4)]

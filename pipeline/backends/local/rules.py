@@ -70,6 +70,27 @@ def _segments(mask: np.ndarray, horizontal: bool, max_thick: int) -> list[Box]:
     return out
 
 
+EDGE_CONTRAST = 50  # gray levels between a segment's two sides: the edge of a dark area
+
+
+def _on_paper(gray: np.ndarray, seg: Box, horizontal: bool) -> bool:
+    """The same ground on both sides of the segment: a rule, not the edge of a photo.
+
+    The local threshold turns a photo's border into a thin band of ink along its inside (paper
+    on one side, the picture's 95-175 gray on the other); erased as a rule, it left specks read
+    as `art`. Tinted paper or a shaded header row is the same on both sides of its rules.
+    """
+    x0, y0, x1, y1 = seg
+    side = max(2, (y1 - y0) if horizontal else (x1 - x0))
+    if horizontal:
+        before, after = gray[max(0, y0 - side) : y0, x0:x1], gray[y1 : y1 + side, x0:x1]
+    else:
+        before, after = gray[y0:y1, max(0, x0 - side) : x0], gray[y0:y1, x1 : x1 + side]
+    if before.size == 0 or after.size == 0:
+        return True
+    return abs(float(np.median(before)) - float(np.median(after))) <= EDGE_CONTRAST
+
+
 def _positions(values: list[float], merge: int) -> list[int]:
     values = sorted(values)
     groups: list[list[float]] = []
@@ -139,8 +160,8 @@ def prepare(image: Image.Image, dpi: int | None) -> Prepared:
     hmask = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (hlen, 1)))
     vmask = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, vlen)))
     max_thick = max(3, int(MAX_THICK_INCH * res))
-    hsegs = _segments(hmask, True, max_thick)
-    vsegs = _segments(vmask, False, max_thick)
+    hsegs = [s for s in _segments(hmask, True, max_thick) if _on_paper(gray, s, True)]
+    vsegs = [s for s in _segments(vmask, False, max_thick) if _on_paper(gray, s, False)]
     leaders = dot_leaders(ink, res)
     if not hsegs and not vsegs and not leaders.any():
         return Prepared(image, ink.astype(bool))
