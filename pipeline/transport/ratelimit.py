@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pipeline.errors import StopRequested
+from pipeline.transport.inflight_gate import InFlightGate
 
 CATCH_UP = 0.1  # how late a send may be and still keep the schedule (the windows still hold)
 TIME_EPSILON = 1e-6  # closer than this is now (a sleep that short may not move the clock)
@@ -169,6 +170,45 @@ def configured_windows(rps: float) -> list[Window]:
     return [Window(1, 1.0 / rps, "configured")]
 
 
+class LatencyEstimate:
+    """The mean answer latency Little's law uses: an EWMA of answered requests (from send to
+    answer); before the first answer, the age of the oldest request in flight (a slow first
+    answer must raise the in-flight target while it is awaited, not after)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.mean: float | None = None
+        self._outstanding: deque[Ticket] = deque()  # in send order; answered ones dropped lazily
+
+    def sent(self, ticket: Ticket) -> None:
+        if self.mean is None:
+            self._outstanding.append(ticket)
+
+    def ended(self, ticket: Ticket, answered: bool) -> None:
+        """`ticket` ended; an answer (not a 429, not an error) feeds the mean."""
+        self._drop_ended()
+        if not answered:
+            return
+        seconds = self._clock() - ticket.sent_at
+        if self.mean is None:
+            self.mean = seconds
+            self._outstanding.clear()  # only needed before the first answer
+        else:
+            self.mean = 0.95 * self.mean + 0.05 * seconds
+
+    def current(self) -> float | None:
+        if self.mean is not None:
+            return self.mean
+        self._drop_ended()
+        if not self._outstanding:
+            return None
+        return self._clock() - self._outstanding[0].sent_at
+
+    def _drop_ended(self) -> None:
+        while self._outstanding and self._outstanding[0].done:
+            self._outstanding.popleft()
+
+
 class RateLimiter:
     """Paces sends, gates concurrency, learns the server's limit. One per endpoint.
 
@@ -208,14 +248,11 @@ class RateLimiter:
         self._ramp: float | None = None  # rate while nothing is known (auto mode)
         self._ramp_at = 0.0
         self._sends: deque[float] = deque()  # actual send times, for the windows
-        self._latency: float | None = None  # EWMA of answered requests' latency
-        self._outstanding: deque[Ticket] = deque()  # in send order; answered ones dropped lazily
+        self._latency = LatencyEstimate(clock)
         self._next_slot = 0.0
         self._paused_until = 0.0
         self._pacer = asyncio.Lock()
-        self._gate: deque[asyncio.Future[None]] = deque()
-        self._gate_timer: asyncio.TimerHandle | None = None
-        self._permits = 0  # callers past the gate (pacing or in flight)
+        self._gate = InFlightGate(lambda: self.target_in_flight)
         self._waiting = 0
         self._recent_429: deque[float] = deque()
         self._strikes: deque[int] = deque()  # send numbers of recent 429s at a known limit
@@ -253,14 +290,8 @@ class RateLimiter:
 
     @property
     def latency(self) -> float | None:
-        """The mean answer latency Little's law uses: an EWMA of answered requests (from send
-        to answer); before the first answer, the age of the oldest request in flight."""
-        if self._latency is not None:
-            return self._latency
-        self._drop_answered()
-        if not self._outstanding:
-            return None
-        return self._clock() - self._outstanding[0].sent_at
+        """The mean answer latency Little's law uses (`LatencyEstimate`)."""
+        return self._latency.current()
 
     @property
     def target_in_flight(self) -> int:
@@ -280,7 +311,7 @@ class RateLimiter:
 
     def snapshot(self) -> LimiterSnapshot:
         return LimiterSnapshot(self.rate, self.limit_source, self.target_in_flight, self.in_flight,
-                               self._waiting, self._latency, self.rejections, self.pauses,
+                               self._waiting, self._latency.mean, self.rejections, self.pauses,
                                self.margin)
 
     @property
@@ -309,10 +340,7 @@ class RateLimiter:
         self._closed_event.set()
         for sleeper in list(self._sleepers):
             _resolve(sleeper)
-        while self._gate:
-            future = self._gate.popleft()
-            if not future.done():
-                future.set_exception(StopRequested())
+        self._gate.close()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[Ticket]:
@@ -326,18 +354,17 @@ class RateLimiter:
             if self.closed:
                 raise StopRequested()
             await self._after_probe()
-            await self._enter_gate()
+            await self._gate.enter()
             try:
                 sent_at = await self._pace()
             except BaseException:
-                self._leave_gate()
+                self._gate.leave()
                 raise
         finally:
             self._waiting -= 1
         ticket = Ticket(sent_at)
         self.in_flight += 1
-        if self._latency is None:
-            self._outstanding.append(ticket)
+        self._latency.sent(ticket)
         answered = False
         try:
             yield ticket
@@ -345,10 +372,8 @@ class RateLimiter:
         finally:
             self.in_flight -= 1
             ticket.done = True
-            self._drop_answered()
-            self._leave_gate()
-            if answered and not ticket.rejected:
-                self._record_latency(self._clock() - ticket.sent_at)
+            self._latency.ended(ticket, answered and not ticket.rejected)
+            self._gate.leave()
             self._answered.set()  # whatever the outcome, the server has spoken
 
     async def _wait_event(self, event: asyncio.Event, timeout: float) -> None:
@@ -397,47 +422,6 @@ class RateLimiter:
     def _start_ramp(self, now: float) -> None:
         self._ramp = self.initial_rps
         self._ramp_at = now
-
-    # ---- the concurrency gate ------------------------------------------------------------
-
-    async def _enter_gate(self) -> None:
-        if not self._gate and self._permits < self.target_in_flight:
-            self._permits += 1
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._gate.append(future)
-        self._arm_gate_timer()
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                self._leave_gate()  # admitted just as we were cancelled: give the place back
-            with suppress(ValueError):
-                self._gate.remove(future)
-            raise
-
-    def _leave_gate(self) -> None:
-        self._permits -= 1
-        self._admit()
-
-    def _admit(self) -> None:
-        target = self.target_in_flight
-        while self._gate and self._permits < target:
-            future = self._gate.popleft()
-            if not future.done():
-                self._permits += 1
-                future.set_result(None)
-
-    def _arm_gate_timer(self) -> None:
-        """The target also grows with time (latency of requests still out, the ramp): look
-        again every 0.1 s while anyone waits at the gate."""
-        if self._gate_timer is None and self._gate:
-            self._gate_timer = asyncio.get_running_loop().call_later(0.1, self._gate_tick)
-
-    def _gate_tick(self) -> None:
-        self._gate_timer = None
-        self._admit()
-        self._arm_gate_timer()
 
     # ---- pacing ---------------------------------------------------------------------------
 
@@ -488,7 +472,7 @@ class RateLimiter:
                 self._send_count += 1
                 self._prune(now)
                 self._next_slot = slot + interval
-                self._admit()  # the ramp or the latency may have raised the target
+                self._gate.admit()  # the ramp or the latency may have raised the target
                 return now
 
     def _grow(self, now: float, limited: bool) -> None:
@@ -511,17 +495,6 @@ class RateLimiter:
 
     # ---- what answers teach -------------------------------------------------------------------
 
-    def _drop_answered(self) -> None:
-        while self._outstanding and self._outstanding[0].done:
-            self._outstanding.popleft()
-
-    def _record_latency(self, seconds: float) -> None:
-        if self._latency is None:
-            self._latency = seconds
-            self._outstanding.clear()  # only needed before the first answer
-        else:
-            self._latency = 0.95 * self._latency + 0.05 * seconds
-
     def _admitted_before(self, sent_at: float) -> int:
         """Our sends the server has not refused in the second before `sent_at`: its count."""
         return sum(1 for t in self._sends if sent_at - 1.0 < t < sent_at)
@@ -531,7 +504,7 @@ class RateLimiter:
         self._ramp = None
         self._changed_at = now
         self._raised_at = None
-        self._admit()
+        self._gate.admit()
 
     def observe(self, info: RateInfo) -> None:
         """An answer's rate headers (the backend calls this for every answer): an announced
@@ -553,7 +526,7 @@ class RateLimiter:
             count = info.limit_second if info.remaining_second == 0 else info.limit_minute
             self._pause(self._window_frees(now, seconds, count, info.retry_after))
         self._answered.set()
-        self._admit()
+        self._gate.admit()
 
     def _window_frees(self, now: float, seconds: float, count: int | None,
                       retry_after: float | None) -> float:
