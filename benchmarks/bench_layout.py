@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -138,7 +139,11 @@ def main() -> None:
             path = work / f"s{n}.png"
             img.save(path)
             images.append((path, dpi))
-        results = {name: run_engine(root, images, work) for name, root in engines}
+        load = [os.getloadavg()[0]]
+        results = {}
+        for name, root in engines:
+            results[name] = run_engine(root, images, work)
+            load.append(os.getloadavg()[0])
     first = pages[0].seed
     print(
         f"{'set':<10} {'dev' if args.dev else 'held-out'} (seeds from {first}), {args.per_kind} per kind:"
@@ -185,6 +190,7 @@ def main() -> None:
             rows.setdefault(key, []).append(value)
     for key, values in rows.items():
         print(f"{key:<34}" + "".join(f"{v:>12}" for v in values))
+    print("load average (1 min) before and after each engine: " + " ".join(f"{v:.1f}" for v in load))
 
 
 if __name__ == "__main__":
