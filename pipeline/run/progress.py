@@ -74,6 +74,7 @@ def limiter_fields(lim: LimiterSnapshot) -> dict[str, Any]:
     """The limiter's state as flat fields of a progress event."""
     return {"rate_rps": round(lim.rate, 2), "rate_limit_source": lim.limit_source,
             "requests_in_flight": lim.in_flight, "target_in_flight": lim.target_in_flight,
+            "requests_waiting": lim.waiting,
             "latency_s": None if lim.latency is None else round(lim.latency, 3),
             "rejections_429": lim.rejections, "global_pauses": lim.pauses}
 

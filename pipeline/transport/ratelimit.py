@@ -158,11 +158,6 @@ class LimiterSnapshot:
     margin: float  # the jitter margin added to every window (s)
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 def configured_windows(rps: float) -> list[Window]:
     """A configured rate as a hard window: N >= 1 -> floor(N) per second; N < 1 -> one per 1/N s."""
     if rps >= 1:
@@ -251,7 +246,9 @@ class RateLimiter:
         self._latency = LatencyEstimate(clock)
         self._next_slot = 0.0
         self._paused_until = 0.0
-        self._pacer = asyncio.Lock()
+        self._queue: deque[asyncio.Future[float]] = deque()  # callers waiting for their turn
+        self._dispatch_timer: asyncio.TimerHandle | None = None
+        self._limited = False  # callers have waited for their turn since the queue was empty
         self._gate = InFlightGate(lambda: self.target_in_flight)
         self._waiting = 0
         self._recent_429: deque[float] = deque()
@@ -269,7 +266,6 @@ class RateLimiter:
         self._probing = rps is None  # auto: one request first, the rest wait (a little)
         self._answered = asyncio.Event()
         self._closed_event = asyncio.Event()
-        self._sleepers: set[asyncio.Future[None]] = set()
         self.in_flight = 0
         self.rejections = 0
         self.pauses = 0
@@ -338,8 +334,7 @@ class RateLimiter:
         """No request may start from now on: every waiter raises StopRequested."""
         self.closed = True
         self._closed_event.set()
-        for sleeper in list(self._sleepers):
-            _resolve(sleeper)
+        self._dispatch()  # every caller queued for its turn raises StopRequested
         self._gate.close()
 
     @asynccontextmanager
@@ -388,21 +383,6 @@ class RateLimiter:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake at once on close(). A bare timer future: cheaper than wait_for,
-        which makes a task per call (the pacer sleeps once per send)."""
-        if self.closed:
-            return
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        handle = loop.call_later(seconds, _resolve, future)
-        self._sleepers.add(future)
-        try:
-            await future
-        finally:
-            handle.cancel()
-            self._sleepers.discard(future)
-
     async def _after_probe(self) -> None:
         """Auto mode's slow start: the first request goes alone, as its answer may announce the
         limit. The others wait for that answer, but at most `probe_wait`: a stuck first
@@ -449,31 +429,70 @@ class RateLimiter:
             self._sends.popleft()
 
     async def _pace(self) -> float:
-        """Wait for this request's turn; returns its send time (already logged)."""
-        limited = self._pacer.locked()
-        async with self._pacer:
-            while True:
-                if self.closed:
-                    raise StopRequested()
-                now = self._clock()
-                self._grow(now, limited)
-                interval = self._interval()
-                # A caller that wakes late (a busy loop) keeps its place in the schedule, up to
-                # CATCH_UP s, so lateness is not rate lost for good; after idle time the schedule
-                # restarts from now. The windows, not the schedule, guarantee the counts.
-                slot = self._next_slot if self._next_slot >= now - max(0.5 * interval, CATCH_UP) \
-                    else now
-                at = max(slot, self._paused_until, self._window_free_at())
-                if at > now + TIME_EPSILON:
-                    limited = True
-                    await self._sleep(at - now)
-                    continue
-                self._sends.append(now)
-                self._send_count += 1
-                self._prune(now)
-                self._next_slot = slot + interval
-                self._gate.admit()  # the ramp or the latency may have raised the target
-                return now
+        """Wait for this request's turn; returns its send time (already logged).
+
+        Callers queue in arrival order and one dispatcher releases them: on each wake-up it
+        lets through every caller whose slot is due, all at once. A lock handed from caller to
+        caller would cost an event-loop turn per send, and a loop slowed by thousands of
+        requests in flight then sends fewer than the pace (measured: 170/s of 193 at R = 200,
+        L = 8 s, with 650 callers queued)."""
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._queue.append(future)
+        if self._dispatch_timer is None:
+            self._dispatch()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            with suppress(ValueError):
+                self._queue.remove(future)
+            raise
+
+    def _dispatch(self) -> None:
+        """Release every queued caller whose slot is due now; wake again for the next one."""
+        if self._dispatch_timer is not None:
+            self._dispatch_timer.cancel()
+            self._dispatch_timer = None
+        queue = self._queue
+        while queue and queue[0].done():  # cancelled callers
+            queue.popleft()
+        if not queue:
+            self._limited = False
+            return
+        if self.closed:
+            while queue:
+                future = queue.popleft()
+                if not future.done():
+                    future.set_exception(StopRequested())
+            return
+        now = self._clock()
+        released = False
+        while queue:
+            self._grow(now, self._limited or len(queue) > 1)
+            interval = self._interval()
+            # A dispatcher that wakes late (a busy loop) keeps the schedule, up to CATCH_UP s,
+            # so lateness is not rate lost for good; after idle time the schedule restarts from
+            # now. The windows, not the schedule, guarantee the counts.
+            slot = self._next_slot if self._next_slot >= now - max(0.5 * interval, CATCH_UP) \
+                else now
+            at = max(slot, self._paused_until, self._window_free_at())
+            if at > now + TIME_EPSILON:
+                self._limited = True
+                self._dispatch_timer = asyncio.get_running_loop().call_later(at - now,
+                                                                             self._dispatch)
+                break
+            future = queue.popleft()
+            if future.done():
+                continue
+            self._sends.append(now)
+            self._send_count += 1
+            self._prune(now)
+            self._next_slot = slot + interval
+            future.set_result(now)
+            released = True
+        if not queue:
+            self._limited = False
+        if released:
+            self._gate.admit()  # the ramp or the latency may have raised the target
 
     def _grow(self, now: float, limited: bool) -> None:
         """Let the ramp grow while callers queue for it; decay the jitter margin when quiet;
