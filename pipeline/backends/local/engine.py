@@ -79,7 +79,7 @@ class Engine:
             rec = self._read_regions(page.regions)
             regions.put_drop_caps(rec.blocks, caps)
         if rec.upright:
-            self._read_unread(rec, text, dpi)
+            self._read_unread(rec, _off_pictures(text, page), dpi)
             self._reread_amounts(_outside(rec.blocks, prepared.grids), prepared.image, slope, dpi)
             regions.attach_numbers(rec.blocks, slope)
         blocks = rec.blocks
@@ -327,6 +327,19 @@ def _without(prepared: rules.Prepared, found: list[tables.Table]) -> rules.Prepa
     image = Image.fromarray(arr)
     image.info = dict(prepared.image.info)
     return rules.Prepared(image, mask, prepared.grids, prepared.rules)
+
+
+def _off_pictures(prepared: rules.Prepared, page: columns.PageLayout | None) -> rules.Prepared:
+    """The page's ink without its photos (a glyph's height around them): the local threshold
+    leaves a band of ink along a photo's border, whose broken pieces are no unread text (read
+    again, they gave `ap` and `Bi` in the line beside the photo)."""
+    if page is None or not page.pictures:
+        return prepared
+    mask = prepared.ink.copy()
+    pad = int(page.glyph)
+    for x0, y0, x1, y1 in page.pictures:
+        mask[max(0, y0 - pad) : y1 + pad, max(0, x0 - pad) : x1 + pad] = False
+    return rules.Prepared(prepared.image, mask, prepared.grids, prepared.rules)
 
 
 def _outside(blocks: list[Block], grids: list[rules.Grid]) -> list[Block]:
