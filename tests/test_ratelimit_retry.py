@@ -41,30 +41,26 @@ KEY = "sk-retry-test-51c0ffee-DO-NOT-LEAK"
 
 
 class VirtualTime:
-    """A clock that only moves when the limiter sleeps: spacing is checked exactly, instantly."""
+    """A clock that only moves when the limiter's pacer waits: spacing is checked exactly,
+    instantly."""
 
     def __init__(self, start: float = 1000.0) -> None:
         self.now = start
-        self.sleeps: list[float] = []
 
     def clock(self) -> float:
         return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        if delay > 0:
-            self.now += delay
-        await asyncio.sleep(0)
 
 
 @pytest.fixture
 def vt(monkeypatch: pytest.MonkeyPatch) -> VirtualTime:
     virtual = VirtualTime()
 
-    async def virtual_sleep(self: RateLimiter, delay: float) -> None:
-        await virtual.sleep(delay)
+    def virtual_wake(self: RateLimiter, delay: float) -> asyncio.Handle:
+        """The pacer's timer on the virtual clock: the time passes at once."""
+        virtual.now += max(0.0, delay)
+        return asyncio.get_running_loop().call_soon(self._dispatch)
 
-    monkeypatch.setattr(RateLimiter, "_sleep", virtual_sleep)
+    monkeypatch.setattr(RateLimiter, "_wake_in", virtual_wake)
     return virtual
 
 

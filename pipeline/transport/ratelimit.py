@@ -31,6 +31,7 @@ from typing import Protocol
 
 from pipeline.errors import StopRequested
 from pipeline.transport.inflight_gate import InFlightGate
+from pipeline.transport.limit_learner import MARGIN_MAX, LimitLearner, SendLog, Window
 
 CATCH_UP = 0.1  # how late a send may be and still keep the schedule (the windows still hold)
 TIME_EPSILON = 1e-6  # closer than this is now (a sleep that short may not move the clock)
@@ -40,18 +41,6 @@ IN_FLIGHT_CEILING = 2048  # safety ceiling of the in-flight target when max_in_f
 UNLIMITED_IN_FLIGHT = 64  # in flight with no rate at all (rps 0, nothing learned)
 CLUSTER_COUNT = 3  # this many 429s within CLUSTER_SECONDS pause everyone
 CLUSTER_SECONDS = 1.0
-STRIKES = 3  # this many 429 events within STRIKE_SENDS sends at a known limit: it is one lower
-STRIKE_SENDS = 300  # (over 1% of sends: more than jitter, which the margin absorbs)
-STRIKE_SECONDS = 5  # ... or within this many seconds of sends at the known count, if more
-RAMP_DOUBLING = 0.25  # while nothing is known, the rate doubles every this many seconds
-RAMP_MAX = 10_000.0
-PROBE_QUIET = 15.0  # a limit learned from 429s is tried 2% higher after this long without 429
-PROBE_QUIET_MAX = 300.0
-PROBE_VERDICT = 5.0  # a 429 for a send this soon after trying one higher: the try failed
-MARGIN_STEP = 0.01  # seconds added to the jitter margin per 429 at a known limit ...
-MARGIN_BUMP_SENDS = 200  # ... when the previous one was fewer than this many sends ago (> 0.5%)
-MARGIN_MAX = 0.2
-MARGIN_DECAY_SENDS = 1000  # this many sends without a 429 shrink the margin by MARGIN_STEP / 2
 
 
 # ---- what the server said ---------------------------------------------------------------------
@@ -121,15 +110,6 @@ def rate_info_from_headers(status: int, headers: Mapping[str, str],
 
 
 # ---- the limiter ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Window:
-    """At most `count` sends in any `seconds` (the jitter margin is added when checked)."""
-
-    count: int
-    seconds: float
-    source: str  # "configured" | "headers" | "429s"
 
 
 class Ticket:
@@ -229,39 +209,26 @@ class RateLimiter:
         self.configured = rps
         self.max_in_flight = max_in_flight if max_in_flight and max_in_flight > 0 else None
         self.probe_wait = probe_wait
-        self.initial_rps = initial_rps
         self.headroom = headroom
         self.extra_in_flight = extra_in_flight
         self.min_in_flight = min_in_flight
         self.ceiling = min(ceiling, self.max_in_flight) if self.max_in_flight else ceiling
-        self.base_margin = margin
-        self.margin = margin
         self._clock = clock
         self._configured_windows = configured_windows(rps) if rps else []
         self._header_windows: dict[str, Window] = {}
-        self._learned: Window | None = None  # from 429s
-        self._ramp: float | None = None  # rate while nothing is known (auto mode)
-        self._ramp_at = 0.0
-        self._sends: deque[float] = deque()  # actual send times, for the windows
+        self._log = SendLog()  # our sends' times, for the windows
+        self._gate = InFlightGate(lambda: self.target_in_flight)
+        self._learner = LimitLearner(
+            self._log, lambda: [*self._configured_windows, *self._header_windows.values()],
+            self._gate.admit, initial_rps=initial_rps, margin=margin)
         self._latency = LatencyEstimate(clock)
         self._next_slot = 0.0
         self._paused_until = 0.0
         self._queue: deque[asyncio.Future[float]] = deque()  # callers waiting for their turn
-        self._dispatch_timer: asyncio.TimerHandle | None = None
+        self._dispatch_timer: asyncio.Handle | None = None
         self._limited = False  # callers have waited for their turn since the queue was empty
-        self._gate = InFlightGate(lambda: self.target_in_flight)
         self._waiting = 0
         self._recent_429: deque[float] = deque()
-        self._strikes: deque[int] = deque()  # send numbers of recent 429s at a known limit
-        self._send_count = 0
-        self._send_count_at_429 = -MARGIN_BUMP_SENDS
-        self._margin_decayed_at = 0
-        self._changed_at = -math.inf  # last change of the learned limit
-        self._raised_at: float | None = None  # when the learned limit was last tried higher
-        self._raised_from = 0  # ... and from which count
-        self._probe_quiet = PROBE_QUIET
-        self._last_429 = -math.inf
-        self._last_event_429 = -math.inf  # the first 429 of the last event counted as a strike
         self._probe_sent_at: float | None = None
         self._probing = rps is None  # auto: one request first, the rest wait (a little)
         self._answered = asyncio.Event()
@@ -311,22 +278,24 @@ class RateLimiter:
                                self.margin)
 
     @property
+    def margin(self) -> float:
+        """The jitter margin added to every window now (s)."""
+        return self._learner.margin
+
+    @property
     def limit_source(self) -> str:
-        if self._learned is not None:
+        if self._learner.learned is not None:
             return "429s"
         if self._header_windows:
             return "headers"
         if self._configured_windows:
             return "configured"
-        return "ramp" if self._ramp is not None else "none"
+        return "ramp" if self._learner.ramp is not None else "none"
 
     @property
     def windows(self) -> list[Window]:
         """Every window in force: configured, announced, learned."""
-        found = list(self._configured_windows) + list(self._header_windows.values())
-        if self._learned is not None:
-            found.append(self._learned)
-        return found
+        return self._learner.windows()
 
     # ---- holding a request's place ---------------------------------------------------------
 
@@ -397,36 +366,32 @@ class RateLimiter:
         if self._probing:
             self._probing = False
             if not self.windows:
-                self._start_ramp(self._clock())
-
-    def _start_ramp(self, now: float) -> None:
-        self._ramp = self.initial_rps
-        self._ramp_at = now
+                self._learner.start_ramp(self._clock())
 
     # ---- pacing ---------------------------------------------------------------------------
 
     def _interval(self) -> float:
         """Seconds between two sends: the tightest window's even spacing (or the ramp's)."""
-        interval = 0.0
+        interval, margin, ramp = 0.0, self._learner.margin, self._learner.ramp
         for window in self.windows:
-            interval = max(interval, (window.seconds + self.margin) / window.count)
-        if interval == 0.0 and self._ramp is not None:
-            interval = 1.0 / self._ramp
+            interval = max(interval, (window.seconds + margin) / window.count)
+        if interval == 0.0 and ramp is not None:
+            interval = 1.0 / ramp
         return interval
 
     def _window_free_at(self) -> float:
         """The earliest time a send keeps every window within its count."""
         free = -math.inf
         for window in self.windows:
-            if len(self._sends) >= window.count:
-                free = max(free, self._sends[-window.count] + window.seconds + self.margin)
+            last = self._log.nth_last(window.count)
+            if last is not None:
+                free = max(free, last + window.seconds + self._learner.margin)
         return free
 
     def _prune(self, now: float) -> None:
         keep = max((w.seconds for w in self.windows), default=1.0) + MARGIN_MAX + 1.0
         keep = max(keep, 2.0 + MARGIN_MAX)  # a second of history for the 429 estimate
-        while self._sends and self._sends[0] < now - keep:
-            self._sends.popleft()
+        self._log.prune(now, keep)
 
     async def _pace(self) -> float:
         """Wait for this request's turn; returns its send time (already logged).
@@ -446,6 +411,10 @@ class RateLimiter:
             with suppress(ValueError):
                 self._queue.remove(future)
             raise
+
+    def _wake_in(self, seconds: float) -> asyncio.Handle:
+        """The dispatcher's next wake-up (tests on a virtual clock replace this)."""
+        return asyncio.get_running_loop().call_later(seconds, self._dispatch)
 
     def _dispatch(self) -> None:
         """Release every queued caller whose slot is due now; wake again for the next one."""
@@ -467,7 +436,7 @@ class RateLimiter:
         now = self._clock()
         released = False
         while queue:
-            self._grow(now, self._limited or len(queue) > 1)
+            self._learner.grow(now, self._limited or len(queue) > 1)
             interval = self._interval()
             # A dispatcher that wakes late (a busy loop) keeps the schedule, up to CATCH_UP s,
             # so lateness is not rate lost for good; after idle time the schedule restarts from
@@ -477,14 +446,12 @@ class RateLimiter:
             at = max(slot, self._paused_until, self._window_free_at())
             if at > now + TIME_EPSILON:
                 self._limited = True
-                self._dispatch_timer = asyncio.get_running_loop().call_later(at - now,
-                                                                             self._dispatch)
+                self._dispatch_timer = self._wake_in(at - now)
                 break
             future = queue.popleft()
             if future.done():
                 continue
-            self._sends.append(now)
-            self._send_count += 1
+            self._log.add(now)
             self._prune(now)
             self._next_slot = slot + interval
             future.set_result(now)
@@ -494,36 +461,7 @@ class RateLimiter:
         if released:
             self._gate.admit()  # the ramp or the latency may have raised the target
 
-    def _grow(self, now: float, limited: bool) -> None:
-        """Let the ramp grow while callers queue for it; decay the jitter margin when quiet;
-        try a limit learned from 429s one higher after a quiet while."""
-        if self._ramp is not None and not self.windows:
-            if limited:
-                self._ramp = min(RAMP_MAX, self._ramp * 2 ** ((now - self._ramp_at) / RAMP_DOUBLING))
-            self._ramp_at = now
-        last = max(self._send_count_at_429, self._margin_decayed_at)
-        if self.margin > self.base_margin and self._send_count - last >= MARGIN_DECAY_SENDS:
-            self.margin = max(self.base_margin, self.margin - MARGIN_STEP / 2)
-            self._margin_decayed_at = self._send_count
-        learned = self._learned
-        if learned is not None and limited and \
-                now - max(self._last_429, self._changed_at) > self._probe_quiet:
-            self._set_learned(learned.count + max(1, learned.count // 50), now)  # +2%
-            self._raised_at = now
-            self._raised_from = learned.count
-
     # ---- what answers teach -------------------------------------------------------------------
-
-    def _admitted_before(self, sent_at: float) -> int:
-        """Our sends the server has not refused in the second before `sent_at`: its count."""
-        return sum(1 for t in self._sends if sent_at - 1.0 < t < sent_at)
-
-    def _set_learned(self, count: int, now: float) -> None:
-        self._learned = Window(max(1, count), 1.0, "429s")
-        self._ramp = None
-        self._changed_at = now
-        self._raised_at = None
-        self._gate.admit()
 
     def observe(self, info: RateInfo) -> None:
         """An answer's rate headers (the backend calls this for every answer): an announced
@@ -538,7 +476,7 @@ class RateLimiter:
                 # it too, so a server that enforces it per second never sees a burst.
                 self._header_windows["second"] = Window(info.limit_minute // 60, 1.0, "headers")
         if info.announces_limit:
-            self._ramp = None
+            self._learner.stop_ramp()
             self._probing = False
         if info.remaining_second == 0 or info.remaining_minute == 0:
             seconds = 1.0 if info.remaining_second == 0 else 60.0
@@ -551,8 +489,9 @@ class RateLimiter:
                       retry_after: float | None) -> float:
         """When the server's full window frees a place: from our log of sends when it holds
         the window's count, else the Retry-After, else one second."""
-        if count and len(self._sends) >= count:
-            return self._sends[-count] + seconds + self.margin
+        last = self._log.nth_last(count) if count else None
+        if last is not None:
+            return last + seconds + self._learner.margin
         return now + (DEFAULT_RETRY_AFTER if retry_after is None else min(retry_after, MAX_PAUSE))
 
     def _pause(self, until: float) -> None:
@@ -567,62 +506,14 @@ class RateLimiter:
         now = self._clock()
         ticket.rejected = True
         self.rejections += 1
-        with suppress(ValueError):
-            self._sends.remove(ticket.sent_at)  # a refused request does not count at the server
+        self._log.refused(ticket.sent_at)
         wait = DEFAULT_RETRY_AFTER if retry_after is None else min(max(0.0, retry_after), MAX_PAUSE)
         self._recent_429.append(now)
         while self._recent_429 and self._recent_429[0] <= now - CLUSTER_SECONDS:
             self._recent_429.popleft()
         clustered = len(self._recent_429) >= CLUSTER_COUNT
-        if ticket.sent_at >= self._changed_at:  # not a verdict on an older, higher limit
-            self._learn_from_429(ticket.sent_at, now, clustered)
-        self._last_429 = now
+        self._learner.rejected(ticket.sent_at, now, clustered)
         if clustered:
             self._pause(now + wait)
             return 0.0
         return wait
-
-    def _learn_from_429(self, sent_at: float, now: float, clustered: bool) -> None:
-        learned = self._learned
-        raised = self._raised_at
-        if learned is not None and raised is not None and raised <= sent_at < raised + PROBE_VERDICT:
-            # The try higher failed: back to the count that held, try again later.
-            self._set_learned(self._raised_from, now)
-            self._probe_quiet = min(PROBE_QUIET_MAX, self._probe_quiet * 2)
-            return
-        if not self.windows:
-            admitted = self._admitted_before(sent_at)
-            if admitted >= 2:
-                self._set_learned(admitted, now)  # the server's window: what it let through
-            elif self._ramp is not None:
-                self._ramp = max(0.2, self._ramp / 2)
-                self._ramp_at = now
-            return
-        per_second = [w.count for w in self.windows if w.seconds <= 1.0]
-        admitted = self._admitted_before(sent_at)
-        if admitted >= 2 and (not per_second or (admitted < 0.9 * min(per_second) - 1 and (
-                clustered or admitted >= 0.5 * min(per_second)))):
-            # Refused while we had sent clearly fewer: the server's window holds what it let
-            # through (a limit below ours, or others sharing the quota). One refusal after a
-            # quiet spell is not enough to say so; a cluster is.
-            self._set_learned(admitted, now)
-            return
-        if now - self._last_event_429 <= CLUSTER_SECONDS:
-            return  # the same event (a late, bunched burst): one margin step and strike each
-        # Timed from the event's first 429, not the latest: 429s that never stop for a whole
-        # second are a new event each second (they would otherwise never add up to a strike).
-        self._last_event_429 = now
-        if self._send_count - self._send_count_at_429 < MARGIN_BUMP_SENDS:
-            # More than one 429 event in 200 sends: timing jitter most likely, widen the margin.
-            self.margin = min(MARGIN_MAX, self.margin + MARGIN_STEP)
-        self._send_count_at_429 = self._send_count
-        self._strikes.append(self._send_count)
-        # Events are at most one a second, so at a high rate 300 sends are too few to hold
-        # three: the window is also at least STRIKE_SECONDS of sends at the known count.
-        span = max(STRIKE_SENDS, STRIKE_SECONDS * min(per_second))
-        while self._strikes and self._strikes[0] < self._send_count - span:
-            self._strikes.popleft()
-        if len(self._strikes) >= STRIKES:
-            # Refusals keep coming at our count: the server's window holds one fewer.
-            self._strikes.clear()
-            self._set_learned(min(per_second) - 1, now)

@@ -1,0 +1,195 @@
+"""What 429s teach the rate limiter: the server's window when nobody announces it, the ramp
+while nothing is known, and the jitter margin (docs/rate-limits.md, "rps: auto").
+
+`SendLog` is the record both sides read: the times of our sends the server has not refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+RAMP_DOUBLING = 0.25  # while nothing is known, the rate doubles every this many seconds
+RAMP_MAX = 10_000.0
+STRIKES = 3  # this many 429 events within STRIKE_SENDS sends at a known limit: it is one lower
+STRIKE_SENDS = 300  # (over 1% of sends: more than jitter, which the margin absorbs)
+STRIKE_SECONDS = 5  # ... or within this many seconds of sends at the known count, if more
+PROBE_QUIET = 15.0  # a limit learned from 429s is tried 2% higher after this long without 429
+PROBE_QUIET_MAX = 300.0
+PROBE_VERDICT = 5.0  # a 429 for a send this soon after trying one higher: the try failed
+MARGIN_STEP = 0.01  # seconds added to the jitter margin per 429 at a known limit ...
+MARGIN_BUMP_SENDS = 200  # ... when the previous one was fewer than this many sends ago (> 0.5%)
+MARGIN_MAX = 0.2
+MARGIN_DECAY_SENDS = 1000  # this many sends without a 429 shrink the margin by MARGIN_STEP / 2
+EVENT_SECONDS = 1.0  # 429s within this of an event's first are the same event
+
+
+@dataclass(frozen=True)
+class Window:
+    """At most `count` sends in any `seconds` (the jitter margin is added when checked)."""
+
+    count: int
+    seconds: float
+    source: str  # "configured" | "headers" | "429s"
+
+
+class SendLog:
+    """Our sends' times, oldest first, refused ones taken out; and how many were ever made."""
+
+    def __init__(self) -> None:
+        self.times: deque[float] = deque()
+        self.count = 0
+
+    def add(self, now: float) -> None:
+        self.times.append(now)
+        self.count += 1
+
+    def refused(self, sent_at: float) -> None:
+        """A refused request does not count at the server."""
+        with contextlib.suppress(ValueError):
+            self.times.remove(sent_at)
+
+    def prune(self, now: float, keep: float) -> None:
+        while self.times and self.times[0] < now - keep:
+            self.times.popleft()
+
+    def nth_last(self, n: int) -> float | None:
+        return self.times[-n] if len(self.times) >= n else None
+
+    def admitted_before(self, sent_at: float) -> int:
+        """Our sends the server has not refused in the second before `sent_at`: its count."""
+        return sum(1 for t in self.times if sent_at - 1.0 < t < sent_at)
+
+
+class LimitLearner:
+    """The limit learned from 429s, the ramp, and the jitter margin.
+
+    `known()` gives every window in force besides the learned one (configured, announced);
+    `on_change()` is called when the learned limit moves (the in-flight target moves with it).
+    """
+
+    def __init__(self, log: SendLog, known: Callable[[], Iterable[Window]],
+                 on_change: Callable[[], None], *, initial_rps: float, margin: float) -> None:
+        self.log = log
+        self._known = known
+        self._on_change = on_change
+        self.initial_rps = initial_rps
+        self.base_margin = margin
+        self.margin = margin
+        self.learned: Window | None = None
+        self.ramp: float | None = None  # rate while nothing is known (auto mode)
+        self._ramp_at = 0.0
+        self.changed_at = -math.inf  # last change of the learned limit
+        self._raised_at: float | None = None  # when the learned limit was last tried higher
+        self._raised_from = 0  # ... and from which count
+        self._probe_quiet = PROBE_QUIET
+        self.last_429 = -math.inf
+        self._last_event_429 = -math.inf  # the first 429 of the last event counted as a strike
+        self._strikes: deque[int] = deque()  # send numbers of recent 429s at a known limit
+        self._count_at_429 = -MARGIN_BUMP_SENDS
+        self._margin_decayed_at = 0
+
+    def windows(self) -> list[Window]:
+        found = list(self._known())
+        if self.learned is not None:
+            found.append(self.learned)
+        return found
+
+    # ---- the ramp -----------------------------------------------------------------------------
+    def start_ramp(self, now: float) -> None:
+        self.ramp = self.initial_rps
+        self._ramp_at = now
+
+    def stop_ramp(self) -> None:
+        """A limit is known (announced): the ramp has no more say."""
+        self.ramp = None
+
+    # ---- as sends go --------------------------------------------------------------------------
+    def grow(self, now: float, limited: bool) -> None:
+        """Let the ramp grow while callers queue for it; decay the jitter margin when quiet;
+        try a limit learned from 429s one higher after a quiet while."""
+        if self.ramp is not None and not self.windows():
+            if limited:
+                self.ramp = min(RAMP_MAX, self.ramp * 2 ** ((now - self._ramp_at) / RAMP_DOUBLING))
+            self._ramp_at = now
+        last = max(self._count_at_429, self._margin_decayed_at)
+        if self.margin > self.base_margin and self.log.count - last >= MARGIN_DECAY_SENDS:
+            self.margin = max(self.base_margin, self.margin - MARGIN_STEP / 2)
+            self._margin_decayed_at = self.log.count
+        learned = self.learned
+        if learned is not None and limited and \
+                now - max(self.last_429, self.changed_at) > self._probe_quiet:
+            self._set_learned(learned.count + max(1, learned.count // 50), now)  # +2%
+            self._raised_at = now
+            self._raised_from = learned.count
+
+    def _set_learned(self, count: int, now: float) -> None:
+        self.learned = Window(max(1, count), 1.0, "429s")
+        self.ramp = None
+        self.changed_at = now
+        self._raised_at = None
+        self._on_change()
+
+    # ---- what a 429 teaches -------------------------------------------------------------------
+    def rejected(self, sent_at: float, now: float, clustered: bool) -> None:
+        """A 429 for a request sent at `sent_at` (its send already out of the log)."""
+        if sent_at >= self.changed_at:  # not a verdict on an older, higher limit
+            self._learn(sent_at, now, clustered)
+        self.last_429 = now
+
+    def _learn(self, sent_at: float, now: float, clustered: bool) -> None:
+        raised = self._raised_at
+        if self.learned is not None and raised is not None and \
+                raised <= sent_at < raised + PROBE_VERDICT:
+            # The try higher failed: back to the count that held, try again later.
+            self._set_learned(self._raised_from, now)
+            self._probe_quiet = min(PROBE_QUIET_MAX, self._probe_quiet * 2)
+            return
+        windows = self.windows()
+        admitted = self.log.admitted_before(sent_at)
+        if not windows:
+            if admitted >= 2:
+                self._set_learned(admitted, now)  # the server's window: what it let through
+            elif self.ramp is not None:
+                self.ramp = max(0.2, self.ramp / 2)
+                self._ramp_at = now
+            return
+        per_second = [w.count for w in windows if w.seconds <= 1.0]
+        if not per_second:  # only longer windows (per minute): what they admitted, if anything
+            if admitted >= 2:
+                self._set_learned(admitted, now)
+            return
+        if admitted >= 2 and admitted < 0.9 * min(per_second) - 1 and (
+                clustered or admitted >= 0.5 * min(per_second)):
+            # Refused while we had sent clearly fewer: the server's window holds what it let
+            # through (a limit below ours, or others sharing the quota). One refusal after a
+            # quiet spell is not enough to say so; a cluster is.
+            self._set_learned(admitted, now)
+            return
+        if now - self._last_event_429 <= EVENT_SECONDS:
+            return  # the same event (a late, bunched burst): one margin step and strike each
+        self._strike(now, min(per_second))
+
+    def _strike(self, now: float, count: int) -> None:
+        """One 429 event at the known per-second `count`: widen the margin when events come
+        close together; three within the strike span say the server's window is one fewer."""
+        # Timed from the event's first 429, not the latest: 429s that never stop for a whole
+        # second are a new event each second (they would otherwise never add up to a strike).
+        self._last_event_429 = now
+        sends = self.log.count
+        if sends - self._count_at_429 < MARGIN_BUMP_SENDS:
+            # More than one 429 event in 200 sends: timing jitter most likely, widen the margin.
+            self.margin = min(MARGIN_MAX, self.margin + MARGIN_STEP)
+        self._count_at_429 = sends
+        self._strikes.append(sends)
+        # Events are at most one a second, so at a high rate 300 sends are too few to hold
+        # three: the window is also at least STRIKE_SECONDS of sends at the known count.
+        span = max(STRIKE_SENDS, STRIKE_SECONDS * count)
+        while self._strikes and self._strikes[0] < sends - span:
+            self._strikes.popleft()
+        if len(self._strikes) >= STRIKES:
+            self._strikes.clear()
+            self._set_learned(count - 1, now)
