@@ -504,3 +504,22 @@ def test_a_limit_learned_from_429s_is_tried_higher_now_and_then() -> None:
     late = [t for t in out.server.admitted if t >= out.server.admitted[-1] - 20]
     assert len(late) / 20 >= 0.9 * 12
     assert out.rejected_per_100 <= 2.0
+
+
+def test_a_429_under_a_per_minute_window_alone_learns_what_the_server_admitted() -> None:
+    """Only a per-minute limit is known (announced): a 429 with fewer than two sends in the
+    second before it teaches nothing (it used to fail on an empty list of per-second counts);
+    with more, the server's window is what it let through."""
+    from pipeline.transport.limit_learner import LimitLearner, SendLog, Window
+
+    log = SendLog()
+    changes: list[int] = []
+    learner = LimitLearner(log, lambda: [Window(600, 60.0, "headers")],
+                           lambda: changes.append(1), initial_rps=4.0, margin=0.02)
+    log.add(100.0)
+    learner.rejected(100.5, 100.6, clustered=False)
+    assert learner.learned is None and changes == []
+    for t in (101.0, 101.2, 101.4):
+        log.add(t)
+    learner.rejected(101.5, 101.6, clustered=False)
+    assert learner.learned == Window(3, 1.0, "429s") and changes == [1]
