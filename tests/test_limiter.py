@@ -209,41 +209,6 @@ def test_at_a_hard_cap_equal_to_the_servers_limit_it_runs_at_98_percent_with_no_
     assert steady_rate(out.server.admitted, skip=latency * 1.5 + 2) >= 0.98 * per_second
 
 
-@pytest.mark.parametrize("rps", [200, None])
-def test_a_slow_event_loop_still_sends_at_the_pace(rps: int | None) -> None:
-    """Every turn of the loop takes 6 ms (thousands of requests in flight on a busy machine),
-    more than the 5 ms between two sends at R = 200: the queued callers must still go at the
-    pace, several per turn, not one per turn (as a lock handed from caller to caller did:
-    0.6 of R here), and never above R in any window."""
-    per_second, latency, total = 200, 8.0, 200 * 30
-
-    async def main() -> StrictServer:
-        limiter = RateLimiter(rps, None, clock=asyncio.get_running_loop().time)
-        server = StrictServer(per_second, latency, limiter)
-        getting_ready = 0
-
-        async def request() -> None:
-            nonlocal getting_ready
-            getting_ready -= 1
-            await one_request(limiter, server)
-
-        tasks: list[asyncio.Task[None]] = []
-        while len(tasks) < total:
-            # The runner's pool: open documents (no loop turn each) while the limiter wants more
-            # requests than those not yet at its door.
-            while len(tasks) < total and limiter.demand() > getting_ready:
-                getting_ready += 1
-                tasks.append(asyncio.create_task(request()))
-            await asyncio.sleep(0.02)
-        await asyncio.gather(*tasks)
-        return server
-
-    server = run_virtual(main(), turn_cost=0.006)
-    assert max_in_any_window(server.admitted) <= per_second
-    assert steady_rate(server.admitted, skip=3 * latency) >= 0.95 * per_second
-    assert 100 * server.rejected / total <= 2
-
-
 def test_a_fractional_rate_is_a_whole_count_per_second() -> None:
     async def main() -> list[float]:
         loop = asyncio.get_running_loop()

@@ -55,12 +55,12 @@ class VirtualTime:
 def vt(monkeypatch: pytest.MonkeyPatch) -> VirtualTime:
     virtual = VirtualTime()
 
-    def virtual_wake(self: RateLimiter, delay: float) -> asyncio.Handle:
-        """The pacer's timer on the virtual clock: the time passes at once."""
+    async def virtual_sleep(self: RateLimiter, delay: float) -> None:
+        """The pacer's sleep on the virtual clock: the time passes at once."""
         virtual.now += max(0.0, delay)
-        return asyncio.get_running_loop().call_soon(self._dispatch)
+        await asyncio.sleep(0)
 
-    monkeypatch.setattr(RateLimiter, "_wake_in", virtual_wake)
+    monkeypatch.setattr(RateLimiter, "_sleep", virtual_sleep)
     return virtual
 
 

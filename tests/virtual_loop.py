@@ -3,8 +3,7 @@
 `asyncio.sleep`, `wait_for` and `call_later` all work, instantly, so the rate limiter can be
 driven through minutes of a simulated server in a fraction of a second. `stall(seconds)`
 moves the clock without running anything: an event loop busy elsewhere, so every timer fires
-late; `turn_cost` makes every turn of the loop take that long (a loop busy with thousands of
-requests in flight). No real I/O happens on this loop.
+late. No real I/O happens on this loop.
 """
 
 from __future__ import annotations
@@ -34,15 +33,9 @@ class _JumpingSelector(selectors.SelectSelector):
 
 
 class VirtualLoop(asyncio.SelectorEventLoop):
-    def __init__(self, start: float = 1000.0, turn_cost: float = 0.0) -> None:
+    def __init__(self, start: float = 1000.0) -> None:
         self.now = start
-        self.turn_cost = turn_cost  # virtual seconds every turn of the loop takes
         super().__init__(selector=_JumpingSelector(self))
-
-    def _run_once(self) -> None:
-        """One turn: a loop with thousands of requests in flight spends milliseconds on each."""
-        self.now += self.turn_cost
-        super()._run_once()  # type: ignore[misc]
 
     def time(self) -> float:
         return self.now
@@ -52,8 +45,8 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         self.now += seconds
 
 
-def run_virtual(coro: Coroutine[Any, Any, T], start: float = 1000.0, turn_cost: float = 0.0) -> T:
-    loop = VirtualLoop(start, turn_cost)
+def run_virtual(coro: Coroutine[Any, Any, T], start: float = 1000.0) -> T:
+    loop = VirtualLoop(start)
     try:
         return loop.run_until_complete(coro)
     finally:
