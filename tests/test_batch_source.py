@@ -1,6 +1,6 @@
 """Each document's `source.batch.jobs` names exactly the jobs that answered its chunks, whether the
 answers arrive while the run waits or are collected by a later run (--no-wait first). The run
-looks the jobs up a page of documents at a time (driver._with_jobs) instead of keeping a map of
+looks the jobs up a page of documents at a time (run/batch_run.py `_with_jobs`) instead of keeping a map of
 the whole output; these tests hold the notes to the fake server's own record of its jobs."""
 
 from __future__ import annotations
@@ -40,13 +40,18 @@ def assert_source_names_the_jobs(inp: Path, out: Path, fake) -> None:
         assert source["batch"]["jobs"] == sorted(expected[sha]), rel
 
 
-async def test_source_names_the_jobs_that_answered_while_the_run_waited(tmp_path: Path,
-                                                                       fake_server) -> None:
-    server = await fake_server()
+def setup(tmp_path: Path, url: str) -> tuple[Path, Path, list[str]]:
+    """DOCS in `in/`, and the run's arguments: one worker, 3 requests per job."""
     inp, out = tmp_path / "in", tmp_path / "out"
     make_docs(inp, DOCS)
     config = write_batch_config(tmp_path / "c.yaml", max_requests_per_job=3)
-    args = batch_args(inp, out, server.url, "--config", str(config), "--workers", "1")
+    return inp, out, batch_args(inp, out, url, "--config", str(config), "--workers", "1")
+
+
+async def test_source_names_the_jobs_that_answered_while_the_run_waited(tmp_path: Path,
+                                                                       fake_server) -> None:
+    server = await fake_server()
+    inp, out, args = setup(tmp_path, server.url)
     code, output, _ = await run_to_end(args, pipeline_env(), tmp_path / "run.log")
     assert code == ExitCode.OK, output
     assert_accounted(out, DOCS)
@@ -59,10 +64,7 @@ async def test_source_names_the_jobs_collected_by_a_later_run(tmp_path: Path,
     server = await fake_server()
     fake = batch_of(server)
     fake.behaviour.hold = True
-    inp, out = tmp_path / "in", tmp_path / "out"
-    make_docs(inp, DOCS)
-    config = write_batch_config(tmp_path / "c.yaml", max_requests_per_job=3)
-    args = batch_args(inp, out, server.url, "--config", str(config), "--workers", "1")
+    inp, out, args = setup(tmp_path, server.url)
     code, output, _ = await run_to_end([*args, "--no-wait"], pipeline_env(), tmp_path / "1.log")
     assert code == ExitCode.OK, output
     assert not list(out.glob("*.json"))

@@ -265,7 +265,7 @@ class Run:
         self.report.ignored = [Failure(i.rel, i.category, i.reason) for i in tally.ignored]
 
     async def planned_documents(self, events: Iterator[PlanEvent], tally: PlanTally,
-                       db: AsyncManifest) -> AsyncIterator[PlanItem]:
+                                db: AsyncManifest) -> AsyncIterator[PlanItem]:
         """The documents to process, planned a batch of files at a time while earlier ones are
         already being processed; each batch is recorded as pending before its work starts."""
         while not self.stopping:

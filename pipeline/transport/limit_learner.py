@@ -150,17 +150,13 @@ class LimitLearner:
             return
         windows = self.windows()
         admitted = self.log.admitted_before(sent_at)
-        if not windows:
+        per_second = [w.count for w in windows if w.seconds <= 1.0]
+        if not per_second:  # no per-second limit known (none, or per minute only)
             if admitted >= 2:
                 self._set_learned(admitted, now)  # the server's window: what it let through
-            elif self.ramp is not None:
+            elif not windows and self.ramp is not None:
                 self.ramp = max(0.2, self.ramp / 2)
                 self._ramp_at = now
-            return
-        per_second = [w.count for w in windows if w.seconds <= 1.0]
-        if not per_second:  # only longer windows (per minute): what they admitted, if anything
-            if admitted >= 2:
-                self._set_learned(admitted, now)
             return
         if admitted >= 2 and admitted < 0.9 * min(per_second) - 1 and (
                 clustered or admitted >= 0.5 * min(per_second)):

@@ -63,7 +63,7 @@ class Collector:
         self.timeout_hours = timeout_hours
         self.log = log
         self.tally = CollectTally()
-        # Jobs that answered the documents now going through the pool (driver._with_jobs).
+        # Jobs that answered the documents now going through the pool (run/batch_run.py `_with_jobs`).
         self.jobs_by_path: dict[str, set[str]] = {}
         self.progress: dict[str, tuple[int, int]] = {}  # part -> (completed, total)
 
