@@ -64,6 +64,8 @@ CREATE TABLE IF NOT EXISTS documents (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS documents_state ON documents (state);
+-- Content dedup across runs: finished documents of this content.
+CREATE INDEX IF NOT EXISTS documents_sha256 ON documents (sha256);
 CREATE TABLE IF NOT EXISTS chunks (
     path TEXT NOT NULL,
     doc_sha256 TEXT NOT NULL,
@@ -269,6 +271,14 @@ class Manifest(BatchLedger):
             (doc_sha256, first_page, page_count, not_path),
         ).fetchone()
         return (str(row[0]), json.loads(row[1])) if row else None
+
+    def done_twins(self, sha256: str, *, not_path: str, limit: int) -> list[str]:
+        """Finished documents of this content other than `not_path` (content dedup across
+        runs: their stored outputs may make this one)."""
+        rows = self._db.execute(
+            "SELECT path FROM documents WHERE sha256=? AND state=? AND path<>? LIMIT ?",
+            (sha256, DocState.DONE, not_path, limit)).fetchall()
+        return [str(r[0]) for r in rows]
 
     def checkpoint_chunk(
         self,

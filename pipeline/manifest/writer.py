@@ -132,6 +132,10 @@ class AsyncManifest:
         return await self._writer.run(self.manifest.content_response, doc_sha256, first_page,
                                       page_count, not_path=not_path)
 
+    async def done_twins(self, sha256: str, *, not_path: str, limit: int) -> list[str]:
+        return await self._writer.run(self.manifest.done_twins, sha256, not_path=not_path,
+                                      limit=limit)
+
     async def checkpoint_chunk(self, path: str, doc_sha256: str, first_page: int,
                                page_count: int, chunk_sha256: str,
                                response: dict[str, Any]) -> None:

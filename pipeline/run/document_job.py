@@ -39,6 +39,7 @@ from pipeline.models import Chunk
 from pipeline.pricing import cost
 from pipeline.reasons import exception_text
 from pipeline.run.content_share import ContentKey, ContentShare, InFlight
+from pipeline.run.done_twin import TWINS_TRIED, StoredTwin, load_twin, same_content_source
 from pipeline.run.outcome import StopReason, StopRequest
 from pipeline.run.report import Failure, tally_page_methods
 from pipeline.run.split_pool import SplitPool
@@ -110,6 +111,10 @@ class JobContext:
     source_notes: Callable[[str], dict[str, Any]] | None = None
     outputs: OutputSettings = field(default_factory=OutputSettings)  # what the outputs carry
     share: ContentShare | None = None  # sync mode: one request for the same content in flight
+    # Content dedup across runs: the digest of the settings that shape an answer (recorded in
+    # every `source` block); None (--force) takes no finished twin's outputs.
+    options_sha256: str = ""
+    take_done_twins: bool = True
 
 
 @dataclass
@@ -194,12 +199,20 @@ class DocumentJob:
         if self.item.decision == Decision.CHANGED:
             remove_outputs(self.ctx.output, self.src.rel)
         self.sha = sha
-        cut = await self._answer_all(data)
-        del data
-        merged = merge_responses([(c, r) for c, r in zip(cut.chunks, cut.answers, strict=True)
-                                  if r is not None], annotation_schema(self.ctx.outputs))
+        twin = await self._done_twin()
+        if twin is not None:  # made from a finished document of the same bytes: nothing sent
+            del data
+            cut, merged = self.cut, twin.response
+            cut.pages_same_content, cut.same_content_as = len(merged["pages"]), twin.rel
+        else:
+            cut = await self._answer_all(data)
+            del data
+            merged = merge_responses([(c, r) for c, r in zip(cut.chunks, cut.answers, strict=True)
+                                      if r is not None], annotation_schema(self.ctx.outputs))
         pages = len(merged["pages"])
         source = self._source_block(sha, st.st_size, pages, cut)
+        if twin is not None:
+            source.update(same_content_source(twin))
         crashpoints.reached("before_store")
         await asyncio.to_thread(write_document, self.ctx.output, self.src.rel, merged, source,
                                 self.ctx.outputs)
@@ -214,6 +227,19 @@ class DocumentJob:
                             pages_same_content=cut.pages_same_content, page_methods=methods,
                             low_confidence=notes.low_confidence, warnings=notes.warnings,
                             cost=cost(paid, self.ctx.price_per_1000), source=source)
+
+    async def _done_twin(self) -> StoredTwin | None:
+        """A finished document of the same content whose stored outputs can make this one
+        (content dedup across runs; this run's twins share answers chunk by chunk instead)."""
+        if not self.ctx.take_done_twins:
+            return None
+        for rel in await self.ctx.manifest.done_twins(self.sha, not_path=self.src.rel,
+                                                      limit=TWINS_TRIED):
+            twin = await asyncio.to_thread(load_twin, self.ctx.output, rel, self.sha,
+                                           self.ctx.options_sha256)
+            if twin is not None:
+                return twin
+        return None
 
     async def _read(self) -> tuple[bytes, str, os.stat_result]:
         """The file's bytes and their hash (of what was read, not what was planned)."""
@@ -416,6 +442,7 @@ class DocumentJob:
             "pages": pages,
             "backend": self.ctx.backend,
             "model": self.ctx.model,
+            "options_sha256": self.ctx.options_sha256,
             "chunks": [
                 {"first_page": c.first_page, "pages": c.page_count, "bytes": n, "sha256": c.sha256}
                 for c, n in zip(cut.chunks, cut.sizes, strict=True)

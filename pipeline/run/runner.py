@@ -35,6 +35,7 @@ from pipeline.run.document_job import (
     DocumentStatus,
     JobContext,
 )
+from pipeline.run.done_twin import options_sha256
 from pipeline.run.dry_run import dry_run_estimate
 from pipeline.run.outcome import Outcome, StopReason, StopRequest, decide_outcome, exit_code
 from pipeline.run.pool import DocumentPool, PoolHooks
@@ -256,6 +257,7 @@ class Run:
             outputs=self.s.outputs,
             # Batch mode shares content in its request lines (one custom_id for the same bytes).
             share=None if self.s.service.mode == "batch" else ContentShare(),
+            options_sha256=options_sha256(self.s), take_done_twins=not self.s.command.force,
         )
 
     def _record_plan(self, tally: PlanTally) -> None:
