@@ -231,13 +231,16 @@ class Manifest(BatchLedger):
 
     # ---- one document's life ----------------------------------------------------------------
     def claim(self, path: str, sha256: str, run_id: str, *, size: int | None = None,
-              mtime_ns: int | None = None) -> None:
-        """Mark a document running, with the hash (and stat) of the content actually read."""
+              mtime_ns: int | None = None, twins: int = 0) -> list[str]:
+        """Mark a document running, with the hash (and stat) of the content actually read.
+        Returns up to `twins` finished documents of the same content (`done_twins`), looked up
+        in the same trip."""
         with self._write() as db:
             self._move(db, path, DocState.RUNNING,
                        "UPDATE documents SET state=?, sha256=?, attempts=attempts+1, run_id=?,"
                        " size=COALESCE(?, size), mtime_ns=COALESCE(?, mtime_ns), updated_at=?",
                        (DocState.RUNNING, sha256, run_id, size, mtime_ns, time.time()))
+        return self.done_twins(sha256, not_path=path, limit=twins) if twins > 0 else []
 
     def _move(self, db: sqlite3.Connection, path: str, target: DocState, update: str,
               values: tuple[Any, ...]) -> None:

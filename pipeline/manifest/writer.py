@@ -118,9 +118,9 @@ class AsyncManifest:
         await self._writer.run(self.manifest.touch_unchanged, path, size, mtime_ns)
 
     async def claim(self, path: str, sha256: str, run_id: str, *, size: int | None = None,
-                    mtime_ns: int | None = None) -> None:
-        await self._writer.run(self.manifest.claim, path, sha256, run_id, size=size,
-                               mtime_ns=mtime_ns)
+                    mtime_ns: int | None = None, twins: int = 0) -> list[str]:
+        return await self._writer.run(self.manifest.claim, path, sha256, run_id, size=size,
+                                      mtime_ns=mtime_ns, twins=twins)
 
     async def chunk_response(self, path: str, doc_sha256: str, first_page: int,
                              page_count: int) -> dict[str, Any] | None:
@@ -131,10 +131,6 @@ class AsyncManifest:
                                not_path: str) -> tuple[str, dict[str, Any]] | None:
         return await self._writer.run(self.manifest.content_response, doc_sha256, first_page,
                                       page_count, not_path=not_path)
-
-    async def done_twins(self, sha256: str, *, not_path: str, limit: int) -> list[str]:
-        return await self._writer.run(self.manifest.done_twins, sha256, not_path=not_path,
-                                      limit=limit)
 
     async def checkpoint_chunk(self, path: str, doc_sha256: str, first_page: int,
                                page_count: int, chunk_sha256: str,

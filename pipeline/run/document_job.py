@@ -194,12 +194,13 @@ class DocumentJob:
 
     async def _process(self) -> DocumentResult:
         data, sha, st = await self._read()
-        await self.ctx.manifest.claim(self.src.rel, sha, self.ctx.run_id, size=len(data),
-                                      mtime_ns=st.st_mtime_ns)
+        twins = await self.ctx.manifest.claim(
+            self.src.rel, sha, self.ctx.run_id, size=len(data), mtime_ns=st.st_mtime_ns,
+            twins=TWINS_TRIED if self.ctx.take_done_twins else 0)
         if self.item.decision == Decision.CHANGED:
             remove_outputs(self.ctx.output, self.src.rel)
         self.sha = sha
-        twin = await self._done_twin()
+        twin = await self._done_twin(twins)
         if twin is not None:  # made from a finished document of the same bytes: nothing sent
             del data
             cut, merged = self.cut, twin.response
@@ -228,13 +229,10 @@ class DocumentJob:
                             low_confidence=notes.low_confidence, warnings=notes.warnings,
                             cost=cost(paid, self.ctx.price_per_1000), source=source)
 
-    async def _done_twin(self) -> StoredTwin | None:
-        """A finished document of the same content whose stored outputs can make this one
-        (content dedup across runs; this run's twins share answers chunk by chunk instead)."""
-        if not self.ctx.take_done_twins:
-            return None
-        for rel in await self.ctx.manifest.done_twins(self.sha, not_path=self.src.rel,
-                                                      limit=TWINS_TRIED):
+    async def _done_twin(self, candidates: list[str]) -> StoredTwin | None:
+        """The first of `candidates` (finished documents of the same content) whose stored
+        outputs can make this one (content dedup across runs)."""
+        for rel in candidates:
             twin = await asyncio.to_thread(load_twin, self.ctx.output, rel, self.sha,
                                            self.ctx.options_sha256)
             if twin is not None:
