@@ -114,6 +114,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--points", default="all", help="all, none, or comma-separated")
+    parser.add_argument("--job-lines", type=int, help="batch.max_requests_per_job (default 10,000)")
     parser.add_argument("--trace", type=Path, help="folder for tracemalloc snapshots of the last run")
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("OLDER", "NEWER"),
                         help="print what snapshot NEWER holds more than OLDER, and exit")
@@ -129,7 +130,8 @@ async def main() -> None:
     fake = batch_of(server)
     fake.behaviour.speed = 20_000
     config = SCRATCH / "batch.yaml"
-    config.write_text("batch:\n  poll_interval_min: 0.2\n  poll_interval_max: 1\n")
+    config.write_text("batch:\n  poll_interval_min: 0.2\n  poll_interval_max: 1\n"
+                      + (f"  max_requests_per_job: {opts.job_lines}\n" if opts.job_lines else ""))
     env = {**os.environ, "MISTRAL_API_KEY": "bench"}
     rows = []
     try:

@@ -175,8 +175,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _execute(settings: Settings) -> int:
+    from pipeline.malloc_arenas import limit_malloc_arenas
     from pipeline.run.runner import Run
 
+    limit_malloc_arenas()  # before the run's threads allocate (pipeline/malloc_arenas.py)
     run = Run(settings)
     report = asyncio.run(run.execute())
     for line in report.summary_lines():
