@@ -33,7 +33,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import PY, ROOT, SCRATCH, banner, table  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    PY,
+    ROOT,
+    SCRATCH,
+    banner,
+    launched,
+    launched_usage,
+    table,
+)
 from pipeline.fakeserver import FakeServerOptions, start_fake_server  # noqa: E402
 from pipeline.fakeserver.batch import batch_of  # noqa: E402
 from tests.pdfgen import page_text, pdf_bytes  # noqa: E402
@@ -63,23 +71,12 @@ def run(args: list[str], env: dict[str, str], trace: list[str] | None = None
     command = [PY, "-c", TRACER, *trace] if trace else [PY, "-m", "pipeline"]
     with tempfile.TemporaryDirectory() as folder:
         figures = Path(folder) / "child.json"
-        subprocess.run([PY, "-S", "-c", LAUNCHER, str(figures), *command, *args], cwd=ROOT,
-                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        child = json.loads(figures.read_text())
-    return child["code"], time.monotonic() - started, child["maxrss_kib"] // 1024
-
-
-# A child's ru_maxrss counts its parent's resident memory at the fork (Linux folds the old
-# image's high-water mark in at exec), and this process holds the fake server's stored files: by
-# the fifth crash point of 10,000 documents it reported 216 MiB for a pipeline that peaks near
-# 75. So the pipeline is started by a small launcher, and the launcher reports its child's figures.
-LAUNCHER = """
-import json, os, subprocess, sys
-proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-_, status, usage = os.wait4(proc.pid, 0)
-with open(sys.argv[1], "w") as fh:
-    json.dump({"code": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}, fh)
-"""
+        # Through the launcher: this process hosts the fake server and its stored files, and a
+        # child's ru_maxrss would count our peak (benchmarks/common.py, LAUNCHER).
+        subprocess.run(launched([*command, *args], figures), cwd=ROOT, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        child = launched_usage(figures)
+    return child.code, time.monotonic() - started, child.maxrss_kib // 1024
 
 
 # The pipeline child under tracemalloc: the snapshot at the traced peak is rewritten whenever the

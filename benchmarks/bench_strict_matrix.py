@@ -48,11 +48,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     PY,
     ROOT,
+    ChildUsage,
     FakeServerProcess,
     Results,
     banner,
     bench_env,
     fresh_dir,
+    launched,
+    launched_usage,
     load,
     shown,
     table,
@@ -164,10 +167,11 @@ def measure(cell: Cell, inp: Path, quick: bool, window: float) -> dict[str, Any]
         server_cpu0 = server.cpu_s()
         started = time.perf_counter()
         err_file = scratch / "pipeline.stderr"
+        figures = scratch / "child.json"
         with err_file.open("wb") as err:  # a file, not a pipe: a chatty child never blocks
-            proc = subprocess.Popen(argv, cwd=ROOT, env=bench_env(), stdout=subprocess.DEVNULL,
-                                    stderr=err)
-        child = Child(proc, started)
+            proc = subprocess.Popen(launched(argv, figures), cwd=ROOT, env=bench_env(),
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        child = Child(proc, started, figures)
         samples, w0, w1, note = poll(server, child, warmup, window)
         if child.reap(block=False) is None:
             proc.send_signal(signal.SIGTERM)
@@ -182,7 +186,7 @@ def measure(cell: Cell, inp: Path, quick: bool, window: float) -> dict[str, Any]
     span = w1["t"] - w0["t"]
     answered = w1["ok"] - w0["ok"]
     requests = w1["requests"] - w0["requests"]
-    cpu = usage.ru_utime + usage.ru_stime
+    cpu = usage.utime + usage.stime
     pages = max(final.get("pages_answered", 0), 1)
     return {
         "cell": cell.name,
@@ -193,7 +197,7 @@ def measure(cell: Cell, inp: Path, quick: bool, window: float) -> dict[str, Any]
         "max/1s": final.get("max_admitted_1s"),
         "wall_s": wall,
         "cpu_ms/page": 1000 * cpu / pages,
-        "rss_mb": usage.ru_maxrss / 1024.0,
+        "rss_mb": usage.maxrss_kib / 1024.0,
         "srv_cores": server_cores,
         "cli_cores": cpu / wall if wall > 0 else 0.0,  # the pipeline's CPU: 2 = both cores
         "pages": final.get("pages_answered", 0),
@@ -208,20 +212,22 @@ def measure(cell: Cell, inp: Path, quick: bool, window: float) -> dict[str, Any]
 
 
 class Child:
-    """The pipeline process, reaped with wait4 (its own rusage) exactly once."""
+    """The pipeline process, started through the launcher (benchmarks/common.py: its own
+    rusage, not ours folded in), reaped exactly once."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], started: float) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], started: float, figures: Path) -> None:
         self.proc = proc
         self.started = started
-        self.result: tuple[int, float, Any] | None = None
+        self.figures = figures
+        self.result: tuple[int, float, ChildUsage] | None = None
 
-    def reap(self, block: bool) -> tuple[int, float, Any] | None:
+    def reap(self, block: bool) -> tuple[int, float, ChildUsage] | None:
         if self.result is None:
-            pid, status, usage = os.wait4(self.proc.pid, 0 if block else os.WNOHANG)
+            pid, _status, _usage = os.wait4(self.proc.pid, 0 if block else os.WNOHANG)
             if pid:
-                self.proc.returncode = os.waitstatus_to_exitcode(status)
-                wall = time.perf_counter() - self.started
-                self.result = (self.proc.returncode, wall, usage)
+                usage = launched_usage(self.figures)
+                self.proc.returncode = usage.code
+                self.result = (usage.code, time.perf_counter() - self.started, usage)
         return self.result
 
 

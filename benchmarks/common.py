@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -279,30 +280,65 @@ class ChildRun:
     report: dict[str, Any] | None = None
 
 
-def wait_child(proc: subprocess.Popen[Any], started: float) -> tuple[int, float, Any]:
-    """Reap `proc` with wait4: its own rusage, not that of every child we ever had."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, wall, usage
+# A child's ru_maxrss counts its PARENT's peak resident memory: Linux folds the high-water mark
+# of the image a child replaces at exec into the child's, and after vfork that image is the
+# parent's (a benchmark that once held 300 MB gives `python -c pass` 313 MiB). So children are
+# started through this small launcher, which reports its own child's exit and rusage in a file
+# and forwards SIGINT / SIGTERM to it.
+LAUNCHER = """
+import json, os, signal, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, lambda s, _f: proc.send_signal(s))
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as fh:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "utime": usage.ru_utime,
+               "stime": usage.ru_stime, "maxrss_kib": usage.ru_maxrss}, fh)
+"""
+
+
+@dataclass(frozen=True)
+class ChildUsage:
+    """A launched child's own exit code and rusage (not its launcher's, not ours)."""
+
+    code: int
+    utime: float
+    stime: float
+    maxrss_kib: int
+
+
+def launched(argv: list[str], figures: Path) -> list[str]:
+    """`argv` run by the launcher, which writes the child's ChildUsage to `figures`."""
+    return [PY, "-S", "-c", LAUNCHER, str(figures), *argv]
+
+
+def launched_usage(figures: Path) -> ChildUsage:
+    data = json.loads(figures.read_text())
+    return ChildUsage(int(data["code"]), float(data["utime"]), float(data["stime"]),
+                      int(data["maxrss_kib"]))
 
 
 def run_child(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 3600,
               quiet: bool = True) -> ChildRun:
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, cwd=ROOT, env=env or bench_env(),
-        stdout=subprocess.DEVNULL if quiet else None, stderr=subprocess.PIPE if quiet else None,
-    )
-    stderr = b""
-    if quiet:
-        assert proc.stderr is not None
-        stderr = proc.stderr.read()  # drained until the child closes it (exits)
-    code, wall, usage = wait_child(proc, started)
-    if code not in (0, 1, 3, 130):
+    with tempfile.TemporaryDirectory() as folder:
+        figures = Path(folder) / "child.json"
+        proc = subprocess.Popen(
+            launched(argv, figures), cwd=ROOT, env=env or bench_env(),
+            stdout=subprocess.DEVNULL if quiet else None,
+            stderr=subprocess.PIPE if quiet else None,
+        )
+        stderr = b""
+        if quiet:
+            assert proc.stderr is not None
+            stderr = proc.stderr.read()  # drained until the child closes it (exits)
+        proc.wait(timeout)
+        wall = time.perf_counter() - started
+        usage = launched_usage(figures)
+    if usage.code not in (0, 1, 3, 130):
         sys.stderr.write(stderr.decode(errors="replace")[-3000:])
-    return ChildRun(argv, code, wall, usage.ru_utime + usage.ru_stime, usage.ru_utime,
-                    usage.ru_stime, usage.ru_maxrss / 1024.0)
+    return ChildRun(argv, usage.code, wall, usage.utime + usage.stime, usage.utime,
+                    usage.stime, usage.maxrss_kib / 1024.0)
 
 
 def pipeline_argv(url: str, inp: Path, out: Path, *, rps: float = 0, workers: int = 8,
