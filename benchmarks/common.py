@@ -284,12 +284,17 @@ class ChildRun:
 # of the image a child replaces at exec into the child's, and after vfork that image is the
 # parent's (a benchmark that once held 300 MB gives `python -c pass` 313 MiB). So children are
 # started through this small launcher, which reports its own child's exit and rusage in a file
-# and forwards SIGINT / SIGTERM to it.
+# and forwards SIGINT / SIGTERM to it (the child runs in its own process group).
 LAUNCHER = """
 import json, os, signal, subprocess, sys
-proc = subprocess.Popen(sys.argv[2:])
+got = []
 for sig in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(sig, lambda s, _f: proc.send_signal(s))
+    signal.signal(sig, lambda s, _f: proc.send_signal(s) if proc else got.append(s))
+proc = None
+# Its own process group: a Ctrl-C at the terminal reaches it once, through us, not twice.
+proc = subprocess.Popen(sys.argv[2:], process_group=0)
+for sig in got:  # a signal that came before the child existed
+    proc.send_signal(sig)
 _, status, usage = os.wait4(proc.pid, 0)
 with open(sys.argv[1], "w") as fh:
     json.dump({"code": os.waitstatus_to_exitcode(status), "utime": usage.ru_utime,

@@ -19,8 +19,10 @@ ARENAS = 2
 
 def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
     """Cap glibc's malloc arenas, before the run's threads start; an operator's own
-    MALLOC_ARENA_MAX wins. False where there is no glibc (musl, macOS): nothing to do."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
+    MALLOC_ARENA_MAX (or GLIBC_TUNABLES glibc.malloc.arena_max) wins. False where there is no
+    glibc (musl, macOS): nothing to do."""
+    if os.environ.get("MALLOC_ARENA_MAX") or "malloc.arena_max" in os.environ.get(
+            "GLIBC_TUNABLES", ""):
         return False
     name = ctypes.util.find_library("c")
     if not name:

@@ -6,9 +6,13 @@ real PDFs, real files."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import load_json, run_pipeline
 from tests.pdfgen import write_pdf
@@ -157,3 +161,81 @@ async def test_batch_mode_takes_a_done_twin_before_any_request_line(
     copy = load_json(out / "later/copy.pdf.json")
     assert copy["source"]["same_content_as"] == "orig.pdf"
     assert copy["pages"] == load_json(out / "orig.pdf.json")["pages"]
+
+
+def edit_json(path: Path, change: Any) -> None:
+    doc = load_json(path)
+    change(doc)
+    path.write_text(json.dumps(doc), encoding="utf-8")
+
+
+@pytest.mark.parametrize("damage", ["images not a list", "image link to the manifest",
+                                    "image link through a symbolic link"])
+async def test_stored_outputs_that_were_tampered_with_make_no_twin(
+        tmp_path: Path, fake_server: Any, damage: str) -> None:
+    """Damaged or edited outputs are no twin: the document is OCR'd, nothing fails, and no file
+    outside the document's own images is read into the new outputs."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    first_run_tree(inp)
+    server = await fake_server(images_per_page=1)
+    assert (await run_pipeline(inp, out, server.url)).exit_code == 0
+    if damage == "images not a list":
+        edit_json(out / "orig.pdf.json", lambda d: d["pages"][0].update(images=5))
+    elif damage == "image link to the manifest":
+        edit_json(out / "orig.pdf.json", lambda d: d["pages"][0]["images"][0].update(
+            image_path="../.ocr-pipeline/manifest.sqlite3"))
+    else:
+        outside = tmp_path / "outside"
+        shutil.move(out / "orig.pdf.images", outside)
+        (out / "orig.pdf.images").symlink_to(outside, target_is_directory=True)
+    add_twin(inp)
+
+    second = await run_pipeline(inp, out, server.url)
+
+    assert second.exit_code == 0 and second.documents_done == 1
+    assert second.pages_same_content == 0 and server.stats.pages_answered == 5 + 3
+
+
+async def test_a_twin_over_max_pages_per_document_fails_as_ocr_would(
+        tmp_path: Path, fake_server: Any) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    first_run_tree(inp)
+    server = await fake_server()
+    assert (await run_pipeline(inp, out, server.url)).exit_code == 0
+    add_twin(inp)
+
+    second = await run_pipeline(inp, out, server.url, max_pages_per_document=2)
+
+    assert second.documents_failed == 1 and second.pages_same_content == 0
+    assert [f.category for f in second.failures] == ["too_large"]
+
+
+async def test_the_manifest_counts_no_cost_for_pages_another_document_paid(
+        tmp_path: Path, fake_server: Any) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    first_run_tree(inp)
+    server = await fake_server()
+    assert (await run_pipeline(inp, out, server.url, price_per_1000_pages=1.0)).exit_code == 0
+    add_twin(inp)
+    assert (await run_pipeline(inp, out, server.url, price_per_1000_pages=1.0)).exit_code == 0
+    with sqlite3.connect(out / ".ocr-pipeline" / "manifest.sqlite3") as db:
+        costs = dict(db.execute("SELECT path, cost FROM documents"))
+    assert costs["later/copy.pdf"] == 0 and costs["orig.pdf"] == pytest.approx(0.003)
+
+
+def test_a_document_claimed_again_is_no_longer_the_twin_that_was_found(tmp_path: Path) -> None:
+    """A twin found at claim time and rewritten while its files were read is not taken: its
+    row's finishing time moves when it is claimed again."""
+    from pipeline.manifest import Manifest, PlannedDocument
+
+    manifest = Manifest(tmp_path / "m.sqlite3")
+    manifest.record_plan([PlannedDocument("b.pdf", 10, 1, None), PlannedDocument("a.pdf", 10, 1, None)], "r1")
+    manifest.claim("b.pdf", "same", "r1")
+    manifest.finish("b.pdf", 1, 0.0)
+    [(path, finished_at)] = manifest.claim("a.pdf", "same", "r1", twins=3)
+    assert path == "b.pdf" and manifest.still_done("b.pdf", finished_at)
+    manifest.record_plan([PlannedDocument("b.pdf", 11, 2, None)], "r1")  # changed meanwhile
+    manifest.claim("b.pdf", "same", "r1")
+    assert not manifest.still_done("b.pdf", finished_at)
+    manifest.finish("b.pdf", 1, 0.0)
+    assert not manifest.still_done("b.pdf", finished_at)

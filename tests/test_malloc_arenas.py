@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 PROGRAM = """
@@ -41,8 +43,12 @@ def test_threads_share_two_arenas_when_capped() -> None:
     assert arenas("capped") == 2
 
 
-def test_an_operators_malloc_arena_max_wins(monkeypatch) -> None:
+@pytest.mark.parametrize(("name", "value"), [("MALLOC_ARENA_MAX", "4"),
+                                           ("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")])
+def test_an_operators_own_arena_setting_wins(monkeypatch, name: str, value: str) -> None:
     from pipeline.malloc_arenas import limit_malloc_arenas
 
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setenv(name, value)
     assert limit_malloc_arenas() is False

@@ -231,7 +231,7 @@ class Manifest(BatchLedger):
 
     # ---- one document's life ----------------------------------------------------------------
     def claim(self, path: str, sha256: str, run_id: str, *, size: int | None = None,
-              mtime_ns: int | None = None, twins: int = 0) -> list[str]:
+              mtime_ns: int | None = None, twins: int = 0) -> list[tuple[str, float]]:
         """Mark a document running, with the hash (and stat) of the content actually read.
         Returns up to `twins` finished documents of the same content (`done_twins`), looked up
         in the same trip."""
@@ -275,13 +275,22 @@ class Manifest(BatchLedger):
         ).fetchone()
         return (str(row[0]), json.loads(row[1])) if row else None
 
-    def done_twins(self, sha256: str, *, not_path: str, limit: int) -> list[str]:
-        """Finished documents of this content other than `not_path` (content dedup across
-        runs: their stored outputs may make this one)."""
+    def done_twins(self, sha256: str, *, not_path: str, limit: int) -> list[tuple[str, float]]:
+        """Finished documents of this content other than `not_path`, newest first, as (path,
+        when it was finished) (content dedup across runs: their stored outputs may make this
+        one)."""
         rows = self._db.execute(
-            "SELECT path FROM documents WHERE sha256=? AND state=? AND path<>? LIMIT ?",
+            "SELECT path, updated_at FROM documents WHERE sha256=? AND state=? AND path<>?"
+            " ORDER BY updated_at DESC LIMIT ?",
             (sha256, DocState.DONE, not_path, limit)).fetchall()
-        return [str(r[0]) for r in rows]
+        return [(str(r[0]), float(r[1])) for r in rows]
+
+    def still_done(self, path: str, updated_at: float) -> bool:
+        """`path` is finished and untouched since `updated_at` (a document rewritten meanwhile
+        was claimed first, which moves its `updated_at`)."""
+        row = self._db.execute("SELECT state, updated_at FROM documents WHERE path=?",
+                               (path,)).fetchone()
+        return bool(row) and row[0] == DocState.DONE and float(row[1]) == updated_at
 
     def checkpoint_chunk(
         self,

@@ -118,9 +118,12 @@ class AsyncManifest:
         await self._writer.run(self.manifest.touch_unchanged, path, size, mtime_ns)
 
     async def claim(self, path: str, sha256: str, run_id: str, *, size: int | None = None,
-                    mtime_ns: int | None = None, twins: int = 0) -> list[str]:
+                    mtime_ns: int | None = None, twins: int = 0) -> list[tuple[str, float]]:
         return await self._writer.run(self.manifest.claim, path, sha256, run_id, size=size,
                                       mtime_ns=mtime_ns, twins=twins)
+
+    async def still_done(self, path: str, updated_at: float) -> bool:
+        return await self._writer.run(self.manifest.still_done, path, updated_at)
 
     async def chunk_response(self, path: str, doc_sha256: str, first_page: int,
                              page_count: int) -> dict[str, Any] | None:

@@ -218,10 +218,13 @@ class DocumentJob:
         await asyncio.to_thread(write_document, self.ctx.output, self.src.rel, merged, source,
                                 self.ctx.outputs)
         crashpoints.reached("after_store")
-        await self.ctx.manifest.finish(self.src.rel, pages, cost(pages, self.ctx.price_per_1000))
+        # Its own cost: pages another document of the same content paid for are not counted.
+        spent = cost(pages - cut.pages_same_content, self.ctx.price_per_1000)
+        await self.ctx.manifest.finish(self.src.rel, pages, spent)
         crashpoints.reached("document_done")
         methods: dict[str, int] = {}
-        tally_page_methods(methods, merged["pages"])
+        if twin is None:  # a twin's pages were read by nothing in this run
+            tally_page_methods(methods, merged["pages"])
         notes = review(self.src.rel, merged, self.ctx.outputs)
         paid = pages - cut.pages_reused - cut.pages_same_content
         return self._result(DocumentStatus.DONE, pages=pages, pages_reused=cut.pages_reused,
@@ -229,13 +232,18 @@ class DocumentJob:
                             low_confidence=notes.low_confidence, warnings=notes.warnings,
                             cost=cost(paid, self.ctx.price_per_1000), source=source)
 
-    async def _done_twin(self, candidates: list[str]) -> StoredTwin | None:
-        """The first of `candidates` (finished documents of the same content) whose stored
-        outputs can make this one (content dedup across runs)."""
-        for rel in candidates:
+    async def _done_twin(self, candidates: list[tuple[str, float]]) -> StoredTwin | None:
+        """The first of `candidates` (finished documents of the same content, with when they
+        were finished) whose stored outputs can make this one (content dedup across runs).
+        A twin claimed again while its files were read (rewritten meanwhile) is not taken; nor
+        one over `max_pages_per_document` (this document then fails as OCR'ing it would)."""
+        limit = self.ctx.limits.max_pages_per_document
+        for rel, finished_at in candidates:
             twin = await asyncio.to_thread(load_twin, self.ctx.output, rel, self.sha,
                                            self.ctx.options_sha256)
-            if twin is not None:
+            if twin is None or (limit is not None and len(twin.response["pages"]) > limit):
+                continue
+            if await self.ctx.manifest.still_done(rel, finished_at):
                 return twin
         return None
 

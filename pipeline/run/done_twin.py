@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import __version__
 from pipeline.backends.request_options import request_options, service_models
 from pipeline.config import Settings
-from pipeline.errors import DocumentError
-from pipeline.stages.store import ensure_inside, output_base
+from pipeline.stages.store import ensure_inside, output_base, safe_component
 
 TWINS_TRIED = 3  # done documents of the same content looked at, at most, before paying again
 
@@ -36,10 +36,14 @@ def options_sha256(settings: Settings) -> str:
         "request": request_options(svc, outputs),  # annotation schemas by content, not name
         "extra_request": svc.extra_request,
     }
-    if svc.backend == "local":
+    if svc.backend == "local":  # the engine is ours: its version shapes the answer too
         local = settings.local
         shape["local"] = {"language": local.language, "dpi": local.dpi,
-                          "force_ocr": local.force_ocr}
+                          "force_ocr": local.force_ocr, "tessdata_path": local.tessdata_path,
+                          "version": __version__}
+    if outputs.document_annotation_schema or outputs.document_annotation_prompt:
+        limits = settings.limits  # a document annotation is made per request: per chunk
+        shape["chunks"] = [limits.max_pages_per_request, limits.max_bytes_per_request]
     text = json.dumps(shape, sort_keys=True, default=str, ensure_ascii=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
@@ -55,41 +59,59 @@ class StoredTwin:
 
 def load_twin(out_root: Path, rel: str, sha256: str, options: str) -> StoredTwin | None:
     """`rel`'s stored answer if its outputs are complete, of content `sha256`, made with
-    `options`; else None."""
+    `options`; else None (whatever is wrong with them: the document is then OCR'd)."""
     try:
-        json_path = _with_suffix(output_base(out_root, rel), ".json")
-        document = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, DocumentError):
+        return _load(out_root, rel, sha256, options)
+    except Exception:  # noqa: BLE001 - outputs edited, damaged or half-gone: not a twin
         return None
+
+
+def _load(out_root: Path, rel: str, sha256: str, options: str) -> StoredTwin | None:
+    base = output_base(out_root, rel)
+    json_path = _with_suffix(base, ".json")
+    document = json.loads(json_path.read_text(encoding="utf-8"))
     if not isinstance(document, dict):
         return None
     source = document.pop("source", None)
     if not isinstance(source, dict) or source.get("sha256") != sha256 \
-            or source.get("options_sha256") != options or not isinstance(document.get("pages"), list):
+            or source.get("options_sha256") != options or not _well_formed(document):
         return None
-    try:
-        _restore_images(document, json_path.parent, out_root)
-    except (OSError, ValueError, DocumentError):
-        return None  # an image file gone or outside the tree: not complete
+    _restore_images(document, base, out_root)
     return StoredTwin(rel, document, source)
+
+
+def _well_formed(document: dict[str, Any]) -> bool:
+    pages = document.get("pages")
+    return isinstance(pages, list) and all(
+        isinstance(p, dict) and isinstance(p.get("index"), int)
+        and isinstance(p.get("markdown", ""), str)
+        and isinstance(p.get("images") or [], list)
+        and all(isinstance(im, dict) for im in p.get("images") or [])
+        for p in pages)
 
 
 def _with_suffix(base: Path, suffix: str) -> Path:
     return base.with_name(base.name + suffix)
 
 
-def _restore_images(document: dict[str, Any], folder: Path, out_root: Path) -> None:
+def _restore_images(document: dict[str, Any], base: Path, out_root: Path) -> None:
     """Put each stored image file back into its `image_base64` as a data URL (the store writes
-    it out again under the new document's name)."""
+    it out again under the new document's name). Only the document's own image files are read:
+    `<name>.images/<safe name>`, no symbolic link on the way out of the tree."""
+    folder = _with_suffix(base, ".images")
+    root = out_root.resolve()
     for page in document["pages"]:
-        if not isinstance(page, dict):
-            raise ValueError("page is not an object")
         for image in page.get("images") or []:
-            link = image.get("image_path") if isinstance(image, dict) else None
+            link = image.get("image_path")
             if not isinstance(link, str) or not link:
                 continue
-            path = folder / link
+            name = link.rsplit("/", 1)[-1]
+            if link != f"{folder.name}/{name}" or safe_component(name) != name:
+                raise ValueError(f"image link {link!r} is not one of the document's files")
+            path = folder / name
             ensure_inside(out_root, path)
+            if not path.resolve().is_relative_to(root):
+                raise ValueError(f"image link {link!r} leads out of the output tree")
             blob = path.read_bytes()
             mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             image["image_base64"] = f"data:{mime};base64,{base64.b64encode(blob).decode('ascii')}"
