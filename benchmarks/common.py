@@ -287,10 +287,9 @@ class ChildRun:
 # and forwards SIGINT / SIGTERM to it (the child runs in its own process group).
 LAUNCHER = """
 import json, os, signal, subprocess, sys
-got = []
+got, proc = [], None
 for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, lambda s, _f: proc.send_signal(s) if proc else got.append(s))
-proc = None
 # Its own process group: a Ctrl-C at the terminal reaches it once, through us, not twice.
 proc = subprocess.Popen(sys.argv[2:], process_group=0)
 for sig in got:  # a signal that came before the child existed

@@ -112,7 +112,7 @@ class JobContext:
     outputs: OutputSettings = field(default_factory=OutputSettings)  # what the outputs carry
     share: ContentShare | None = None  # sync mode: one request for the same content in flight
     # Content dedup across runs: the digest of the settings that shape an answer (recorded in
-    # every `source` block); None (--force) takes no finished twin's outputs.
+    # every `source` block), and whether a finished twin's outputs may be taken (not --force).
     options_sha256: str = ""
     take_done_twins: bool = True
 

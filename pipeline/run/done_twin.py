@@ -4,8 +4,9 @@ earlier run of the same output is made from that document's stored outputs, not 
 The stored JSON is the merged answer plus its `source` block, with the images as files beside
 it. It is taken only when it still says the same content (`source.sha256`) and was made with the
 same settings that shape an answer (`source.options_sha256`: backend, models, the request's
-options, the local engine's settings). Anything missing, unreadable or made otherwise: the
-document is OCR'd as usual, and nothing is lost but the saving.
+options, the local engine's settings and version, the chunk limits when annotations are
+asked). Anything missing, unreadable or made otherwise: the document is OCR'd as usual, and
+nothing is lost but the saving.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from pipeline import __version__
 from pipeline.backends.request_options import request_options, service_models
 from pipeline.config import Settings
-from pipeline.stages.store import ensure_inside, output_base, safe_component
+from pipeline.stages.store import output_base, safe_component
 
 TWINS_TRIED = 3  # done documents of the same content looked at, at most, before paying again
 
@@ -109,7 +110,6 @@ def _restore_images(document: dict[str, Any], base: Path, out_root: Path) -> Non
             if link != f"{folder.name}/{name}" or safe_component(name) != name:
                 raise ValueError(f"image link {link!r} is not one of the document's files")
             path = folder / name
-            ensure_inside(out_root, path)
             if not path.resolve().is_relative_to(root):
                 raise ValueError(f"image link {link!r} leads out of the output tree")
             blob = path.read_bytes()
