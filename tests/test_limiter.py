@@ -199,6 +199,37 @@ def test_a_late_caller_does_not_take_an_earlier_slot() -> None:
     assert min(gaps) > 0.1, "evenly spaced: no two sends back to back"
 
 
+@pytest.mark.parametrize("stall", [0.1, 0.3, 0.45])
+def test_sends_a_stalled_loop_missed_are_made_up_within_the_windows(stall: float) -> None:
+    """A full garbage collection stalls the loop for 0.1-0.4 s at R = 200. The sends it missed
+    are made up at once (the windows allow it: nothing was sent meanwhile), so a stall costs
+    no rate; the windows still hold. (With 0.1 s of catch-up, a 0.3 s stall lost 40 sends.)"""
+    n = 200
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(n, None, clock=loop.time)
+        sends: list[float] = []
+
+        async def caller() -> None:
+            async with limiter.slot() as ticket:
+                sends.append(ticket.sent_at)
+
+        async def staller() -> None:
+            await asyncio.sleep(5.0)
+            loop.stall(stall)
+
+        await asyncio.gather(staller(), *(caller() for _ in range(n * 12)))
+        return sends
+
+    sends = run_virtual(main())
+    assert max_in_any_window(sends) <= n
+    assert max_in_any_window(sends, 1.015) <= n
+    start = sends[0]
+    during = sum(1 for t in sends if start + 2.0 <= t < start + 11.0)
+    assert during >= 9 * n / 1.02 - 2, f"{during} sends in 9 s around a {stall} s stall"
+
+
 @pytest.mark.parametrize(("per_second", "latency"), [(10, 2.0), (50, 0.3), (200, 8.0)])
 def test_at_a_hard_cap_equal_to_the_servers_limit_it_runs_at_98_percent_with_no_429(
         per_second: int, latency: float) -> None:

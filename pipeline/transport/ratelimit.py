@@ -33,7 +33,7 @@ from pipeline.errors import StopRequested
 from pipeline.transport.inflight_gate import InFlightGate
 from pipeline.transport.limit_learner import MARGIN_MAX, LimitLearner, SendLog, Window
 
-CATCH_UP = 0.1  # how late a send may be and still keep the schedule (the windows still hold)
+CATCH_UP = 0.5  # how late a send may be and still keep its schedule (the windows still hold)
 TIME_EPSILON = 1e-6  # closer than this is now (a sleep that short may not move the clock)
 MAX_PAUSE = 900.0  # a Retry-After beyond 15 minutes is treated as 15 minutes
 DEFAULT_RETRY_AFTER = 1.0  # a 429 without Retry-After: one window
