@@ -58,3 +58,39 @@ async def test_a_fixed_number_of_workers_or_the_clusters_threads_bound_the_pool(
     assert not cluster.room_for(0)  # twice the cluster's threads
     threads[0] = 3  # workers joined
     assert cluster.room_for(0)
+
+
+async def test_the_bytes_of_open_documents_bound_a_run_and_are_freed_as_documents_end() -> None:
+    """run() keeps the open documents' bytes as they open and end: with four documents of 60 %
+    of the bound each, two are open at once (a second opens beside the first one, a third
+    would pass the bound), and when those two end their bytes are freed, so the next two open
+    together again."""
+    from pathlib import Path
+
+    from pipeline.models import SourceFile
+    from pipeline.stages.plan import Decision, PlanItem
+
+    size = int(MAX_OPEN_BYTES * 0.6)
+    phase = [asyncio.Event(), asyncio.Event()]
+    opened: list[str] = []
+
+    class Pool(DocumentPool):
+        async def _document(self, ctx: Any, item: PlanItem) -> None:
+            opened.append(item.source.rel)
+            await phase[0 if len(opened) <= 2 else 1].wait()
+
+    async def plan() -> Any:
+        for n in range(4):
+            yield PlanItem(SourceFile(Path(f"/in/{n}.pdf"), f"{n}.pdf", size, 0,
+                                      "application/pdf"), Decision.NEW)
+
+    pool = Pool(DemandOnly(100), hooks(), workers=None)  # type: ignore[arg-type]
+    running = asyncio.create_task(pool.run(plan(), ctx=None))  # type: ignore[arg-type]
+    await asyncio.sleep(0.1)
+    assert opened == ["0.pdf", "1.pdf"]  # 1.2 x the bound with a third: it waits
+    phase[0].set()
+    await asyncio.sleep(0.1)
+    assert opened == ["0.pdf", "1.pdf", "2.pdf", "3.pdf"]  # the first two's bytes were freed
+    assert len(pool.tasks) == 2
+    phase[1].set()
+    assert await asyncio.wait_for(running, 5) is None

@@ -36,6 +36,11 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
+def _settle_all(results: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, result in results:
+        _settle(future, result, None)
+
+
 class ManifestWriter:
     def __init__(self, manifest: Manifest, max_batch: int = 256) -> None:
         self.manifest = manifest
@@ -93,8 +98,8 @@ class ManifestWriter:
                 return
             self._loop.call_soon_threadsafe(_settle, batch[0][3], None, exc)
             return
-        for future, result in results:
-            self._loop.call_soon_threadsafe(_settle, future, result, None)
+        # One wake-up of the loop for the whole batch, not one per call.
+        self._loop.call_soon_threadsafe(_settle_all, results)
 
 
 class AsyncManifest:

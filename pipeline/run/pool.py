@@ -89,19 +89,21 @@ class DocumentPool:
         `on_plan_error` (the open documents end first) and returned."""
         changed = asyncio.Event()  # a document finished: there may be room again
         sizes: dict[asyncio.Task[Any], int] = {}
+        open_bytes = 0  # sum(sizes.values()), kept as it changes: thousands may be open
         stopping = self.hooks.stopping
         plan_error: Exception | None = None
 
         def done(task: asyncio.Task[Any], rel: str) -> None:
+            nonlocal open_bytes
             self.tasks.discard(task)
-            sizes.pop(task, None)
+            open_bytes -= sizes.pop(task, 0)
             self.watch.getting_ready.discard(rel)
             changed.set()
 
         try:
             async with contextlib.aclosing(todo) as planned:
                 async for item in planned:
-                    while not self.room_for(sum(sizes.values())) and not stopping():
+                    while not self.room_for(open_bytes) and not stopping():
                         changed.clear()
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(changed.wait(), ROOM_POLL)
@@ -110,6 +112,7 @@ class DocumentPool:
                     task = asyncio.create_task(self._document(ctx, item))
                     self.tasks.add(task)
                     sizes[task] = item.source.size
+                    open_bytes += item.source.size
                     self.watch.getting_ready.add(item.source.rel)
                     task.add_done_callback(functools.partial(done, rel=item.source.rel))
         except FatalError as exc:

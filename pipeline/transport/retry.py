@@ -112,6 +112,62 @@ class RetryPolicy:
         return max(0.05, self.rng.uniform(0, cap))
 
 
+class _Call:
+    """One chunk's tries: what they share (the count of failures, the last 429's wait).
+
+    A plain object rather than closures: it lives as long as the request (seconds), and at
+    hundreds of requests a second every object that does is scanned by the garbage collector
+    again and again (closures are a function and a cell per captured name)."""
+
+    __slots__ = ("backend", "chunk", "limiter", "policy", "health", "stats", "failures",
+                 "throttle_wait")
+
+    def __init__(self, backend: Backend, chunk: Chunk, limiter: RateLimiter,
+                 policy: RetryPolicy, health: EndpointHealth, stats: RetryStats) -> None:
+        self.backend, self.chunk, self.limiter = backend, chunk, limiter
+        self.policy, self.health, self.stats = policy, health, stats
+        self.failures = 0
+        self.throttle_wait = 0.0  # what the limiter said the last 429'd request should wait
+
+    async def one_try(self) -> OCRResponse:
+        stats, health = self.stats, self.health
+        async with self.limiter.slot() as ticket:
+            stats.attempts += 1
+            try:
+                response = check_response(self.chunk, await self.backend.ocr(self.chunk))
+            except RetryableError as exc:
+                stats.count(str(exc.status) if exc.status else "error")
+                if exc.status == 429:
+                    stats.throttled += 1
+                    self.throttle_wait = self.limiter.rejected(ticket, exc.retry_after)
+                    health.throttled()
+                else:
+                    self.failures += 1
+                    health.failed(exc)
+                raise
+            except FatalError:
+                stats.count("fatal")
+                raise
+            except RejectedError as exc:
+                stats.count(str(exc.status) if exc.status else "rejected")
+                health.rejected(exc)
+                raise
+        stats.count("200")
+        health.ok()
+        return response
+
+    def out_of_tries(self, state: RetryCallState | None = None) -> bool:
+        return self.failures >= self.policy.attempts
+
+    def wait_after(self, exc: BaseException | None) -> float:
+        if isinstance(exc, RetryableError) and exc.status == 429:
+            return self.throttle_wait
+        return self.policy.backoff(self.failures)
+
+    def wait(self, state: RetryCallState) -> float:
+        return self.wait_after(state.outcome.exception() if state.outcome else None)
+
+
 async def call_with_retry(
     backend: Backend,
     chunk: Chunk,
@@ -127,60 +183,20 @@ async def call_with_retry(
     request (seconds), so at hundreds of requests a second they filled the oldest GC
     generation and its full collections (0.1-0.3 s, every few seconds) stalled the sends.
     """
-    failures = 0
-    throttle_wait = 0.0  # what the limiter said the last 429'd request should wait
-
-    async def one_try() -> OCRResponse:
-        nonlocal failures, throttle_wait
-        async with limiter.slot() as ticket:
-            stats.attempts += 1
-            try:
-                response = check_response(chunk, await backend.ocr(chunk))
-            except RetryableError as exc:
-                stats.count(str(exc.status) if exc.status else "error")
-                if exc.status == 429:
-                    stats.throttled += 1
-                    throttle_wait = limiter.rejected(ticket, exc.retry_after)
-                    health.throttled()
-                else:
-                    failures += 1
-                    health.failed(exc)
-                raise
-            except FatalError:
-                stats.count("fatal")
-                raise
-            except RejectedError as exc:
-                stats.count(str(exc.status) if exc.status else "rejected")
-                health.rejected(exc)
-                raise
-        stats.count("200")
-        health.ok()
-        return response
-
-    def wait_after(exc: BaseException | None) -> float:
-        if isinstance(exc, RetryableError) and exc.status == 429:
-            return throttle_wait
-        return policy.backoff(failures)
-
+    call = _Call(backend, chunk, limiter, policy, health, stats)
     try:
-        return await one_try()
+        return await call.one_try()
     except RetryableError as exc:
-        if failures >= policy.attempts:
+        if call.out_of_tries():
             raise
-        first_wait = wait_after(exc)
+        first_wait = call.wait_after(exc)
     await asyncio.sleep(first_wait)
-
-    def stop(state: RetryCallState) -> bool:
-        return failures >= policy.attempts
-
-    def wait(state: RetryCallState) -> float:
-        return wait_after(state.outcome.exception() if state.outcome else None)
-
     retrying = AsyncRetrying(
-        retry=retry_if_exception_type(RetryableError), stop=stop, wait=wait, reraise=True
+        retry=retry_if_exception_type(RetryableError), stop=call.out_of_tries, wait=call.wait,
+        reraise=True,
     )
     async for attempt in retrying:
         with attempt:
             stats.retries += 1
-            return await one_try()
+            return await call.one_try()
     raise AssertionError("unreachable: tenacity either returns or re-raises")
