@@ -519,3 +519,55 @@ def test_a_429_under_a_per_minute_window_alone_learns_what_the_server_admitted()
         log.add(t)
     learner.rejected(101.5, 101.6, clustered=False)
     assert learner.learned == Window(3, 1.0, "429s") and changes == [1]
+
+
+def test_one_refusal_at_clearly_fewer_sends_is_not_a_lower_limit_a_second_one_is() -> None:
+    """A loop stalled by a full garbage collection sends what it logged before the stall with
+    what comes after: the server's second then holds more than our log says, and a cluster of
+    429s comes at 178 of 200 logged sends. That alone must not take the limit to 178 (it
+    stayed there: quiet never lasts the 15 s a try higher needs at R = 200). A second event
+    at clearly fewer sends within 10 s is a lower limit (others share the quota)."""
+    from pipeline.transport.limit_learner import LimitLearner, SendLog, Window
+
+    log = SendLog()
+    learner = LimitLearner(log, list, lambda: None, initial_rps=4.0, margin=0.02)
+    learner.learned = Window(200, 1.0, "429s")
+    learner.changed_at = 0.0
+
+    def second_of_sends(start: float, count: int) -> None:
+        for i in range(count):
+            log.add(start + i / count)
+
+    second_of_sends(10.0, 178)
+    for k in range(5):  # one event: a cluster
+        learner.rejected(11.0 + k * 0.001, 11.01, clustered=True)
+    assert learner.learned == Window(200, 1.0, "429s")
+    second_of_sends(18.0, 170)  # 8 s later, again clearly fewer than 200
+    learner.rejected(19.0, 19.01, clustered=True)
+    assert learner.learned == Window(177, 1.0, "429s")  # the larger count the two saw
+
+
+def test_a_limit_that_drops_below_the_learned_one_is_followed_in_seconds() -> None:
+    """Others start to share the quota: the server admits 30 a second where it admitted 50.
+    The limiter learns the lower window from what the server let through (two events), not
+    one step of strikes at a time (that would take minutes)."""
+
+    async def main() -> Outcome:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(None, None, clock=loop.time)
+        server = StrictServer(50, 0.5, limiter)
+
+        async def drop_limit() -> None:
+            await asyncio.sleep(20)
+            server.per_second = 30
+
+        dropper = asyncio.create_task(drop_limit())
+        await keep_pipe_full(limiter, 50 * 20 + 30 * 40, lambda: one_request(limiter, server))
+        await dropper
+        return Outcome(server, limiter, 50 * 20 + 30 * 40)
+
+    out = run_virtual(main())
+    first = out.server.admitted[0]
+    after = [t for t in out.server.admitted if first + 30 <= t < first + 50]
+    assert len(after) / 20 >= 0.9 * 30
+    assert out.limiter.windows[-1].count <= 30

@@ -25,6 +25,7 @@ MARGIN_BUMP_SENDS = 200  # ... when the previous one was fewer than this many se
 MARGIN_MAX = 0.2
 MARGIN_DECAY_SENDS = 1000  # this many sends without a 429 shrink the margin by MARGIN_STEP / 2
 EVENT_SECONDS = 1.0  # 429s within this of an event's first are the same event
+LOW_CONFIRM_SECONDS = 10.0  # a second refusal at clearly fewer sends within this: a lower limit
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class LimitLearner:
         self._strikes: deque[int] = deque()  # send numbers of recent 429s at a known limit
         self._count_at_429 = -MARGIN_BUMP_SENDS
         self._margin_decayed_at = 0
+        self._low_event: tuple[float, int] | None = None  # a refusal at clearly fewer sends
 
     def windows(self) -> list[Window]:
         found = list(self._known())
@@ -162,9 +164,17 @@ class LimitLearner:
                 clustered or admitted >= 0.5 * min(per_second)):
             # Refused while we had sent clearly fewer: the server's window holds what it let
             # through (a limit below ours, or others sharing the quota). One refusal after a
-            # quiet spell is not enough to say so; a cluster is.
-            self._set_learned(admitted, now)
-            return
+            # quiet spell is not enough to say so; a cluster is, when a second event says it
+            # again: a loop stalled by a full garbage collection sends the requests it logged
+            # before the stall together with the ones after, so once the server's second can
+            # hold more than our log says (at R = 200 that took the limit to 178 for good).
+            low = self._low_event
+            if low is not None and EVENT_SECONDS < now - low[0] <= LOW_CONFIRM_SECONDS:
+                self._low_event = None
+                self._set_learned(max(admitted, low[1]), now)
+                return
+            if low is None or now - low[0] > LOW_CONFIRM_SECONDS:
+                self._low_event = (now, admitted)
         if now - self._last_event_429 <= EVENT_SECONDS:
             return  # the same event (a late, bunched burst): one margin step and strike each
         self._strike(now, min(per_second))
