@@ -426,6 +426,32 @@ def test_clustered_429s_pause_everyone_until_the_window_frees() -> None:
     assert delay >= 1.8
 
 
+def test_after_a_pause_the_callers_behind_it_go_at_the_pace_not_all_at_once() -> None:
+    """A late caller keeps its place in the schedule (the sends a stalled loop missed are made
+    up), but time the server asked us to wait is not made up: when a pause of 0.3 s ends, the
+    callers queued behind it go one interval apart, not as a burst into the window that just
+    refused us."""
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(20, None, clock=loop.time)
+        sends: list[float] = []
+
+        async def caller() -> None:
+            async with limiter.slot() as ticket:
+                sends.append(ticket.sent_at)
+
+        for _ in range(3):  # a cluster of 429s: everyone waits 0.3 s
+            async with limiter.slot() as ticket:
+                limiter.rejected(ticket, 0.3)
+        await asyncio.gather(*(caller() for _ in range(10)))
+        return sends
+
+    sends = run_virtual(main())
+    gaps = [b - a for a, b in zip(sends, sends[1:], strict=False)]
+    assert min(gaps) >= 0.9 * 1.02 / 20, f"sends bunched after the pause: gaps {gaps}"
+
+
 def test_stray_429s_at_a_hard_cap_do_not_walk_the_rate_down() -> None:
     async def main() -> list[float]:
         loop = asyncio.get_running_loop()

@@ -406,6 +406,7 @@ class RateLimiter:
         shared one timestamp, the 429 estimate of what the server admitted counted too few,
         and 3 of 5 runs at R = 200 settled at 0.76-0.78 of R.)"""
         limited = self._pacer.locked()
+        paused = False  # held by a pause (429s), not by the schedule or a window
         async with self._pacer:
             while True:
                 if self.closed:
@@ -421,11 +422,15 @@ class RateLimiter:
                 at = max(slot, self._paused_until, self._window_free_at())
                 if at > now + TIME_EPSILON:
                     limited = True
+                    paused = paused or self._paused_until > slot + TIME_EPSILON
                     await self._sleep(at - now)
                     continue
                 self._log.add(now)
                 self._prune(now)
-                self._next_slot = slot + interval
+                # Catching up is for a loop that woke late, not for time the server asked us
+                # to wait: after a pause the schedule restarts from now (else every caller
+                # behind the pause would go at once when it ends).
+                self._next_slot = (now if paused else slot) + interval
                 self._gate.admit()  # the ramp or the latency may have raised the target
                 return now
 
