@@ -290,8 +290,12 @@ import json, os, signal, subprocess, sys
 got, proc = [], None
 for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, lambda s, _f: proc.send_signal(s) if proc else got.append(s))
+def orphan_guard():  # SIGTERM for the child if we die (even by SIGKILL): no run left behind
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
 # Its own process group: a Ctrl-C at the terminal reaches it once, through us, not twice.
-proc = subprocess.Popen(sys.argv[2:], process_group=0)
+proc = subprocess.Popen(sys.argv[2:], process_group=0,
+                        preexec_fn=orphan_guard if sys.platform == "linux" else None)
 for sig in got:  # a signal that came before the child existed
     proc.send_signal(sig)
 _, status, usage = os.wait4(proc.pid, 0)

@@ -52,3 +52,38 @@ def test_an_operators_own_arena_setting_wins(monkeypatch, name: str, value: str)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.setenv(name, value)
     assert limit_malloc_arenas() is False
+
+
+RUN_PROGRAM = """
+import ctypes, ctypes.util, sys
+from pipeline.commands.cli import main
+code = main(sys.argv[1:])
+ctypes.CDLL(ctypes.util.find_library("c")).malloc_stats()
+sys.exit(code)
+"""
+
+
+def arenas_after_a_run(tmp_path, env_extra: dict[str, str]) -> int:
+    from tests.pdfgen import write_pdf
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    for n in range(6):
+        write_pdf(inp / f"doc{n}.pdf", f"doc{n}", 3)
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+    env.pop("MISTRAL_API_KEY", None)
+    env.update(env_extra)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_PROGRAM, "run", "--backend", "local", "--rps", "0",
+         "--input", str(inp), "--output", str(out), "--progress", "off", "--quiet"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list(out.rglob("*.json"))) >= 6
+    return len(re.findall(r"^Arena \d+:", proc.stderr, re.MULTILINE))
+
+
+def test_a_run_caps_the_arenas_of_its_threads(tmp_path) -> None:
+    """`pipeline run` itself sets the cap before its threads start: after a run whose store,
+    manifest and reading threads all allocated, glibc lists two arenas. With the operator's
+    own MALLOC_ARENA_MAX=8 (the cap is not set) the same run lists more."""
+    assert arenas_after_a_run(tmp_path / "capped", {}) == 2
+    assert arenas_after_a_run(tmp_path / "operator", {"MALLOC_ARENA_MAX": "8"}) > 2
