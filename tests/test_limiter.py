@@ -171,7 +171,7 @@ def test_a_hard_cap_is_never_exceeded_in_any_window_even_with_a_stalling_loop(se
     sends = run_virtual(main())
     assert len(sends) == 3000
     assert max_in_any_window(sends) <= n
-    assert max_in_any_window(sends, 1.015) <= n  # and with room for jitter on the way
+    assert max_in_any_window(sends, 1.009) <= n  # and with room for jitter (the 10 ms margin)
 
 
 def test_a_late_caller_does_not_take_an_earlier_slot() -> None:
@@ -224,20 +224,22 @@ def test_sends_a_stalled_loop_missed_are_made_up_within_the_windows(stall: float
 
     sends = run_virtual(main())
     assert max_in_any_window(sends) <= n
-    assert max_in_any_window(sends, 1.015) <= n
+    assert max_in_any_window(sends, 1.009) <= n  # within the 10 ms margin too
     start = sends[0]
     during = sum(1 for t in sends if start + 2.0 <= t < start + 11.0)
     assert during >= 9 * n / 1.02 - 2, f"{during} sends in 9 s around a {stall} s stall"
 
 
 @pytest.mark.parametrize(("per_second", "latency"), [(10, 2.0), (50, 0.3), (200, 8.0)])
-def test_at_a_hard_cap_equal_to_the_servers_limit_it_runs_at_98_percent_with_no_429(
+def test_at_a_hard_cap_equal_to_the_servers_limit_it_runs_at_99_percent_with_no_429(
         per_second: int, latency: float) -> None:
+    """`rps: N` starts with a 10 ms margin (1 / 1.01 of N); sends reach the server up to 5 ms
+    late: no 429."""
     total = per_second * 40
     out = simulate(per_second, per_second, latency, total, jitter=0.005)
     assert out.rejected_per_100 <= 0.5
     assert max_in_any_window(out.server.admitted) <= per_second
-    assert steady_rate(out.server.admitted, skip=latency * 1.5 + 2) >= 0.98 * per_second
+    assert steady_rate(out.server.admitted, skip=latency * 1.5 + 2) >= 0.985 * per_second
 
 
 def test_a_fractional_rate_is_a_whole_count_per_second() -> None:

@@ -33,6 +33,8 @@ from pipeline.errors import StopRequested
 from pipeline.transport.inflight_gate import InFlightGate
 from pipeline.transport.limit_learner import MARGIN_MAX, LimitLearner, SendLog, Window
 
+CAP_MARGIN = 0.01  # the jitter margin a hard cap starts with: 1 / 1.01 = 0.99 of the cap
+AUTO_MARGIN = 0.02  # ... a learned or announced limit (its 429s cost more: they teach it)
 CATCH_UP = 0.5  # how late a send may be and still keep its schedule (the windows still hold)
 TIME_EPSILON = 1e-6  # closer than this is now (a sleep that short may not move the clock)
 MAX_PAUSE = 900.0  # a Retry-After beyond 15 minutes is treated as 15 minutes
@@ -209,8 +211,12 @@ class RateLimiter:
         extra_in_flight: int = 4,
         min_in_flight: int = 4,
         ceiling: int = IN_FLIGHT_CEILING,
-        margin: float = 0.02,
+        margin: float | None = None,
     ) -> None:
+        """`margin`: the jitter margin to start with; by default CAP_MARGIN under `rps: N`
+        (the operator knows the limit: sit close to it) and AUTO_MARGIN otherwise."""
+        if margin is None:
+            margin = CAP_MARGIN if rps and rps > 0 else AUTO_MARGIN
         self.configured = rps
         self.max_in_flight = max_in_flight if max_in_flight and max_in_flight > 0 else None
         self.probe_wait = probe_wait
