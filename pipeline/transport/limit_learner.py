@@ -26,6 +26,7 @@ MARGIN_MAX = 0.2
 MARGIN_DECAY_SENDS = 1000  # this many sends without a 429 shrink the margin by MARGIN_STEP / 2
 EVENT_SECONDS = 1.0  # 429s within this of an event's first are the same event
 LOW_CONFIRM_SECONDS = 10.0  # a second refusal at clearly fewer sends within this: a lower limit
+LOW_AGREE = 0.1  # ... when the two counts of what the server admitted agree this closely
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class LimitLearner:
         self.ramp = None
         self.changed_at = now
         self._raised_at = None
+        self._low_event = None  # a count seen under another limit says nothing of this one
         self._on_change()
 
     # ---- what a 429 teaches -------------------------------------------------------------------
@@ -168,12 +170,14 @@ class LimitLearner:
             # again: a loop stalled by a full garbage collection sends the requests it logged
             # before the stall together with the ones after, so once the server's second can
             # hold more than our log says (at R = 200 that took the limit to 178 for good).
+            # The two counts must agree (within 10 %): a lower limit repeats its count, the
+            # stalls of a busy loop do not.
             low = self._low_event
-            if low is not None and EVENT_SECONDS < now - low[0] <= LOW_CONFIRM_SECONDS:
-                self._low_event = None
-                self._set_learned(max(admitted, low[1]), now)
-                return
-            if low is None or now - low[0] > LOW_CONFIRM_SECONDS:
+            if low is None or now - low[0] > EVENT_SECONDS:  # not the same event's 429s
+                if low is not None and now - low[0] <= LOW_CONFIRM_SECONDS and \
+                        abs(admitted - low[1]) <= LOW_AGREE * max(admitted, low[1]):
+                    self._set_learned(max(admitted, low[1]), now)
+                    return
                 self._low_event = (now, admitted)
         if now - self._last_event_429 <= EVENT_SECONDS:
             return  # the same event (a late, bunched burst): one margin step and strike each
