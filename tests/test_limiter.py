@@ -511,25 +511,28 @@ def test_close_stops_every_kind_of_waiter() -> None:
     assert all(isinstance(r, StopRequested) for r in results[1:]), results
 
 
+async def limit_changes_at_20_s(before: int, after: int, *, latency: float,
+                                total: int) -> Outcome:
+    """Auto mode against a server whose limit moves from `before` to `after` a second, 20 s in."""
+    loop = asyncio.get_running_loop()
+    limiter = RateLimiter(None, None, clock=loop.time)
+    server = StrictServer(before, latency, limiter)
+
+    async def change_limit() -> None:
+        await asyncio.sleep(20)
+        server.per_second = after
+
+    changer = asyncio.create_task(change_limit())
+    await keep_pipe_full(limiter, total, lambda: one_request(limiter, server))
+    await changer
+    return Outcome(server, limiter, total)
+
+
 def test_a_limit_learned_from_429s_is_tried_higher_now_and_then() -> None:
     """The server's limit rises from 10 to 12 a second: the limiter finds it within minutes,
     at the cost of a 429 per failed try."""
 
-    async def main() -> Outcome:
-        loop = asyncio.get_running_loop()
-        limiter = RateLimiter(None, None, clock=loop.time)
-        server = StrictServer(10, 0.3, limiter)
-
-        async def raise_limit() -> None:
-            await asyncio.sleep(20)
-            server.per_second = 12
-
-        riser = asyncio.create_task(raise_limit())
-        await keep_pipe_full(limiter, 12 * 120, lambda: one_request(limiter, server))
-        await riser
-        return Outcome(server, limiter, 12 * 120)
-
-    out = run_virtual(main())
+    out = run_virtual(limit_changes_at_20_s(10, 12, latency=0.3, total=12 * 120))
     late = [t for t in out.server.admitted if t >= out.server.admitted[-1] - 20]
     assert len(late) / 20 >= 0.9 * 12
     assert out.rejected_per_100 <= 2.0
@@ -604,21 +607,7 @@ def test_a_limit_that_drops_below_the_learned_one_is_followed_in_seconds() -> No
     The limiter learns the lower window from what the server let through (two events), not
     one step of strikes at a time (that would take minutes)."""
 
-    async def main() -> Outcome:
-        loop = asyncio.get_running_loop()
-        limiter = RateLimiter(None, None, clock=loop.time)
-        server = StrictServer(50, 0.5, limiter)
-
-        async def drop_limit() -> None:
-            await asyncio.sleep(20)
-            server.per_second = 30
-
-        dropper = asyncio.create_task(drop_limit())
-        await keep_pipe_full(limiter, 50 * 20 + 30 * 40, lambda: one_request(limiter, server))
-        await dropper
-        return Outcome(server, limiter, 50 * 20 + 30 * 40)
-
-    out = run_virtual(main())
+    out = run_virtual(limit_changes_at_20_s(50, 30, latency=0.5, total=50 * 20 + 30 * 40))
     first = out.server.admitted[0]
     after = [t for t in out.server.admitted if first + 30 <= t < first + 50]
     assert len(after) / 20 >= 0.9 * 30
