@@ -25,23 +25,12 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    PY,
-    ROOT,
-    SCRATCH,
-    banner,
-    launched,
-    launched_usage,
-    table,
-)
+from benchmarks.common import PY, SCRATCH, banner, run_child, table  # noqa: E402
 from pipeline.fakeserver import FakeServerOptions, start_fake_server  # noqa: E402
 from pipeline.fakeserver.batch import batch_of  # noqa: E402
 from tests.pdfgen import page_text, pdf_bytes  # noqa: E402
@@ -66,17 +55,12 @@ def make_tree(root: Path, docs: int) -> None:
 def run(args: list[str], env: dict[str, str], trace: list[str] | None = None
         ) -> tuple[int, float, int]:
     """(exit code, seconds, peak RSS in MiB) of one pipeline process (under tracemalloc with
-    `trace`: [peak snapshot file, exit snapshot file])."""
-    started = time.monotonic()
+    `trace`: [peak snapshot file, exit snapshot file]). Through the launcher of run_child: this
+    process hosts the fake server and its stored files, and a child's ru_maxrss would count
+    our peak (benchmarks/common.py, LAUNCHER)."""
     command = [PY, "-c", TRACER, *trace] if trace else [PY, "-m", "pipeline"]
-    with tempfile.TemporaryDirectory() as folder:
-        figures = Path(folder) / "child.json"
-        # Through the launcher: this process hosts the fake server and its stored files, and a
-        # child's ru_maxrss would count our peak (benchmarks/common.py, LAUNCHER).
-        subprocess.run(launched([*command, *args], figures), cwd=ROOT, env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        child = launched_usage(figures)
-    return child.code, time.monotonic() - started, child.maxrss_kib // 1024
+    child = run_child([*command, *args], env=env)
+    return child.returncode, child.wall_s, int(child.maxrss_mb)
 
 
 # The pipeline child under tracemalloc: the snapshot at the traced peak is rewritten whenever the

@@ -88,15 +88,14 @@ class DocumentPool:
         error stops the run at once (`on_fatal`); an error of the plan itself is handed to
         `on_plan_error` (the open documents end first) and returned."""
         changed = asyncio.Event()  # a document finished: there may be room again
-        sizes: dict[asyncio.Task[Any], int] = {}
-        open_bytes = 0  # sum(sizes.values()), kept as it changes: thousands may be open
+        open_bytes = 0  # input bytes of the open documents (thousands may be open)
         stopping = self.hooks.stopping
         plan_error: Exception | None = None
 
-        def done(task: asyncio.Task[Any], rel: str) -> None:
+        def done(task: asyncio.Task[Any], rel: str, size: int) -> None:
             nonlocal open_bytes
             self.tasks.discard(task)
-            open_bytes -= sizes.pop(task, 0)
+            open_bytes -= size
             self.watch.getting_ready.discard(rel)
             changed.set()
 
@@ -111,10 +110,10 @@ class DocumentPool:
                         break
                     task = asyncio.create_task(self._document(ctx, item))
                     self.tasks.add(task)
-                    sizes[task] = item.source.size
                     open_bytes += item.source.size
                     self.watch.getting_ready.add(item.source.rel)
-                    task.add_done_callback(functools.partial(done, rel=item.source.rel))
+                    task.add_done_callback(functools.partial(done, rel=item.source.rel,
+                                                             size=item.source.size))
         except FatalError as exc:
             self.hooks.on_fatal(exc)
         except Exception as exc:  # planning broke: the open documents end, then the run decides

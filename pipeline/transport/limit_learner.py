@@ -167,21 +167,31 @@ class LimitLearner:
             # Refused while we had sent clearly fewer: the server's window holds what it let
             # through (a limit below ours, or others sharing the quota). One refusal after a
             # quiet spell is not enough to say so; a cluster is, when a second event says it
-            # again: a loop stalled by a full garbage collection sends the requests it logged
-            # before the stall together with the ones after, so once the server's second can
-            # hold more than our log says (at R = 200 that took the limit to 178 for good).
-            # The two counts must agree (within 10 %): a lower limit repeats its count, the
-            # stalls of a busy loop do not.
-            low = self._low_event
-            if low is None or now - low[0] > EVENT_SECONDS:  # not the same event's 429s
-                if low is not None and now - low[0] <= LOW_CONFIRM_SECONDS and \
-                        abs(admitted - low[1]) <= LOW_AGREE * max(admitted, low[1]):
-                    self._set_learned(max(admitted, low[1]), now)
-                    return
-                self._low_event = (now, admitted)
+            # again (`_low_again`).
+            confirmed = self._low_again(now, admitted)
+            if confirmed is not None:
+                self._set_learned(confirmed, now)
+                return
         if now - self._last_event_429 <= EVENT_SECONDS:
             return  # the same event (a late, bunched burst): one margin step and strike each
         self._strike(now, min(per_second))
+
+    def _low_again(self, now: float, admitted: int) -> int | None:
+        """The server's count when this refusal at clearly fewer sends repeats an earlier
+        event's (within LOW_CONFIRM_SECONDS, counts within LOW_AGREE); None while unconfirmed.
+
+        Why two: a loop stalled by a full garbage collection sends the requests it logged
+        before the stall together with the ones after, so once the server's second can hold
+        more than our log says (at R = 200 that took the limit to 178 for good). A lower limit
+        repeats its count, the stalls of a busy loop do not."""
+        low = self._low_event
+        if low is not None and now - low[0] <= EVENT_SECONDS:
+            return None  # the same event's 429s
+        if low is not None and now - low[0] <= LOW_CONFIRM_SECONDS and \
+                abs(admitted - low[1]) <= LOW_AGREE * max(admitted, low[1]):
+            return max(admitted, low[1])
+        self._low_event = (now, admitted)
+        return None
 
     def _strike(self, now: float, count: int) -> None:
         """One 429 event at the known per-second `count`: widen the margin when events come
