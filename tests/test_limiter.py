@@ -479,21 +479,53 @@ def test_stray_429s_at_a_hard_cap_do_not_walk_the_rate_down() -> None:
 # ---- a stuck first request ------------------------------------------------------------------------
 
 
-def test_a_stuck_probe_holds_the_others_only_for_probe_wait() -> None:
+def test_a_stuck_first_request_holds_nobody() -> None:
     out = simulate(None, 20, 0.5, 400, stuck_first=300.0)
     admitted = sorted(out.server.admitted)
     first = admitted[0]
-    assert admitted[1] - first <= out.limiter.probe_wait + 0.1
+    assert admitted[1] - first <= 0.25 + 0.01, "the ramp's first step, not the first answer"
     # 399 others done long before the stuck one answers, at the server's rate once learned
     done_by = admitted[-1]
     assert done_by - first < 40
-    assert steady_rate(admitted, skip=out.limiter.probe_wait + 8) >= 0.95 * 20
+    assert steady_rate(admitted, skip=8) >= 0.95 * 20
+
+
+def test_auto_mode_sends_at_the_ramp_pace_before_any_answer_then_at_the_announced_limit() -> None:
+    """Nobody waits for the first answer (a slow one would cost its whole latency); until an
+    answer tells the limit, the sends follow the ramp: 4 a second, doubling every 0.25 s."""
+
+    async def main() -> tuple[list[float], list[float], float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(None, None, clock=loop.time)
+        start = loop.time()
+        sends: list[float] = []
+        answered = asyncio.Event()
+
+        async def request() -> None:
+            async with limiter.slot() as ticket:
+                sends.append(ticket.sent_at - start)
+                await answered.wait()
+
+        tasks = [asyncio.create_task(request()) for _ in range(300)]
+        await asyncio.sleep(1.0)
+        before = list(sends)
+        limiter.observe(RateInfo(200, limit_minute=3000, remaining_minute=2999))  # 50/s
+        answered.set()
+        await asyncio.gather(*tasks)
+        return before, sends, limiter.rate
+
+    before, sends, rate = run_virtual(main())
+    assert before[:2] == [0.0, 0.25], "one send, then the ramp's first step"
+    assert 5 <= len(before) <= 25, before  # 4 a second doubling every 0.25 s, for 1 s
+    assert rate == pytest.approx(50 / 1.02)
+    after = [t for t in sends if t >= 2.0]
+    assert 0.97 * 50 / 1.02 <= len(after) / (after[-1] - after[0]) <= 50
 
 
 def test_close_stops_every_kind_of_waiter() -> None:
     async def main() -> list[object]:
         loop = asyncio.get_running_loop()
-        limiter = RateLimiter(None, 2, clock=loop.time)  # probe, gate and pacing all in play
+        limiter = RateLimiter(None, 2, clock=loop.time)  # gate and pacing (the ramp) in play
         hold = asyncio.Event()
 
         async def request() -> None:
@@ -501,13 +533,13 @@ def test_close_stops_every_kind_of_waiter() -> None:
                 await hold.wait()
 
         tasks = [asyncio.create_task(request()) for _ in range(6)]
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.1)  # one sent; one paced (the ramp's 0.25 s); four at the gate
         limiter.close()
         hold.set()
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = run_virtual(main())
-    assert results[0] is None, "the probe in flight finishes"
+    assert results[0] is None, "the request in flight finishes"
     assert all(isinstance(r, StopRequested) for r in results[1:]), results
 
 

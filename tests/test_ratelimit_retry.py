@@ -657,31 +657,7 @@ async def test_retry_after_zero_means_no_wait(vt: VirtualTime) -> None:
     assert vt.now - before <= 0.2, "no pause beyond the rate's own spacing"
 
 
-async def test_without_a_configured_rate_one_request_probes_before_the_rest() -> None:
-    limiter = RateLimiter(rps=None, max_in_flight=8)
-    inside: list[int] = []
-    first_done = asyncio.Event()
-
-    async def request(n: int) -> None:
-        async with limiter.slot():
-            inside.append(n)
-            if n == 0:
-                await first_done.wait()
-
-    first = asyncio.create_task(request(0))
-    await asyncio.sleep(0.01)
-    rest = [asyncio.create_task(request(n)) for n in range(1, 6)]
-    await asyncio.sleep(0.05)
-    assert inside == [0], "the others wait for the probe's answer (it may announce the limit)"
-    # The probe's answer carried x-ratelimit-limit-req-minute: 3000
-    limiter.observe(RateInfo(200, limit_minute=3000, remaining_minute=2999))
-    first_done.set()
-    await asyncio.wait_for(asyncio.gather(first, *rest), 5)
-    assert sorted(inside) == [0, 1, 2, 3, 4, 5]
-    assert limiter.rate == pytest.approx(50 / (1 + limiter.margin))
-
-
-async def test_a_configured_rate_needs_no_probe() -> None:
+async def test_a_configured_rate_sends_at_once_without_a_ramp() -> None:
     limiter = RateLimiter(rps=1000, max_in_flight=8)
     inside = 0
     release = asyncio.Event()

@@ -205,7 +205,6 @@ class RateLimiter:
         max_in_flight: int | None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        probe_wait: float = 1.0,
         initial_rps: float = 4.0,
         headroom: float = 1.25,
         extra_in_flight: int = 4,
@@ -219,7 +218,6 @@ class RateLimiter:
             margin = CAP_MARGIN if rps and rps > 0 else AUTO_MARGIN
         self.configured = rps
         self.max_in_flight = max_in_flight if max_in_flight and max_in_flight > 0 else None
-        self.probe_wait = probe_wait
         self.headroom = headroom
         self.extra_in_flight = extra_in_flight
         self.min_in_flight = min_in_flight
@@ -233,16 +231,16 @@ class RateLimiter:
             self._log, lambda: [*self._configured_windows, *self._header_windows.values()],
             self._gate.admit, initial_rps=initial_rps, margin=margin)
         self._latency = LatencyEstimate(clock)
+        if rps is None:
+            # Auto mode's slow start: the ramp from the first send (it grows only while
+            # callers queue for it, so the time before that send does not count).
+            self._learner.start_ramp(clock())
         self._next_slot = 0.0
         self._paused_until = 0.0
         self._pacer = asyncio.Lock()
         self._sleepers: set[asyncio.Future[None]] = set()
         self._waiting = 0
         self._recent_429: deque[float] = deque()
-        self._probe_sent_at: float | None = None
-        self._probing = rps is None  # auto: one request first, the rest wait (a little)
-        self._answered = asyncio.Event()
-        self._closed_event = asyncio.Event()
         self.in_flight = 0
         self.rejections = 0
         self.pauses = 0
@@ -252,7 +250,7 @@ class RateLimiter:
 
     @property
     def waiting(self) -> int:
-        """Callers blocked in `slot()` (behind the probe, the gate, a pause or the pacing)."""
+        """Callers blocked in `slot()` (behind the gate, a pause or the pacing)."""
         return self._waiting
 
     @property
@@ -312,14 +310,13 @@ class RateLimiter:
     def close(self) -> None:
         """No request may start from now on: every waiter raises StopRequested."""
         self.closed = True
-        self._closed_event.set()
         for sleeper in list(self._sleepers):
             _resolve(sleeper)
         self._gate.close()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[Ticket]:
-        """Hold one request's place: the probe, the concurrency gate, any pause, the pacing.
+        """Hold one request's place: the concurrency gate, any pause, the pacing.
 
         Yields the request's Ticket; report a 429 with `rejected(ticket, retry_after)`.
         An answer that leaves the block without an exception feeds the latency estimate.
@@ -328,7 +325,6 @@ class RateLimiter:
         try:
             if self.closed:
                 raise StopRequested()
-            await self._after_probe()
             await self._gate.enter()
             try:
                 sent_at = await self._pace()
@@ -349,35 +345,6 @@ class RateLimiter:
             ticket.done = True
             self._latency.ended(ticket, answered and not ticket.rejected)
             self._gate.leave()
-            self._answered.set()  # whatever the outcome, the server has spoken
-
-    async def _wait_event(self, event: asyncio.Event, timeout: float) -> None:
-        """Until `event` is set, the limiter is closed, or `timeout` has passed."""
-        if event.is_set() or self.closed or timeout <= 0:
-            return
-        waiters = {asyncio.ensure_future(event.wait()),
-                   asyncio.ensure_future(self._closed_event.wait())}
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-
-    async def _after_probe(self) -> None:
-        """Auto mode's slow start: the first request goes alone, as its answer may announce the
-        limit. The others wait for that answer, but at most `probe_wait`: a stuck first
-        request never holds the run; they go on at `initial_rps`, growing."""
-        if not self._probing:
-            return
-        if self._probe_sent_at is None:
-            self._probe_sent_at = self._clock()
-            return
-        deadline = self._probe_sent_at + self.probe_wait
-        await self._wait_event(self._answered, deadline - self._clock())
-        if self._probing:
-            self._probing = False
-            if not self.windows:
-                self._learner.start_ramp(self._clock())
 
     # ---- pacing ---------------------------------------------------------------------------
 
@@ -472,12 +439,10 @@ class RateLimiter:
                 self._header_windows["second"] = Window(info.limit_minute // 60, 1.0, "headers")
         if info.announces_limit:
             self._learner.stop_ramp()
-            self._probing = False
         if info.remaining_second == 0 or info.remaining_minute == 0:
             seconds = 1.0 if info.remaining_second == 0 else 60.0
             count = info.limit_second if info.remaining_second == 0 else info.limit_minute
             self._pause(self._window_frees(now, seconds, count, info.retry_after))
-        self._answered.set()
         self._gate.admit()
 
     def _window_frees(self, now: float, seconds: float, count: int | None,
