@@ -6,11 +6,12 @@ under asyncio.gather with a semaphore (`client.ocr.process_async`).
     .venv/bin/python benchmarks/bench_sdk_side_by_side.py        # 60 docs at 0.3-1 s, 300 docs at 0 s
     .venv/bin/python benchmarks/bench_sdk_side_by_side.py --short
     .venv/bin/python benchmarks/bench_sdk_side_by_side.py --strict   # issue 10's comparison
+    .venv/bin/python benchmarks/bench_sdk_side_by_side.py --strict --docs 2000 --rounds 2
 
 `--strict`: the fake server as a strict gateway (at most R = 20 admissions in any sliding 1 s
-window, latency uniform 1-3 s, no rate headers), 400 one-page PDFs; the pipeline with its
-defaults only (no rate, worker or in-flight flags) against the thirty lines a user writes with the
-SDK: gather, 40 at once, the SDK's retries on (429 and 5xx, exponential backoff).
+window, latency uniform 1-3 s, no rate headers), 400 one-page PDFs (`--docs`); the pipeline with
+its defaults only (no rate, worker or in-flight flags) against the thirty lines a user writes with
+the SDK: gather, 40 at once, the SDK's retries on (429 and 5xx, exponential backoff).
 
 Every contender is a child process measured the same way (wall time, own CPU, peak RSS) and
 writes the same outputs per document (`<rel>.json` with the response, `<rel>.md` with the pages'
@@ -106,6 +107,9 @@ def main() -> None:
     ap.add_argument("--short", action="store_true")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--strict", action="store_true", help="issue 10's strict-gateway comparison")
+    ap.add_argument("--docs", type=int, default=400, help="--strict: one-page PDFs (400)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="--strict: rounds, the contenders' order alternating")
     ap.add_argument("--contender", choices=["sdk-seq", "sdk-async", "sdk-async-retries"],
                     help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -121,7 +125,7 @@ def main() -> None:
                    retries=args.contender == "sdk-async-retries")
         return
     if args.strict:
-        strict_side_by_side(args.json)
+        strict_side_by_side(args.json, args.docs, args.rounds)
         return
 
     from common import (
@@ -194,8 +198,9 @@ def main() -> None:
     res.dump(args.json)
 
 
-def strict_side_by_side(json_path: str | None) -> None:
-    """Issue 10: R = 20 strict window, L = 2 s, 400 one-page PDFs; defaults vs SDK gather(40)."""
+def strict_side_by_side(json_path: str | None, docs: int = 400, rounds: int = 1) -> None:
+    """Issue 10: R = 20 strict window, L = 1-3 s, `docs` one-page PDFs; defaults vs SDK
+    gather(40), `rounds` times, the order alternating (the SDK first in even rounds)."""
     from common import (
         PY,
         FakeServerProcess,
@@ -203,6 +208,7 @@ def strict_side_by_side(json_path: str | None) -> None:
         banner,
         bench_env,
         fresh_dir,
+        load,
         run_child,
         shown,
         table,
@@ -214,43 +220,53 @@ def strict_side_by_side(json_path: str | None) -> None:
     if version is None:
         print("   mistralai is not installed: `.venv/bin/pip install mistralai`. Exiting.")
         return
-    rate, docs = 20, 400
+    rate = 20
     inp = tree(docs, 1)
     res = Results("sdk_strict")
     rows = []
+    contenders = ("pipeline defaults", "sdk-async-retries")
     with FakeServerProcess("--cheap", "--rate-limit-mode", "sliding-window", "--rps-limit",
                            str(rate), "--latency", "1", "--latency-max", "3",
                            "--latency-distribution", "uniform", "--no-ratelimit-headers",
                            "--seed", "1") as server:
-        print(f"   mistralai {version}; server: {server.command()}; {docs} one-page PDFs")
-        for name in ("pipeline defaults", "sdk-async-retries"):
-            out = fresh_dir(f"sbs-strict-{name.split()[0]}")
-            server.reset()
-            if name == "pipeline defaults":
-                argv = [PY, "-m", "pipeline", "run", "--backend", "mistral", "--endpoint",
-                        server.url, "--input", str(inp), "--output", str(out), "--progress",
-                        "off", "--quiet"]
-            else:
-                argv = [PY, __file__, "--contender", name, "--url", server.url, "--input",
-                        str(inp), "--output", str(out), "--concurrency", "40"]
-            run = run_child(argv, env=bench_env())
-            st = server.stats()
-            done = len(list(out.rglob("*.pdf.md")))
-            row = {"contender": name, "exit": run.returncode, "done": done,
-                   "wall_s": run.wall_s, "achieved/R": st["answered_ok"] / run.wall_s / rate,
-                   "429/100": 100 * st["rate_limited"] / max(st["requests"], 1),
-                   "max/1s": st["max_admitted_1s"], "cpu_s": run.cpu_s,
-                   "peak_rss_mb": run.maxrss_mb}
-            rows.append(row)
-            res.details.append(row | {"command": shown(argv)})
-            print(f"   {name}: {shown(argv)}", flush=True)
-    pipe, sdk = rows
-    res.add("pipeline defaults: wall time / SDK gather(40)", pipe["wall_s"] / sdk["wall_s"], "x",
-            note=f"{pipe['wall_s']:.1f} s vs {sdk['wall_s']:.1f} s (whole runs, start-up included)")
-    res.add("pipeline defaults: 429s per 100", pipe["429/100"], "",
-            note=f"SDK: {sdk['429/100']:.1f} per 100")
-    print(table(rows, ["contender", "exit", "done", "wall_s", "achieved/R", "429/100", "max/1s",
-                       "cpu_s", "peak_rss_mb"]))
+        print(f"   mistralai {version}; server: {server.command()}; {docs} one-page PDFs;"
+              f" {rounds} round(s), load {load():.1f}")
+        for round_no in range(rounds):
+            order = contenders if round_no % 2 == 0 else contenders[::-1]
+            for name in order:
+                out = fresh_dir(f"sbs-strict-{name.split()[0]}")
+                server.reset()
+                if name == "pipeline defaults":
+                    argv = [PY, "-m", "pipeline", "run", "--backend", "mistral", "--endpoint",
+                            server.url, "--input", str(inp), "--output", str(out), "--progress",
+                            "off", "--quiet"]
+                else:
+                    argv = [PY, __file__, "--contender", name, "--url", server.url, "--input",
+                            str(inp), "--output", str(out), "--concurrency", "40"]
+                run = run_child(argv, env=bench_env())
+                st = server.stats()
+                done = len(list(out.rglob("*.pdf.md")))
+                row = {"round": round_no + 1, "contender": name, "exit": run.returncode,
+                       "done": done, "wall_s": run.wall_s,
+                       "achieved/R": st["answered_ok"] / run.wall_s / rate,
+                       "429/100": 100 * st["rate_limited"] / max(st["requests"], 1),
+                       "max/1s": st["max_admitted_1s"], "cpu_s": run.cpu_s,
+                       "peak_rss_mb": run.maxrss_mb}
+                rows.append(row)
+                res.details.append(row | {"command": shown(argv)})
+                print(f"   round {round_no + 1} {name}: {run.wall_s:.1f} s; {shown(argv)}",
+                      flush=True)
+        print(f"   load at the end {load():.1f}")
+    pipe = [r for r in rows if r["contender"] == contenders[0]]
+    sdk = [r for r in rows if r["contender"] == contenders[1]]
+    ratios = [p["wall_s"] / s["wall_s"] for p, s in zip(pipe, sdk, strict=True)]
+    res.add("pipeline defaults: wall time / SDK gather(40), per round", min(ratios), "x",
+            note=" ".join(f"{r:.3f}" for r in ratios)
+            + f" (whole runs of {docs} documents, start-up included)")
+    res.add("pipeline defaults: 429s per 100", max(p["429/100"] for p in pipe), "",
+            note="SDK: " + " ".join(f"{s['429/100']:.1f}" for s in sdk) + " per 100")
+    print(table(rows, ["round", "contender", "exit", "done", "wall_s", "achieved/R", "429/100",
+                       "max/1s", "cpu_s", "peak_rss_mb"]))
     res.print_figures()
     res.dump(json_path)
 
