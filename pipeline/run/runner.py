@@ -37,6 +37,7 @@ from pipeline.run.document_job import (
 )
 from pipeline.run.done_twin import options_sha256
 from pipeline.run.dry_run import dry_run_estimate
+from pipeline.run.gc_pacing import CollectorPacing
 from pipeline.run.outcome import Outcome, StopReason, StopRequest, decide_outcome, exit_code
 from pipeline.run.pool import DocumentPool, PoolHooks
 from pipeline.run.progress import ProgressDisplay, resolve_mode
@@ -223,6 +224,7 @@ class Run:
                     StopRequest(StopReason.BUDGET, f"--max-runtime {self.s.limits.max_runtime:g} s"))
             db.start()
             ticker = asyncio.create_task(self.ticker.tick_forever(db))
+            collector = asyncio.create_task(CollectorPacing().run())  # no full-GC stalls
             try:
                 if self.s.service.mode == "batch":  # collect, submit, wait: docs/batch.md
                     from pipeline.run.batch_run import run_batch
@@ -231,9 +233,10 @@ class Run:
                 else:
                     await self.process(self.planned_documents(events, tally, db), self.job_context(db))
             finally:
-                ticker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticker
+                for task in (ticker, collector):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 self.progress.clear()
                 for handle in (self._grace_handle, self._runtime_handle):
                     if handle:
