@@ -1,6 +1,7 @@
 """The collector's pacing (pipeline/run/gc_pacing.py): what is alive at a tick is out of the
-full collections' walks until the next full pass, which frees the cyclic garbage of the while;
-a run paces the collector while it works and leaves it as it found it."""
+full collections' walks until the next full pass (a minute later, or sooner when the process
+has grown), which frees the cyclic garbage of the while; a run paces the collector while it
+works and leaves it as it found it, even when something else in the run fails."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.run import gc_pacing
-from pipeline.run.gc_pacing import CollectorPacing
+from pipeline.run.gc_pacing import EARLY_PASS_BYTES, CollectorPacing
+from pipeline.run.ticker import RunTicker
 from tests.conftest import run_pipeline
 from tests.pdfgen import write_pdf
 
@@ -25,10 +27,29 @@ class Node:
         self.me = self
 
 
-async def test_cyclic_garbage_frozen_by_a_tick_waits_for_the_next_full_pass() -> None:
-    pacing = CollectorPacing(freeze_every=0.01, full_every=0.3)
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextlib.asynccontextmanager
+async def pacing_running(pacing: CollectorPacing):  # type: ignore[no-untyped-def]
     task = asyncio.create_task(pacing.run())
     try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_cyclic_garbage_frozen_by_a_tick_waits_for_the_next_full_pass() -> None:
+    clock = Clock()
+    pacing = CollectorPacing(freeze_every=0.01, full_every=60, clock=clock)
+    async with pacing_running(pacing):
         node = Node()
         alive = weakref.ref(node)
         await asyncio.sleep(0.05)  # a few ticks: the cycle is frozen
@@ -37,14 +58,44 @@ async def test_cyclic_garbage_frozen_by_a_tick_waits_for_the_next_full_pass() ->
         gc.collect()
         assert alive() is not None, "frozen: no collection walks it (the point: short walks)"
         assert pacing.full_passes == 0
-        await asyncio.sleep(0.4)  # the full pass
-        assert pacing.full_passes >= 1
+        clock.now = 60.0  # a minute later
+        await asyncio.sleep(0.05)
+        assert pacing.full_passes == 1
         assert alive() is None, "the full pass freed the cyclic garbage frozen before it"
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     assert gc.get_freeze_count() == 0, "unfrozen when the pacing ends"
+
+
+async def test_a_process_that_grew_gets_its_full_pass_before_the_minute() -> None:
+    size = [100 << 20]
+    pacing = CollectorPacing(freeze_every=0.01, clock=Clock(), resident=lambda: size[0])
+    async with pacing_running(pacing):
+        await asyncio.sleep(0.05)
+        assert pacing.full_passes == 0
+        size[0] += EARLY_PASS_BYTES  # frozen garbage holding document bytes, say
+        await asyncio.sleep(0.05)
+        assert pacing.full_passes == 1
+        await asyncio.sleep(0.05)
+        assert pacing.full_passes == 1, "measured again from the pass, not from the start"
+
+
+@pytest.mark.parametrize("state", ["disabled", "frozen"])
+async def test_a_collector_managed_elsewhere_is_left_alone(state: str) -> None:
+    """An application embedding the pipeline that turned the collector off, or froze its own
+    start-up objects, keeps it that way."""
+    keep = Node()
+    gc.freeze() if state == "frozen" else gc.disable()
+    try:
+        pacing = CollectorPacing(freeze_every=0.01, full_every=0.0, clock=Clock())
+        await asyncio.wait_for(pacing.run(), 1)  # returns at once
+        assert pacing.full_passes == 0
+        if state == "frozen":
+            assert gc.get_freeze_count() > 0, "its frozen objects stay frozen"
+        else:
+            assert not gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    del keep
 
 
 async def test_a_run_paces_the_collector_and_leaves_it_unfrozen(
@@ -60,4 +111,20 @@ async def test_a_run_paces_the_collector_and_leaves_it_unfrozen(
     assert report.exit_code == 0, report.failures
     assert report.documents_done == 4
     assert len(freezes) >= 10, "a run of 0.4 s at least ticked every 10 ms"
+    assert gc.get_freeze_count() == 0
+
+
+async def test_a_failed_ticker_does_not_leave_the_collector_frozen(
+        tmp_path: Path, fake_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(self: RunTicker, db: object) -> None:
+        raise RuntimeError("metrics file unwritable")
+
+    monkeypatch.setattr(gc_pacing, "FREEZE_EVERY", 0.01)
+    monkeypatch.setattr(RunTicker, "tick_forever", broken)
+    server = await fake_server(latency=0.1)
+    for n in range(3):
+        write_pdf(tmp_path / "in" / f"doc{n}.pdf", f"doc{n}", 1)
+    with contextlib.suppress(Exception):
+        await run_pipeline(tmp_path / "in", tmp_path / "out", server.url, workers=1)
+    await asyncio.sleep(0.05)  # a pacing left running would have frozen again by now
     assert gc.get_freeze_count() == 0

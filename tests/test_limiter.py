@@ -515,7 +515,7 @@ def test_auto_mode_sends_at_the_ramp_pace_before_any_answer_then_at_the_announce
         return before, sends, limiter.rate
 
     before, sends, rate = run_virtual(main())
-    assert before[:2] == [0.0, 0.25], "one send, then the ramp's first step"
+    assert before[:2] == pytest.approx([0.0, 0.25]), "one send, then the ramp's first step"
     assert 5 <= len(before) <= 25, before  # 4 a second doubling every 0.25 s, for 1 s
     assert rate == pytest.approx(50 / 1.02)
     after = [t for t in sends if t >= 2.0]
@@ -661,3 +661,53 @@ def test_a_send_just_before_the_refused_ones_second_counts_as_admitted() -> None
     refused_at = 1.0008
     learner.rejected(refused_at, refused_at + 0.001, clustered=False)
     assert learner.learned == Window(20, 1.0, "429s")
+
+
+def test_at_most_one_send_beyond_the_second_counts_and_not_one_10_ms_beyond() -> None:
+    """At 1,000 a second five sends lie within the 5 ms tolerance: one of them may have arrived
+    inside the server's second, not all five. A send 10 ms older is outside, whatever the rate."""
+    from pipeline.transport.limit_learner import SendLog
+
+    dense = SendLog()
+    for i in range(1010):  # 1,000 a second from t = 0
+        dense.add(i * 0.001)
+    refused_at = 1.0085  # its second holds the sends at 0.009-1.008: 1,000 of them
+    assert dense.admitted_before(refused_at) == 1000 + 1  # and one of 0.004-0.008
+    sparse = SendLog()
+    sparse.add(0.0)
+    for i in range(1, 20):
+        sparse.add(0.01 + i * 0.05)
+    assert sparse.admitted_before(1.01) == 19, "10 ms beyond the second: not counted"
+
+
+def test_the_ramp_does_not_grow_through_a_pause() -> None:
+    """While nothing is known, a clustered refusal with almost nothing admitted (an exhausted
+    quota) pauses everyone for its Retry-After; the ramp must not wake at its ceiling after a
+    minute and send the whole in-flight target at once."""
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(None, None, clock=loop.time)
+        start = loop.time()
+        sends: list[float] = []
+        refused = 0
+
+        async def request() -> None:
+            nonlocal refused
+            while True:
+                async with limiter.slot() as ticket:
+                    if refused < 3:  # the first three: 429 with Retry-After 60
+                        refused += 1
+                        wait = limiter.rejected(ticket, 60.0)
+                    else:
+                        sends.append(ticket.sent_at - start)
+                        return
+                await asyncio.sleep(wait)
+
+        await asyncio.gather(*(request() for _ in range(40)))
+        return sends
+
+    sends = run_virtual(main())
+    after = sorted(sends)
+    assert after[0] >= 60.0
+    assert sum(1 for t in after if t < after[0] + 0.5) <= 10, after[:20]

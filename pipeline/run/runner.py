@@ -233,10 +233,12 @@ class Run:
                 else:
                     await self.process(self.planned_documents(events, tally, db), self.job_context(db))
             finally:
-                for task in (ticker, collector):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                ticker.cancel()
+                collector.cancel()  # before any await: a failed ticker must not leave it on
+                with contextlib.suppress(asyncio.CancelledError):
+                    await collector
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
                 self.progress.clear()
                 for handle in (self._grace_handle, self._runtime_handle):
                     if handle:

@@ -65,12 +65,16 @@ class SendLog:
     def admitted_before(self, sent_at: float) -> int:
         """Our sends the server has not refused in the second before `sent_at`: its count.
 
-        A send up to ARRIVAL_TOLERANCE older than that second is counted too: the server
+        One send up to ARRIVAL_TOLERANCE older than that second is counted too: the server
         judges arrivals, and a request that left a millisecond before the window's start may
         arrive inside it (a new connection's handshake is enough). Missing it made the count
-        one short: at R = 20, 5% of the rate lost until the next try higher."""
-        start = sent_at - 1.0 - ARRIVAL_TOLERANCE
-        return sum(1 for t in self.times if start < t < sent_at)
+        one short: at R = 20, 5% of the rate lost until the next try higher. Only one, so that
+        at hundreds a second (several sends within the tolerance) it is never more than one
+        over."""
+        start = sent_at - 1.0
+        inside = sum(1 for t in self.times if start < t < sent_at)
+        edge = any(start - ARRIVAL_TOLERANCE < t <= start for t in self.times)
+        return inside + edge
 
 
 class LimitLearner:
@@ -113,6 +117,11 @@ class LimitLearner:
         self.ramp = self.initial_rps
         self._ramp_at = now
 
+    def hold_ramp(self, until: float) -> None:
+        """Everyone is paused until `until`: the ramp does not grow meanwhile (after a minute's
+        Retry-After it would wake at its ceiling and send the whole in-flight target at once)."""
+        self._ramp_at = max(self._ramp_at, until)
+
     def stop_ramp(self) -> None:
         """A limit is known (announced): the ramp has no more say."""
         self.ramp = None
@@ -123,8 +132,9 @@ class LimitLearner:
         try a limit learned from 429s one higher after a quiet while."""
         if self.ramp is not None and not self.windows():
             if limited:
-                self.ramp = min(RAMP_MAX, self.ramp * 2 ** ((now - self._ramp_at) / RAMP_DOUBLING))
-            self._ramp_at = now
+                grown = max(0.0, now - self._ramp_at) / RAMP_DOUBLING
+                self.ramp = min(RAMP_MAX, self.ramp * 2 ** grown)
+            self._ramp_at = max(self._ramp_at, now)
         last = max(self._count_at_429, self._margin_decayed_at)
         if self.margin > self.base_margin and self.log.count - last >= MARGIN_DECAY_SENDS:
             self.margin = max(self.base_margin, self.margin - MARGIN_STEP / 2)

@@ -458,6 +458,7 @@ class RateLimiter:
         if until > self._paused_until:
             self.pauses += 1
             self._paused_until = until
+            self._learner.hold_ramp(until)
 
     def rejected(self, ticket: Ticket, retry_after: float | None) -> float:
         """A 429 for `ticket`. Returns how long this request should wait before its retry:
