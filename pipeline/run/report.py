@@ -176,8 +176,23 @@ class RunReport:
         req = self.requests
         if not req:
             return []
-        return [f"  requests: {req.get('attempts', 0)} sent, {req.get('retries', 0)} retries,"
-                f" {req.get('throttled', 0)} rate-limited (429)"]
+        lines = [f"  requests: {req.get('attempts', 0)} sent, {req.get('retries', 0)} retries,"
+                 f" {req.get('throttled', 0)} rate-limited (429)"]
+        limit = req.get("rate_limit")
+        if limit:
+            lines.append("  " + rate_line(limit))
+        return lines
+
+
+def rate_line(limit: dict[str, Any]) -> str:
+    """`rate: 19.6 a second at the end; limit 20 per 1 s (429s)`: the pace and what set it."""
+    windows = ", ".join(f"{w['count']} per {w['seconds']:g} s ({w['source']})"
+                        for w in limit.get("windows", []))
+    rate = limit.get("rate_per_second") or 0
+    pace = f"{rate:g} a second at the end" if rate else "no limit of ours"
+    source = {"ramp": "still ramping: no limit heard yet", "none": "none known"}
+    said = windows or source.get(str(limit.get("limit_source")), "none known")
+    return f"rate: {pace}; limit {said}"
 
 
 def tally_page_methods(counts: dict[str, int], pages: list[Any]) -> None:

@@ -402,6 +402,8 @@ class Run:
         }
         if isinstance(self.transport, MultiEndpointTransport):
             r.requests["endpoints"] = self.transport.endpoint_figures()
+        if isinstance(self.transport, SyncTransport) and self.s.service.backend != "local":
+            r.requests["rate_limit"] = self.transport.limiter.summary()
         outcome = decide_outcome(fatal=self.fatal is not None, stop=self.stop,
                                  failed_now=r.documents_failed,
                                  failed_earlier=0 if self.s.command.dry_run else r.failed_earlier)

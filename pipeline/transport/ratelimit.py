@@ -285,6 +285,19 @@ class RateLimiter:
                                self._waiting, self._latency.mean, self.rejections, self.pauses,
                                self.margin)
 
+    def summary(self) -> dict[str, object]:
+        """What the run report keeps of the limiter: the pace at the end, the limit and where
+        it came from, what 429s cost (an operator can set `rps:` from it next time)."""
+        return {
+            "limit_source": self.limit_source,
+            "rate_per_second": round(self.rate, 2),
+            "windows": [{"count": w.count, "seconds": w.seconds, "source": w.source}
+                        for w in self.windows],
+            "margin_s": round(self.margin, 3),
+            "rejections": self.rejections,
+            "pauses": self.pauses,
+        }
+
     @property
     def margin(self) -> float:
         """The jitter margin added to every window now (s)."""
