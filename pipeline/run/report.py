@@ -190,8 +190,8 @@ def rate_line(limit: dict[str, Any]) -> str:
                         for w in limit.get("windows", []))
     rate = limit.get("rate_per_second") or 0
     pace = f"{rate:g} a second at the end" if rate else "no limit of ours"
-    source = {"ramp": "still ramping: no limit heard yet", "none": "none known"}
-    said = windows or source.get(str(limit.get("limit_source")), "none known")
+    ramping = limit.get("limit_source") == "ramp"
+    said = windows or ("still ramping: no limit heard yet" if ramping else "none known")
     return f"rate: {pace}; limit {said}"
 
 

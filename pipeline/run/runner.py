@@ -51,6 +51,7 @@ from pipeline.stages.planner import PlanEvent, PlanTally, Touch, plan_events, ta
 from pipeline.timefmt import iso
 from pipeline.transport.base import RunTransport
 from pipeline.transport.endpoints import MultiEndpointTransport
+from pipeline.transport.ratelimit import RateLimiter
 from pipeline.transport.retry import RetryStats
 from pipeline.transport.sync import SyncTransport
 
@@ -138,6 +139,13 @@ class Run:
         return DocumentPool(self.transport, hooks, workers=self.workers,
                             cluster_processes=(lambda: cluster.processes) if sized_by_cluster else None)
 
+    def _hosted_limiter(self) -> RateLimiter | None:
+        """The one rate limiter of a single hosted endpoint (progress, metrics, the report's
+        rate line); None for the local engine, several endpoints or batch mode."""
+        if isinstance(self.transport, SyncTransport) and self.s.service.backend != "local":
+            return self.transport.limiter
+        return None
+
     def _make_ticker(self) -> RunTicker:
         ticker = RunTicker(self.report, lambda: self.stats, self.progress,
                            self.s.run.metrics_file or self.state / "metrics.prom",
@@ -145,8 +153,9 @@ class Run:
                            lambda: self.transport.bytes_sent if self.transport else 0)
         if isinstance(self.transport, MultiEndpointTransport):
             ticker.endpoints = self.transport.endpoint_figures
-        if isinstance(self.transport, SyncTransport) and self.s.service.backend != "local":
-            ticker.limiter = self.transport.limiter.snapshot
+        limiter = self._hosted_limiter()
+        if limiter is not None:
+            ticker.limiter = limiter.snapshot
         cluster = self._cluster
         if cluster is not None:
             self.report.cluster = cluster.cluster
@@ -402,8 +411,9 @@ class Run:
         }
         if isinstance(self.transport, MultiEndpointTransport):
             r.requests["endpoints"] = self.transport.endpoint_figures()
-        if isinstance(self.transport, SyncTransport) and self.s.service.backend != "local":
-            r.requests["rate_limit"] = self.transport.limiter.summary()
+        limiter = self._hosted_limiter()
+        if limiter is not None:
+            r.requests["rate_limit"] = limiter.summary()
         outcome = decide_outcome(fatal=self.fatal is not None, stop=self.stop,
                                  failed_now=r.documents_failed,
                                  failed_earlier=0 if self.s.command.dry_run else r.failed_earlier)
