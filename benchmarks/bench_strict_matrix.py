@@ -22,10 +22,14 @@ The server's counters are polled every 0.5 s; the steady window starts `warmup` 
 is stopped with SIGTERM (clean, resumable). The input tree is sized so that a pipeline running
 at R never runs out before the window ends.
 
-Per cell: achieved / R (answers in the window / window / R), 429s per 100 requests (window and
+Per cell: achieved / R (answers in the window / window / R), admitted / R (the server's
+admissions in the window: answers lag them by the latency), 429s per 100 requests (window and
 whole run), the most admissions the server saw in any 1 s window (never above R: the server is
 exact), wall time, pipeline CPU per page answered, pipeline peak RSS, the server's CPU share
-(if it nears 1 core the server, not the pipeline, is the limit).
+(if it nears 1 core the server, not the pipeline, is the limit). The JSON (--json) keeps the
+server's counters every 0.5 s ("series", seconds from the start). Targets, from the issue:
+defaults without headers and stuck >= 0.95 of R and <= 2 429s per 100; defaults with headers
+>= 0.97 and <= 0.5; `--rps R` >= 0.98 and <= 0.5.
 """
 
 from __future__ import annotations
@@ -87,6 +91,14 @@ class Cell:
     def name(self) -> str:
         return (f"R{self.rate}-L{self.latency:g}-p{self.pages}-h{'on' if self.headers else 'off'}"
                 f"-{self.variant}")
+
+    def targets(self) -> tuple[float, float]:
+        """The issue's targets: (least achieved / R, most 429s per 100 requests)."""
+        if self.variant == "rps":
+            return 0.98, 0.5
+        if self.variant == "defaults" and self.headers:
+            return 0.97, 0.5
+        return 0.95, 2.0  # defaults without headers; stuck: the others at the normal rate
 
     def warmup(self, quick: bool) -> float:
         return max(3.0, 2 * self.latency) if quick else max(5.0, 3 * self.latency)
@@ -192,6 +204,7 @@ def measure(cell: Cell, inp: Path, quick: bool, window: float) -> dict[str, Any]
         "cell": cell.name,
         "R": cell.rate,
         "achieved/R": answered / span / cell.rate if span > 0 else 0.0,
+        "admitted/R": (w1["admitted"] - w0["admitted"]) / span / cell.rate if span > 0 else 0.0,
         "429/100": 100 * (w1["429"] - w0["429"]) / max(requests, 1),
         "429/100 all": 100 * final.get("rate_limited", 0) / max(final.get("requests", 0), 1),
         "max/1s": final.get("max_admitted_1s"),
@@ -208,6 +221,8 @@ def measure(cell: Cell, inp: Path, quick: bool, window: float) -> dict[str, Any]
         "note": note,
         "command": command,
         "samples": len(samples),
+        "series": [{k: round(v - child.started, 3) if k == "t" else v for k, v in x.items()}
+                   for x in samples],
     }
 
 
@@ -246,7 +261,7 @@ def poll(server: FakeServerProcess, child: Child, warmup: float,
         st = server.stats()
         t = time.perf_counter()
         sample = {"t": t, "ok": st["answered_ok"], "429": st["rate_limited"],
-                  "requests": st["requests"]}
+                  "requests": st["requests"], "admitted": st["admitted"]}
         samples.append(sample)
         if first_ok is None and sample["ok"] > 0:
             first_ok = t
@@ -265,8 +280,8 @@ def poll(server: FakeServerProcess, child: Child, warmup: float,
 
 
 # ---- main -----------------------------------------------------------------------------------------
-COLUMNS = ["cell", "achieved/R", "429/100", "429/100 all", "max/1s", "R", "wall_s", "cpu_ms/page",
-           "rss_mb", "cli_cores", "srv_cores", "pages", "stuck", "exit", "load", "note"]
+COLUMNS = ["cell", "achieved/R", "admitted/R", "429/100", "429/100 all", "max/1s", "R", "wall_s",
+           "cpu_ms/page", "rss_mb", "cli_cores", "srv_cores", "pages", "stuck", "exit", "load", "note"]
 
 
 def main() -> None:
@@ -304,11 +319,12 @@ def main() -> None:
               f"{'  [' + row['note'] + ']' if row['note'] else ''}", flush=True)
         print(f"      {row['command']}", flush=True)
     print(table(rows, COLUMNS))
-    for row in rows:
-        res.add(f"{row['cell']}: achieved / R", row["achieved/R"], "x R", ">= 0.95",
-                row["achieved/R"] >= 0.95)
+    for cell, row in zip(cells, rows, strict=True):
+        least, most = cell.targets()
+        res.add(f"{row['cell']}: achieved / R", row["achieved/R"], "x R", f">= {least:g}",
+                row["achieved/R"] >= least)
         res.add(f"{row['cell']}: 429s per 100 requests (steady)", row["429/100"], "per 100",
-                "<= 2", row["429/100"] <= 2.0)
+                f"<= {most:g}", row["429/100"] <= most)
         res.add(f"{row['cell']}: max admissions in any 1 s window", float(row["max/1s"] or 0),
                 "requests", f"<= {row['R']}", (row["max/1s"] or 0) <= row["R"])
     res.print_figures()

@@ -1,4 +1,4 @@
-"""The collector's pacing (pipeline/run/gc_pacing.py): what is alive at a tick is out of the
+"""The collector's pacing (pipeline/gc_pacing.py): what is alive at a tick is out of the
 full collections' walks until the next full pass (a minute later, or sooner when the process
 has grown), which frees the cyclic garbage of the while; a run paces the collector while it
 works and leaves it as it found it, even when something else in the run fails."""
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.run import gc_pacing
-from pipeline.run.gc_pacing import EARLY_PASS_BYTES, CollectorPacing
+from pipeline import gc_pacing
+from pipeline.gc_pacing import EARLY_PASS_BYTES, CollectorPacing
 from pipeline.run.ticker import RunTicker
 from tests.conftest import run_pipeline
 from tests.pdfgen import write_pdf
@@ -127,4 +127,29 @@ async def test_a_failed_ticker_does_not_leave_the_collector_frozen(
     with contextlib.suppress(Exception):
         await run_pipeline(tmp_path / "in", tmp_path / "out", server.url, workers=1)
     await asyncio.sleep(0.05)  # a pacing left running would have frozen again by now
+    assert gc.get_freeze_count() == 0
+
+
+async def test_the_fake_server_paces_its_own_collector_and_unfreezes_on_sigterm(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake server is the benchmarks' measuring instrument: a stall of its own stamps what
+    arrived meanwhile at once (a burst no client sent). It freezes like a run does, and a real
+    SIGTERM stops it with the collector handed back."""
+    import os
+    import signal
+
+    from pipeline.fakeserver import cli
+    from pipeline.fakeserver.options import FakeServerOptions
+
+    monkeypatch.setattr(gc_pacing, "FREEZE_EVERY", 0.05)
+    assert gc.get_freeze_count() == 0
+    server = asyncio.create_task(cli._serve(FakeServerOptions(), "127.0.0.1", 0))
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if gc.get_freeze_count():
+            break
+    frozen = gc.get_freeze_count()
+    os.kill(os.getpid(), signal.SIGTERM)  # the server's own handler stops it
+    await asyncio.wait_for(server, 10)
+    assert frozen > 0
     assert gc.get_freeze_count() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _serve(options: FakeServerOptions, host: str, port: int) -> None:
     from pipeline.fakeserver.server import start_fake_server
+    from pipeline.gc_pacing import CollectorPacing
 
     server = await start_fake_server(options, host, port)
     stop = asyncio.Event()
@@ -150,9 +152,17 @@ async def _serve(options: FakeServerOptions, host: str, port: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(f"fake-server listening on {server.url}", flush=True)
+    # The server is a measuring instrument: it stamps each request when its handler runs, so
+    # a stall of its own (a full collection over ~1,600 open requests took 0.1-0.2 s every
+    # 7-11 s) stamps everything that arrived meanwhile at once, a burst no client sent and a
+    # gateway stamping at arrival would not see. Paced as the pipeline paces its own.
+    collector = asyncio.create_task(CollectorPacing().run())
     try:
         await stop.wait()
     finally:
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector  # it unfreezes on the way out
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await server.stop()

@@ -24,6 +24,7 @@ from pipeline.backends.base import Backend
 from pipeline.budget import Budget
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, FatalError
+from pipeline.gc_pacing import CollectorPacing
 from pipeline.logsetup import get_logger, redact
 from pipeline.manifest import Manifest, PlannedDocument, manifest_path, state_dir
 from pipeline.manifest.writer import AsyncManifest
@@ -37,7 +38,6 @@ from pipeline.run.document_job import (
 )
 from pipeline.run.done_twin import options_sha256
 from pipeline.run.dry_run import dry_run_estimate
-from pipeline.run.gc_pacing import CollectorPacing
 from pipeline.run.outcome import Outcome, StopReason, StopRequest, decide_outcome, exit_code
 from pipeline.run.pool import DocumentPool, PoolHooks
 from pipeline.run.progress import ProgressDisplay, resolve_mode
