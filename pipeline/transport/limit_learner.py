@@ -12,6 +12,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from pipeline.transport.jitter_margin import JitterMargin
+
 RAMP_DOUBLING = 0.25  # while nothing is known, the rate doubles every this many seconds
 RAMP_MAX = 10_000.0
 STRIKES = 3  # this many 429 events within STRIKE_SENDS sends at a known limit: it is one lower
@@ -20,10 +22,6 @@ STRIKE_SECONDS = 5  # ... or within this many seconds of sends at the known coun
 PROBE_QUIET = 15.0  # a limit learned from 429s is tried 2% higher after this long without 429
 PROBE_QUIET_MAX = 300.0
 PROBE_VERDICT = 5.0  # a 429 for a send this soon after trying one higher: the try failed
-MARGIN_STEP = 0.01  # seconds added to the jitter margin per 429 at a known limit ...
-MARGIN_BUMP_SENDS = 200  # ... when the previous one was fewer than this many sends ago (> 0.5%)
-MARGIN_MAX = 0.2
-MARGIN_DECAY_SENDS = 1000  # this many sends without a 429 shrink the margin by MARGIN_STEP / 2
 EVENT_SECONDS = 1.0  # 429s within this of an event's first are the same event
 LOW_CONFIRM_SECONDS = 10.0  # a second refusal at clearly fewer sends within this: a lower limit
 LOW_AGREE = 0.1  # ... when the two counts of what the server admitted agree this closely
@@ -90,8 +88,7 @@ class LimitLearner:
         self._known = known
         self._on_change = on_change
         self.initial_rps = initial_rps
-        self.base_margin = margin
-        self.margin = margin
+        self.jitter = JitterMargin(margin)
         self.learned: Window | None = None
         self.ramp: float | None = None  # rate while nothing is known (auto mode)
         self._ramp_at = 0.0
@@ -102,9 +99,12 @@ class LimitLearner:
         self.last_429 = -math.inf
         self._last_event_429 = -math.inf  # the first 429 of the last event counted as a strike
         self._strikes: deque[int] = deque()  # send numbers of recent 429s at a known limit
-        self._count_at_429 = -MARGIN_BUMP_SENDS
-        self._margin_decayed_at = 0
         self._low_event: tuple[float, int] | None = None  # a refusal at clearly fewer sends
+
+    @property
+    def margin(self) -> float:
+        """The jitter margin added to every window now (s)."""
+        return self.jitter.value
 
     def windows(self) -> list[Window]:
         found = list(self._known())
@@ -135,10 +135,7 @@ class LimitLearner:
                 grown = max(0.0, now - self._ramp_at) / RAMP_DOUBLING
                 self.ramp = min(RAMP_MAX, self.ramp * 2 ** grown)
             self._ramp_at = max(self._ramp_at, now)
-        last = max(self._count_at_429, self._margin_decayed_at)
-        if self.margin > self.base_margin and self.log.count - last >= MARGIN_DECAY_SENDS:
-            self.margin = max(self.base_margin, self.margin - MARGIN_STEP / 2)
-            self._margin_decayed_at = self.log.count
+        self.jitter.tick(self.log.count)
         learned = self.learned
         if learned is not None and limited and \
                 now - max(self.last_429, self.changed_at) > self._probe_quiet:
@@ -157,6 +154,7 @@ class LimitLearner:
     # ---- what a 429 teaches -------------------------------------------------------------------
     def rejected(self, sent_at: float, now: float, clustered: bool) -> None:
         """A 429 for a request sent at `sent_at` (its send already out of the log)."""
+        self.jitter.refused(self.log.count)
         if sent_at >= self.changed_at:  # not a verdict on an older, higher limit
             self._learn(sent_at, now, clustered)
         self.last_429 = now
@@ -191,7 +189,8 @@ class LimitLearner:
                 return
         if now - self._last_event_429 <= EVENT_SECONDS:
             return  # the same event (a late, bunched burst): one margin step and strike each
-        self._strike(now, min(per_second))
+        tightest = min(per_second)
+        self._strike(now, tightest, lower=self.learned is not None and self.learned.count <= tightest)
 
     def _low_again(self, now: float, admitted: int) -> int | None:
         """The server's count when this refusal at clearly fewer sends repeats an earlier
@@ -210,17 +209,25 @@ class LimitLearner:
         self._low_event = (now, admitted)
         return None
 
-    def _strike(self, now: float, count: int) -> None:
-        """One 429 event at the known per-second `count`: widen the margin when events come
-        close together; three within the strike span say the server's window is one fewer."""
+    def _strike(self, now: float, count: int, lower: bool) -> None:
+        """One 429 event at the known per-second `count`: the margin widens when refusals are
+        more than a small share of recent sends (`JitterMargin`); when `count` is a learned
+        guess (`lower`), three events within the strike span say the server's window is one
+        fewer.
+
+        A configured or announced count is never lowered this way, only its margin widened
+        (which narrows again). At R = 200, L = 8 s the stalls of a busy 2-core machine made an
+        event every 1-5 s; as strikes they took a configured 200 to 196 within a minute, and
+        the 15 s without a 429 that a try higher needs never came. A server that enforces less
+        than the count still gets its way: the margin widens while the refusals go on (up to
+        0.2 s, 17% below), and a clearly lower limit is learned (`_low_again`)."""
         # Timed from the event's first 429, not the latest: 429s that never stop for a whole
         # second are a new event each second (they would otherwise never add up to a strike).
         self._last_event_429 = now
         sends = self.log.count
-        if sends - self._count_at_429 < MARGIN_BUMP_SENDS:
-            # More than one 429 event in 200 sends: timing jitter most likely, widen the margin.
-            self.margin = min(MARGIN_MAX, self.margin + MARGIN_STEP)
-        self._count_at_429 = sends
+        self.jitter.event(sends, count)
+        if not lower:
+            return
         self._strikes.append(sends)
         # Events are at most one a second, so at a high rate 300 sends are too few to hold
         # three: the window is also at least STRIKE_SECONDS of sends at the known count.

@@ -31,7 +31,8 @@ from typing import Protocol
 
 from pipeline.errors import StopRequested
 from pipeline.transport.inflight_gate import InFlightGate
-from pipeline.transport.limit_learner import MARGIN_MAX, LimitLearner, SendLog, Window
+from pipeline.transport.jitter_margin import MARGIN_MAX
+from pipeline.transport.limit_learner import LimitLearner, SendLog, Window
 
 CAP_MARGIN = 0.01  # the jitter margin a hard cap starts with: 1 / 1.01 = 0.99 of the cap
 AUTO_MARGIN = 0.02  # ... a learned or announced limit (its 429s cost more: they teach it)
