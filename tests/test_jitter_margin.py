@@ -132,3 +132,24 @@ def test_the_limiter_reports_the_margin_it_runs_at() -> None:
         return limiter.margin
 
     assert run_virtual(main()) == 0.01
+
+
+def test_the_ramps_overshoot_does_not_widen_the_margin() -> None:
+    """Auto mode without headers: the ramp overshoots and a score of 429s come back for sends
+    made before the limit was known. They teach the limit; they are not jitter, and a 429 at
+    the learned count a second later leaves the margin as it was (they once widened it to
+    80 ms, a minute to narrow again)."""
+    log = SendLog()
+    learner = LimitLearner(log, list, lambda: None, initial_rps=4.0, margin=0.02)
+    learner.start_ramp(0.0)
+    sends = [1.0 + i / 220 for i in range(220)]
+    for t in sends:
+        log.add(t)
+    for t in sends[200:]:
+        log.refused(t)
+        learner.rejected(t, 2.01, clustered=True)
+    assert learner.learned is not None
+    for i in range(195):
+        log.add(2.5 + i / 195)
+    learner.rejected(3.49, 3.5, clustered=False)
+    assert learner.margin == 0.02

@@ -154,8 +154,11 @@ class LimitLearner:
     # ---- what a 429 teaches -------------------------------------------------------------------
     def rejected(self, sent_at: float, now: float, clustered: bool) -> None:
         """A 429 for a request sent at `sent_at` (its send already out of the log)."""
-        self.jitter.refused(self.log.count)
         if sent_at >= self.changed_at:  # not a verdict on an older, higher limit
+            # Only then a refusal of jitter: the ramp's overshoot (a score of 429s sent before
+            # the limit was learned) once widened the margin to 80 ms at every event of the
+            # next 5 s, and it took a minute to narrow again.
+            self.jitter.refused(self.log.count)
             self._learn(sent_at, now, clustered)
         self.last_429 = now
 
