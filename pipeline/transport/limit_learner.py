@@ -155,10 +155,6 @@ class LimitLearner:
     def rejected(self, sent_at: float, now: float, clustered: bool) -> None:
         """A 429 for a request sent at `sent_at` (its send already out of the log)."""
         if sent_at >= self.changed_at:  # not a verdict on an older, higher limit
-            # Only then a refusal of jitter: the ramp's overshoot (a score of 429s sent before
-            # the limit was learned) once widened the margin to 80 ms at every event of the
-            # next 5 s, and it took a minute to narrow again.
-            self.jitter.refused(self.log.count)
             self._learn(sent_at, now, clustered)
         self.last_429 = now
 
@@ -180,6 +176,11 @@ class LimitLearner:
                 self.ramp = max(0.2, self.ramp / 2)
                 self._ramp_at = now
             return
+        # A refusal at a known count: the margin's business. Not the ones above: the ramp's
+        # overshoot (a score of 429s for sends made before the limit was learned) once widened
+        # the margin to 80 ms at every event of the next 5 s, and it took a minute to narrow;
+        # a failed try higher is the try's business.
+        self.jitter.refused(self.log.count)
         if admitted >= 2 and admitted < 0.9 * min(per_second) - 1 and (
                 clustered or admitted >= 0.5 * min(per_second)):
             # Refused while we had sent clearly fewer: the server's window holds what it let
