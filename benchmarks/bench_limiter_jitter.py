@@ -29,20 +29,26 @@ def main() -> None:
     ap.add_argument("--jitters", type=float, nargs="*", default=[0.002, 0.02, 0.05, 0.1])
     ap.add_argument("--latency", type=float, default=2.0)
     ap.add_argument("--seconds", type=int, default=240, help="virtual seconds of traffic")
+    ap.add_argument("--cap", action="store_true",
+                    help="also with `rps: R` (a hard cap at the server's limit)")
     args = ap.parse_args()
-    print("== the limiter (auto, no headers) vs arrival jitter, virtual time")
-    print("   reproduce: .venv/bin/python benchmarks/bench_limiter_jitter.py")
+    print("== the limiter (auto, no headers; with --cap also rps R) vs arrival jitter, virtual time")
+    print("   reproduce: .venv/bin/python benchmarks/bench_limiter_jitter.py"
+          + (" --cap" if args.cap else ""))
     print(f"   latency uniform 0.5-1.5 x {args.latency:g} s; {args.seconds} s of traffic;"
           " steady rate measured after the first 30 s")
-    print(f"{'R':>5} {'jitter_s':>9} {'achieved/R':>11} {'429/100':>8} {'bound 1-jitter':>15}"
-          f" {'learned':>8}")
-    for rate in args.rates:
-        for jitter in args.jitters:
-            out = simulate(None, rate, args.latency, rate * args.seconds, jitter=jitter)
-            achieved = steady_rate(out.server.admitted, skip=30) / rate
-            learned = out.limiter.windows[0].count if out.limiter.windows else "-"
-            print(f"{rate:>5} {jitter:>9g} {achieved:>11.3f} {out.rejected_per_100:>8.2f}"
-                  f" {1 - jitter:>15.3f} {learned!s:>8}", flush=True)
+    print(f"{'mode':>5} {'R':>5} {'jitter_s':>9} {'achieved/R':>11} {'429/100':>8}"
+          f" {'bound 1-jitter':>15} {'windows':>8} {'margin_s':>9}")
+    for mode in ("auto", "cap") if args.cap else ("auto",):
+        for rate in args.rates:
+            for jitter in args.jitters:
+                rps = rate if mode == "cap" else None
+                out = simulate(rps, rate, args.latency, rate * args.seconds, jitter=jitter)
+                achieved = steady_rate(out.server.admitted, skip=30) / rate
+                windows = "/".join(str(w.count) for w in out.limiter.windows) or "-"
+                print(f"{mode:>5} {rate:>5} {jitter:>9g} {achieved:>11.3f}"
+                      f" {out.rejected_per_100:>8.2f} {1 - jitter:>15.3f} {windows:>8}"
+                      f" {out.limiter.margin:>9.3f}", flush=True)
 
 
 if __name__ == "__main__":
