@@ -6,8 +6,9 @@ of them can arrive d closer than they left; a window then holds N + 1 unless the
 about d of slack. The margin is that slack. It is driven by the SHARE of sends refused over the
 last few seconds, not by how close together two refusals come: 429 events are counted once a
 second, so at R = 200 two of them were never fewer than 200 sends apart and a rule of "two
-events within 200 sends" never widened the margin however many 429s each event held (1.2 per
-100 requests at 50 ms of jitter, on virtual time). Between the share that widens it and the
+events within 200 sends" never widened the margin however many 429s each event held (once 429s
+no longer lowered a configured count, it let 1.2 per 100 requests through at R = 200 with
+50 ms of jitter, on virtual time; 0.25-0.29 with this rule). Between the share that widens it and the
 quiet that narrows it lies a band where it stays put: a stall now and then costs a few 429s,
 which is cheaper than 1% of the rate for good.
 """
