@@ -149,6 +149,7 @@ async def test_the_fake_server_paces_its_own_collector_and_unfreezes_on_sigterm(
         if gc.get_freeze_count():
             break
     frozen = gc.get_freeze_count()
+    assert frozen > 0 and not server.done()  # else no handler of its own takes the SIGTERM
     os.kill(os.getpid(), signal.SIGTERM)  # the server's own handler stops it
     await asyncio.wait_for(server, 10)
     assert frozen > 0

@@ -153,3 +153,31 @@ def test_the_ramps_overshoot_does_not_widen_the_margin() -> None:
         log.add(2.5 + i / 195)
     learner.rejected(3.49, 3.5, clustered=False)
     assert learner.margin == 0.02
+
+
+def test_at_2000_a_second_a_steady_2_percent_refused_keeps_widening_it() -> None:
+    """The span is 5 s of sends (10,000 at R = 2,000): narrowing's pruning to 1,000 sends once
+    cut it, and 2-3% refused never widened the margin past its first step."""
+    margin = JitterMargin(0.01)
+    sends = 0
+    for _ in range(20):  # an event a second, 40 of its 2,000 sends refused
+        sends += 2000
+        for k in range(40):
+            margin.refused(sends + 50 * k)
+            if k == 0:
+                margin.event(sends, 2000)
+            margin.tick(sends + 50 * k)
+    assert margin.value >= 0.01 + 10 * MARGIN_STEP - 1e-9
+
+
+def test_a_configured_rate_a_fifth_above_a_small_server_limit_is_lowered_to_it() -> None:
+    """`rps: 10` against a server that admits 8: a margin of 0.2 s slows 10 a second only to
+    8.3, so once it is at its widest the strikes lower the count (it kept 10, with 15 429s
+    per 100, while only the margin answered)."""
+    from tests.test_limiter import simulate, steady_rate
+
+    out = simulate(10, 8, 1.0, 3000)
+    assert out.rejected_per_100 <= 2.5
+    assert steady_rate(out.server.admitted, 60) >= 0.95 * 8
+    assert min(w.count for w in out.limiter.windows) == 8
+    assert out.limiter.margin < 0.05, "the width the refusals gave it went with them"

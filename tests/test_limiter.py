@@ -637,15 +637,13 @@ def test_two_refusals_at_clearly_fewer_sends_that_disagree_are_not_a_lower_limit
 def test_a_limit_that_drops_below_the_learned_one_is_followed_in_seconds() -> None:
     """Others start to share the quota: the server admits 30 a second where it admitted 50.
     The limiter learns the lower window from what the server let through (two events), not
-    one step of strikes at a time (that would take minutes). The count may keep the one send
-    the arrival tolerance adds (31) while the margin keeps the pace under 30."""
+    one step of strikes at a time (that would take minutes)."""
 
     out = run_virtual(limit_changes_at_20_s(50, 30, latency=0.5, total=50 * 20 + 30 * 40))
     first = out.server.admitted[0]
     after = [t for t in out.server.admitted if first + 30 <= t < first + 50]
     assert len(after) / 20 >= 0.9 * 30
-    assert out.limiter.windows[-1].count <= 31
-    assert out.limiter.rate <= 30.0
+    assert out.limiter.windows[-1].count <= 30
 
 
 def test_a_send_just_before_the_refused_ones_second_counts_as_admitted() -> None:

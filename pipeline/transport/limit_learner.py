@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from pipeline.transport.jitter_margin import JitterMargin
+from pipeline.transport.jitter_margin import MARGIN_MAX, JitterMargin
 
 RAMP_DOUBLING = 0.25  # while nothing is known, the rate doubles every this many seconds
 RAMP_MAX = 10_000.0
@@ -144,6 +144,8 @@ class LimitLearner:
             self._raised_from = learned.count
 
     def _set_learned(self, count: int, now: float) -> None:
+        if self.learned is None or count < self.learned.count:
+            self.jitter.explained()  # the refusals taught this limit; they were not jitter
         self.learned = Window(max(1, count), 1.0, "429s")
         self.ramp = None
         self.changed_at = now
@@ -194,7 +196,11 @@ class LimitLearner:
         if now - self._last_event_429 <= EVENT_SECONDS:
             return  # the same event (a late, bunched burst): one margin step and strike each
         tightest = min(per_second)
-        self._strike(now, tightest, lower=self.learned is not None and self.learned.count <= tightest)
+        guessed = self.learned is not None and self.learned.count <= tightest
+        # A margin at its widest no longer slows a small count enough (at 10 a second 0.2 s
+        # is 8.3 a second: a server that admits 8 would refuse for good): then strikes lower
+        # even a configured or announced count, and the try higher brings it back.
+        self._strike(now, tightest, lower=guessed or self.jitter.value >= MARGIN_MAX)
 
     def _low_again(self, now: float, admitted: int) -> int | None:
         """The server's count when this refusal at clearly fewer sends repeats an earlier
@@ -219,12 +225,14 @@ class LimitLearner:
         guess (`lower`), three events within the strike span say the server's window is one
         fewer.
 
-        A configured or announced count is never lowered this way, only its margin widened
-        (which narrows again). At R = 200, L = 8 s the stalls of a busy 2-core machine made an
-        event every 1-5 s; as strikes they took a configured 200 to 196 within a minute, and
-        the 15 s without a 429 that a try higher needs never came. A server that enforces less
-        than the count still gets its way: the margin widens while the refusals go on (up to
-        0.2 s, 17% below), and a clearly lower limit is learned (`_low_again`)."""
+        A configured or announced count is not lowered this way while the margin can still
+        widen (it narrows again, a lowered count needs a quiet 15 s to come back). At R = 200,
+        L = 8 s the stalls of a busy 2-core machine made an event every 1-5 s; as strikes they
+        took a configured 200 to 196 within a minute, and the quiet never came. A server that
+        enforces less than the count still gets its way: the margin widens while the refusals
+        go on (up to 0.2 s, 17% below at high rates), a clearly lower limit is learned
+        (`_low_again`), and with the margin at its widest strikes lower the count too (at small
+        counts 0.2 s slows little: 8.3 a second at 10)."""
         # Timed from the event's first 429, not the latest: 429s that never stop for a whole
         # second are a new event each second (they would otherwise never add up to a strike).
         self._last_event_429 = now
