@@ -70,19 +70,23 @@ def test_it_narrows_after_quiet_sends_down_to_its_base() -> None:
     assert margin.value == 0.01
 
 
+def refuse_every_other_second(log: SendLog, learner: LimitLearner, seconds: int) -> None:
+    """197 sends a second, and every other second a 429 for the last of them."""
+    for second in range(seconds):
+        for i in range(197):
+            log.add(second + i / 197)
+        if second % 2 == 0:
+            t = second + 0.999
+            learner.rejected(t, t + 0.01, clustered=False)
+
+
 def test_429_events_at_a_configured_count_never_lower_it() -> None:
     """Three events within five seconds at a configured 200 (the stalls of a busy machine):
     the count stays 200 (strikes lowered it to 199, then 198, ... and it never came back)."""
     log = SendLog()
     learner = LimitLearner(log, lambda: [Window(200, 1.0, "configured")], lambda: None,
                            initial_rps=4.0, margin=0.01)
-    t = 0.0
-    for second in range(12):
-        for i in range(197):
-            log.add(second + i / 197)
-        t = second + 0.999
-        if second % 2 == 0:
-            learner.rejected(t, t + 0.01, clustered=False)
+    refuse_every_other_second(log, learner, seconds=12)
     assert learner.learned is None
     assert [w.count for w in learner.windows()] == [200]
 
@@ -93,12 +97,7 @@ def test_429_events_at_a_learned_count_still_lower_it() -> None:
     learner = LimitLearner(log, list, lambda: None, initial_rps=4.0, margin=0.01)
     learner.learned = Window(200, 1.0, "429s")
     learner.changed_at = 0.0
-    for second in range(6):
-        for i in range(197):
-            log.add(second + i / 197)
-        t = second + 0.999
-        if second % 2 == 0:
-            learner.rejected(t, t + 0.01, clustered=False)
+    refuse_every_other_second(log, learner, seconds=6)
     assert learner.learned == Window(199, 1.0, "429s")
 
 
