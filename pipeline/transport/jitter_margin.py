@@ -8,9 +8,9 @@ last few seconds, not by how close together two refusals come: 429 events are co
 second, so at R = 200 two of them were never fewer than 200 sends apart and a rule of "two
 events within 200 sends" never widened the margin however many 429s each event held (once 429s
 no longer lowered a configured count, it let 1.2 per 100 requests through at R = 200 with
-50 ms of jitter, on virtual time; 0.25-0.29 with this rule). Between the share that widens it and the
-quiet that narrows it lies a band where it stays put: a stall now and then costs a few 429s,
-which is cheaper than 1% of the rate for good.
+50 ms of jitter, on virtual time; 0.25-0.29 with this rule). Between the share that widens it
+and the quiet that narrows it lies a band where it stays put: a stall now and then costs a few
+429s, which is cheaper than 1% of the rate for good.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class JitterMargin:
         more than WIDEN_SHARE of the span's sends. Returns whether it widened."""
         span = self._span = max(SPAN_SENDS, SPAN_SECONDS * per_second)
         self._prune(sends)
-        before = sum(1 for s in self._refusals if s > sends - span) - 1  # not this one
+        before = self._since(sends - span) - 1  # not this one
         if before > WIDEN_SHARE * span and self.value < MARGIN_MAX:
             self.value = min(MARGIN_MAX, self.value + MARGIN_STEP)
             self._changed_at = sends
@@ -58,7 +58,7 @@ class JitterMargin:
         if self.value <= self.base or sends - self._changed_at < DECAY_SENDS:
             return
         self._prune(sends)
-        if sum(1 for s in self._refusals if s > sends - DECAY_SENDS) <= QUIET:
+        if self._since(sends - DECAY_SENDS) <= QUIET:
             self.value = max(self.base, self.value - DECAY_STEP)
             self._changed_at = sends
 
@@ -68,6 +68,10 @@ class JitterMargin:
         for minutes after the count was 4)."""
         self._refusals.clear()
         self.value = self.base
+
+    def _since(self, after: float) -> int:
+        """Refusals made after send number `after`."""
+        return sum(1 for s in self._refusals if s > after)
 
     def _prune(self, sends: int) -> None:
         """Keep what either rule looks at (pruning to DECAY_SENDS alone once cut the widening

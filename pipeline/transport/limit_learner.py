@@ -194,12 +194,7 @@ class LimitLearner:
                 return
         if now - self._last_event_429 <= EVENT_SECONDS:
             return  # the same event (a late, bunched burst): one margin step and strike each
-        tightest = min(per_second)
-        guessed = self.learned is not None and self.learned.count <= tightest
-        # A margin at its widest no longer slows a small count enough (at 10 a second 0.2 s
-        # is 8.3 a second: a server that admits 8 would refuse for good): then strikes lower
-        # even a configured or announced count, and the try higher brings it back.
-        self._strike(now, tightest, guessed, lower=guessed or self.jitter.value >= MARGIN_MAX)
+        self._strike(now, min(per_second))
 
     def _low_again(self, now: float, admitted: int) -> int | None:
         """The server's count when this refusal at clearly fewer sends repeats an earlier
@@ -218,11 +213,11 @@ class LimitLearner:
         self._low_event = (now, admitted)
         return None
 
-    def _strike(self, now: float, count: int, guessed: bool, lower: bool) -> None:
+    def _strike(self, now: float, count: int) -> None:
         """One 429 event at the known per-second `count`: the margin widens when refusals are
-        more than a small share of recent sends (`JitterMargin`); when strikes may `lower` it
-        (`count` is a learned guess, `guessed`, or the margin is at its widest), three events
-        within the strike span say the server's window is one fewer.
+        more than a small share of recent sends (`JitterMargin`); when strikes may lower it
+        (`count` is a learned guess, or the margin is at its widest), three events within the
+        strike span say the server's window is one fewer.
 
         A configured or announced count is not lowered this way while the margin can still
         widen (it narrows again, a lowered count needs a quiet 15 s to come back). At R = 200,
@@ -236,6 +231,11 @@ class LimitLearner:
         # second are a new event each second (they would otherwise never add up to a strike).
         self._last_event_429 = now
         sends = self.log.count
+        guessed = self.learned is not None and self.learned.count <= count
+        # A margin at its widest no longer slows a small count enough (at 10 a second 0.2 s
+        # is 8.3 a second: a server that admits 8 would refuse for good): then strikes lower
+        # even a configured or announced count, and the try higher brings it back.
+        lower = guessed or self.jitter.value >= MARGIN_MAX  # before this event widens it
         self.jitter.event(sends, count)
         if not lower:
             return
