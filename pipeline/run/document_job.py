@@ -48,7 +48,7 @@ from pipeline.stages.merge import merge_responses
 from pipeline.stages.plan import Decision, PlanItem
 from pipeline.stages.review import annotation_schema, review
 from pipeline.stages.sniff import PDF
-from pipeline.stages.split import OpenedPdf, iter_chunks
+from pipeline.stages.split import PdfFacts, iter_chunks
 from pipeline.stages.store import remove_outputs, write_document
 from pipeline.timefmt import iso
 from pipeline.transport.base import ChunkDeferred, ChunkTransport
@@ -275,7 +275,7 @@ class DocumentJob:
         # split pool. Unknown for PDF and TIFF (frames) until the file is open.
         cut.total_pages = None if self.src.media_type in (PDF, "image/tiff") else 1
 
-        def opened(pdf: OpenedPdf) -> None:
+        def opened(pdf: PdfFacts) -> None:
             cut.total_pages = pdf.pages
             cut.repair.update(repaired=pdf.repaired, repair_notes=pdf.repair_notes[:20])
 
@@ -287,6 +287,7 @@ class DocumentJob:
             data=data,
             max_document_pages=limits.max_pages_per_document,
             on_open=opened,
+            probe=self.ctx.splitter.probes,
         )
 
     async def _answer_all(self, data: bytes) -> _Cut:

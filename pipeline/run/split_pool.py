@@ -2,7 +2,8 @@
 
 qpdf (through pikepdf) is CPU work and may, on a hostile file, never return. A thread cannot be
 killed: a split abandoned after a timeout gets a fresh pool beside it, and the process exits
-without waiting for the stuck thread (see `has_stuck_threads`).
+without waiting for the stuck thread (see `has_stuck_threads`). The threads ask `probes` (another
+process) first whether a PDF can go out as it is (run/pdf_probes.py).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.models import Chunk
+from pipeline.run.pdf_probes import PdfProbes
 
 
 class SplitPool:
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, probes: PdfProbes | None = None) -> None:
         self.threads = threads
+        self.probes = probes if probes is not None else PdfProbes()
         self._pool = ThreadPoolExecutor(threads, "ocr-split")
         self._abandoned: list[ThreadPoolExecutor] = []
 
@@ -38,3 +41,4 @@ class SplitPool:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.probes.close()

@@ -28,12 +28,29 @@ from pipeline.stages.tiff import frames_as_png
 
 
 @dataclass
-class OpenedPdf:
-    pdf: pikepdf.Pdf
+class PdfFacts:
+    """What opening a PDF tells: enough to decide whether its bytes can be sent as they are."""
+
     pages: int
     repaired: bool  # qpdf had to fix the file's structure to read it
     encrypted: bool
     repair_notes: list[str] = field(default_factory=list)
+
+    def sendable_as_is(self, size: int, max_pages: int, max_bytes: int,
+                       max_document_pages: int | None) -> bool:
+        """One chunk of the original bytes: small enough, and nothing to decrypt or repair."""
+        return (self.pages <= max_pages and size <= max_bytes and not self.encrypted
+                and not self.repaired
+                and (max_document_pages is None or self.pages <= max_document_pages))
+
+
+@dataclass
+class OpenedPdf(PdfFacts):
+    pdf: pikepdf.Pdf = field(kw_only=True)
+
+
+# Asks another process for a PDF's facts; None when it could not tell (the caller opens the file).
+PdfProbe = Callable[[bytes, str, list[str] | None], PdfFacts | None]
 
 
 def _damaged(rel: str, exc: Exception) -> InputError:
@@ -78,7 +95,7 @@ def open_pdf(data: bytes, rel: str, passwords: list[str] | None = None) -> Opene
     if pages == 0:
         pdf.close()
         raise InputError(f"{rel}: PDF has no pages", hint="nothing to OCR; remove or exclude it")
-    return OpenedPdf(pdf, pages, bool(notes), pdf.is_encrypted, notes)
+    return OpenedPdf(pages, bool(notes), pdf.is_encrypted, notes, pdf=pdf)
 
 
 def _write(pdf: pikepdf.Pdf, start: int, stop: int) -> bytes:
@@ -93,10 +110,15 @@ def _write(pdf: pikepdf.Pdf, start: int, stop: int) -> bytes:
     return buf.getvalue()
 
 
-def pdf_page_count(data: bytes, rel: str, passwords: list[str] | None = None) -> int:
+def pdf_facts(data: bytes, rel: str, passwords: list[str] | None = None) -> PdfFacts:
+    """Open, read the facts, close: what a PDF probe runs in its own process."""
     opened = open_pdf(data, rel, passwords)
     opened.pdf.close()
-    return opened.pages
+    return PdfFacts(opened.pages, opened.repaired, opened.encrypted, opened.repair_notes)
+
+
+def pdf_page_count(data: bytes, rel: str, passwords: list[str] | None = None) -> int:
+    return pdf_facts(data, rel, passwords).pages
 
 
 def iter_chunks(
@@ -109,11 +131,15 @@ def iter_chunks(
     passwords: list[str] | None = None,
     data: bytes | None = None,
     max_document_pages: int | None = None,
-    on_open: Callable[[OpenedPdf], None] | None = None,
+    on_open: Callable[[PdfFacts], None] | None = None,
+    probe: PdfProbe | None = None,
 ) -> Iterator[Chunk]:
     """Yield the chunks of one document in page order, building each only when asked for.
 
     A PDF of more than `max_document_pages` pages fails as too_large before any chunk is made.
+    With `probe`, a PDF that another process finds sendable as it is never opened here (qpdf
+    holds the GIL while it parses: ~1 ms per 50-page file, docs/performance.md); anything else
+    (to cut, encrypted, damaged, or a probe that could not tell) is opened here as before.
     """
     if data is None:
         data = path.read_bytes()
@@ -135,6 +161,14 @@ def iter_chunks(
             )
         yield Chunk(rel, 0, 0, 1, media_type, data, hashlib.sha256(data).hexdigest())
         return
+    if probe is not None and len(data) <= max_bytes:
+        facts = probe(data, rel, passwords)
+        if facts is not None and facts.sendable_as_is(len(data), max_pages, max_bytes,
+                                                      max_document_pages):
+            if on_open is not None:
+                on_open(facts)
+            yield Chunk(rel, 0, 0, facts.pages, PDF, data, hashlib.sha256(data).hexdigest())
+            return
     opened = open_pdf(data, rel, passwords)
     try:
         if on_open is not None:
@@ -158,8 +192,7 @@ def _pdf_chunks(
             f"{rel}: {total:,} pages, above max_pages_per_document ({max_document_pages:,})",
             hint="raise max_pages_per_document or run with --allow-large-documents",
         )
-    if (total <= max_pages and len(data) <= max_bytes and not opened.encrypted
-            and not opened.repaired):
+    if opened.sendable_as_is(len(data), max_pages, max_bytes, None):
         # Small enough as it is: send the original bytes untouched.
         yield Chunk(rel, 0, 0, total, PDF, data, hashlib.sha256(data).hexdigest())
         return

@@ -15,6 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
 from pipeline.backends.local import worker
+from pipeline.child_process import init_process, terminal_signals_blocked
 from pipeline.errors import Category, RetryableError
 
 
@@ -76,7 +77,7 @@ class ProcessExecutor:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.processes,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=worker.init_process,
+                initializer=init_process,
             )
         return self._pool
 
@@ -84,7 +85,7 @@ class ProcessExecutor:
         pool = self._executor()
         loop = asyncio.get_running_loop()
         try:
-            with worker.terminal_signals_blocked():  # a worker started now is born deaf to Ctrl-C
+            with terminal_signals_blocked():  # a worker started now is born deaf to Ctrl-C
                 future = loop.run_in_executor(pool, fn, *args)
             return await future
         except KeyboardInterrupt as exc:
