@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from pipeline import __version__
+from pipeline import __version__, jsonio
 from pipeline.backends.base import OCRResponse
 from pipeline.config import Settings
 from pipeline.config.groups import OutputSettings, ServiceSettings
@@ -215,12 +215,12 @@ class MistralBackend:
         self.bytes_sent += len(payload)
         where = f"{chunk.doc_rel} pages {chunk.first_page + 1}-{chunk.first_page + chunk.page_count}"
         answer = await self._post(payload, where)
-        text = answer.body.decode("utf-8", "replace")
         if answer.status == 200:
             try:
-                return json.loads(text)
+                return jsonio.parse(answer.body)
             except ValueError:
                 raise RetryableError(f"{where}: service answered 200 with invalid JSON") from None
+        text = answer.body.decode("utf-8", "replace")
         raise self._refusal(answer, error_detail(text), where)
 
     async def _post(self, payload: bytes, where: str) -> _Answer:

@@ -5,12 +5,12 @@ the same thread rules and transactions."""
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import time
 from collections.abc import Iterable
 from typing import Any
 
+from pipeline import jsonio
 from pipeline.manifest.rows import DOCUMENT_COLUMNS, DocumentRow
 from pipeline.manifest.states import (
     OPEN_BATCH_JOBS,
@@ -143,7 +143,7 @@ class BatchLedger:
         """Checkpoint one downloaded answer for every path that awaits it (the same content in
         several paths is one request). Returns (path, job id) of each."""
         now = time.time()
-        body = json.dumps(response, ensure_ascii=False)
+        body = jsonio.compact(response)
         with self._write() as db:
             rows = db.execute(
                 "SELECT c.path, c.doc_sha256, c.first_page, c.page_count, c.chunk_sha256,"

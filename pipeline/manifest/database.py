@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline import jsonio
 from pipeline.errors import FatalError
 from pipeline.manifest.batch_ledger import BatchLedger
 from pipeline.manifest.rows import DOCUMENT_COLUMNS, DocumentRow, PlannedDocument
@@ -305,7 +306,7 @@ class Manifest(BatchLedger):
             "INSERT OR REPLACE INTO chunks (path, doc_sha256, first_page, page_count,"
             " chunk_sha256, state, response, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (path, doc_sha256, first_page, page_count, chunk_sha256, ChunkState.DONE,
-             json.dumps(response, ensure_ascii=False), time.time()),
+             jsonio.compact(response), time.time()),
         )
 
     def finish(self, path: str, pages: int, cost: float) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import crashpoints
+from pipeline import crashpoints, jsonio
 from pipeline.config.groups import OutputSettings
 from pipeline.errors import Category, DocumentError
 from pipeline.stages.encode import decode_data_url
@@ -230,8 +229,8 @@ def write_document(
         _write_tables(response, out_root, tables_dir, links, written,
                       inline=bool(outputs and outputs.inline_tables))
         if response.get("document_annotations"):
-            body = json.dumps(response["document_annotations"], ensure_ascii=False, indent=2)
-            atomic_write(annotation_path, body.encode("utf-8"), sync_dir=False)
+            atomic_write(annotation_path, jsonio.pretty(response["document_annotations"]),
+                         sync_dir=False)
             written["annotation"] = annotation_path
         document = dict(response)
         document["source"] = source
@@ -239,8 +238,7 @@ def write_document(
         atomic_write(md_path, md.encode("utf-8"), sync_dir=False)
         written["markdown"] = md_path
         crashpoints.reached("mid_store")
-        body = json.dumps(document, ensure_ascii=False, indent=2)
-        atomic_write(json_path, body.encode("utf-8"), sync_dir=False)
+        atomic_write(json_path, jsonio.pretty(document), sync_dir=False)
         written["json"] = json_path
         for folder, prefix in ((images_dir, "image:"), (tables_dir, "table:")):
             if any(k.startswith(prefix) for k in written):
