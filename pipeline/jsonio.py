@@ -33,6 +33,15 @@ def compact(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
 
 
+def request_body(value: Any) -> bytes:
+    """A request's JSON body, UTF-8 (RFC 8259), one line: a 50-page chunk's base64 is escaped in
+    C at ~20x the standard library's speed."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value).encode("ascii")
+
+
 def parse(data: bytes | str) -> Any:
     """`json.loads`, in C; text orjson refuses (NaN, bytes that are not UTF-8) is read as before
     (bytes decoded with replacement). Raises ValueError when it is not JSON."""

@@ -53,3 +53,13 @@ def test_parse_reads_what_json_loads_reads() -> None:
 def test_parse_raises_value_error_on_what_is_not_json(body: bytes) -> None:
     with pytest.raises(ValueError):
         jsonio.parse(body)
+
+
+def test_a_request_body_is_one_line_of_utf8_json() -> None:
+    body = {"model": "mistral-ocr-latest", "document": {"type": "document_url",
+            "document_url": "data:application/pdf;base64,JVBERi0xLjQK"}, "pages": [0, 1],
+            "document_annotation_format": {"name": "Facture n°"}}
+    out = jsonio.request_body(body)
+    assert b"\n" not in out and "n°".encode() in out
+    assert json.loads(out) == body
+    assert json.loads(jsonio.request_body({"n": 2**70})) == {"n": 2**70}

@@ -39,10 +39,10 @@ def warm(probes: PdfProbes, data: bytes, deadline_s: float = 60) -> PdfFacts | N
     """Call until the process has started and answers (the first calls start it)."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        if probes._pool is not None and probes._warm is not None and probes._warm.done():
+        if probes.ready():
             return probes(data, "doc.pdf", None)
         assert probes(data, "doc.pdf", None) is None  # not ready yet: the caller opens it
-        time.sleep(0.05)
+        time.sleep(0.02)
     raise AssertionError("the probe process did not start")
 
 
@@ -51,7 +51,7 @@ def test_facts_come_from_another_process_once_it_has_started() -> None:
     probes = PdfProbes(start_after=2, cores=2, function=facts_and_pid)
     try:
         assert probes(data, "doc.pdf", None) is None  # the first PDF of a run: no process yet
-        assert probes._pool is None
+        assert probes.pid is None
         facts = warm(probes, data)
         assert facts is not None
         assert (facts.pages, facts.repaired, facts.encrypted) == (3, False, False)
@@ -79,19 +79,23 @@ def test_a_stuck_probe_is_killed_and_the_pdf_is_left_to_the_caller() -> None:
     data = pdf_bytes(["one"])
     probes = PdfProbes(start_after=1, cores=2, wait_s=0.5, function=stuck)
     try:
+        assert warm(probes, data) is None  # the first call once ready: stuck, given up
+        assert probes.kills == 1 and probes.pid is None
         end = time.monotonic() + 60
-        while not (probes._warm is not None and probes._warm.done()):
+        while not probes.ready():  # started again after start_after more PDFs
             assert probes(data, "doc.pdf", None) is None
-            assert time.monotonic() < end, "the probe process did not start"
-            time.sleep(0.05)
-        assert probes._pool is not None
-        process = next(iter(probes._pool._processes.values()))
+            assert time.monotonic() < end, "the probe process did not start again"
+            time.sleep(0.02)
+        pid = probes.pid
+        assert pid is not None
+        process = probes._child.process if probes._child else None
         started = time.monotonic()
         assert probes(data, "doc.pdf", None) is None
         assert time.monotonic() - started < 5
-        process.join(10)
-        assert not process.is_alive()
-        assert probes.kills == 1 and probes._pool is None
+        assert process is not None and not process.is_alive()  # killed and reaped
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        assert probes.kills == 2 and probes.pid is None
     finally:
         probes.close()
 
@@ -101,14 +105,14 @@ def test_after_max_kills_the_run_stops_probing(monkeypatch: pytest.MonkeyPatch) 
     probes = PdfProbes(start_after=1, cores=2)
     probes.kills = 1
     assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None
-    assert probes._pool is None
+    assert probes.pid is None
 
 
 def test_one_core_never_starts_a_process() -> None:
     probes = PdfProbes(start_after=1, cores=1)
     for _ in range(5):
         assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None
-    assert probes._pool is None
+    assert probes.pid is None
 
 
 def test_a_pdf_the_probe_found_sendable_is_never_opened_here(
@@ -181,7 +185,10 @@ async def test_a_run_with_probes_writes_what_a_run_without_them_writes(
     without = await run_pipeline(source, tmp_path / "without", server.url)
 
     assert made and made[0].answered == 41  # the forty and the repaired one; not the damaged one
-    assert made[0]._closed and made[0]._pool is None  # the run killed its process at the end
+    pid = made[0].pid
+    assert pid is not None and made[0]._closed
+    with pytest.raises(ProcessLookupError):  # the run killed its process at the end
+        os.kill(pid, 0)
     for report in (with_probes, without):
         assert (report.documents_done, report.documents_failed) == (41, 1)
     for name in ("doc07.pdf", "repaired.pdf"):

@@ -211,7 +211,7 @@ class MistralBackend:
         return body
 
     async def ocr(self, chunk: Chunk) -> OCRResponse:
-        payload = json.dumps(self.request_body(chunk)).encode("ascii")
+        payload = jsonio.request_body(self.request_body(chunk))
         self.bytes_sent += len(payload)
         where = f"{chunk.doc_rel} pages {chunk.first_page + 1}-{chunk.first_page + chunk.page_count}"
         answer = await self._post(payload, where)
