@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import multiprocessing
 import os
 import signal
 import sys
@@ -43,7 +44,10 @@ def init_process() -> None:
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except OSError:
             pass
-        if os.getppid() == 1:  # the parent is already gone
+        # The parent is already gone (reparented to init or a subreaper). Not `getppid() == 1`:
+        # a run that is PID 1 itself (a container without an init) has every child's ppid 1.
+        parent = multiprocessing.parent_process()
+        if parent is not None and os.getppid() != parent.pid:
             os._exit(1)
     # A pending SIGINT is dropped (ignored); a pending SIGTERM (the pool's, or a group kill that
     # came during start-up) ends the process: the parent sees a dead worker, a retryable failure.
@@ -55,7 +59,8 @@ def init_process() -> None:
 def terminal_signals_blocked() -> Iterator[None]:
     """In the parent, around submitting work: processes the pool starts now inherit the mask,
     so they cannot die of a Ctrl-C while importing, before `init_process` leaves the group.
-    Signals that arrive meanwhile are delivered to the parent when the block ends."""
+    The mask is the calling thread's: a signal that arrives meanwhile goes to another thread of
+    the parent, or to this one when the block ends."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return

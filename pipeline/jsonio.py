@@ -2,10 +2,12 @@
 
 `json.dumps(..., indent=2)` runs the standard library's pure-Python encoder (its C encoder does
 no indentation): 17% of the run's own time at R = 200 with 50-page documents (docs/performance.md).
-orjson writes the same JSON in C: the same text, but that a float below 1e-4 may be spelled
-otherwise (1e-7 for 1e-07, 0.000015 for 1.5e-05; the same value). What orjson refuses (integers
-beyond 64 bits, keys that are not strings, text that is not valid UTF-8) goes through the
-standard library as before, so nothing a run wrote before fails now.
+orjson writes the same JSON in C (orjson >= 3.13, the version measured): the same text, but
+that a float below 1e-4 may be spelled otherwise (1e-7 for 1e-07, 0.000015 for 1.5e-05; the same
+value), and that NaN and infinities, which are not JSON, are written as null where the standard
+library wrote `NaN` (a file strict readers refuse). What orjson refuses (integers beyond 64 bits,
+keys that are not strings, text that is not valid UTF-8) goes through the standard library as
+before, so nothing a run wrote before fails now.
 """
 
 from __future__ import annotations

@@ -35,6 +35,12 @@ def test_what_orjson_refuses_is_written_by_the_standard_library(value: dict[Any,
     assert jsonio.compact(value) == json.dumps(value, ensure_ascii=False)
 
 
+def test_nan_and_infinities_are_written_as_null_not_as_invalid_json() -> None:
+    value = {"confidence": float("nan"), "limits": [float("inf"), -float("inf")]}
+    assert json.loads(jsonio.pretty(value)) == {"confidence": None, "limits": [None, None]}
+    assert json.loads(jsonio.compact(value)) == {"confidence": None, "limits": [None, None]}
+
+
 def test_compact_reads_back_the_same_value() -> None:
     text = jsonio.compact(DOCUMENT)
     assert "\n" not in text and "Título" in text

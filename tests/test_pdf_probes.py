@@ -3,7 +3,10 @@ kill of a stuck probe, and a run against the fake server whose outputs match a r
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from pipeline.run.pdf_probes import PdfProbes
 from pipeline.stages.sniff import PDF
 from pipeline.stages.split import PdfFacts, iter_chunks, pdf_facts
 from tests import hostile
-from tests.conftest import load_json, run_pipeline
+from tests.conftest import load_json, pipeline_env, run_args, run_pipeline, start_pipeline_process
 from tests.pdfgen import pdf_bytes
 
 
@@ -35,27 +38,39 @@ def stuck(data: bytes, rel: str, passwords: list[str] | None) -> PdfFacts | None
     return None
 
 
-def warm(probes: PdfProbes, data: bytes, deadline_s: float = 60) -> PdfFacts | None:
-    """Call until the process has started and answers (the first calls start it)."""
+def started(probes: PdfProbes, deadline_s: float = 60) -> PdfProbes:
+    """Start the process now and wait until it says it is ready (no call in between)."""
+    probes.start()
     end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if probes.ready():
-            return probes(data, "doc.pdf", None)
-        assert probes(data, "doc.pdf", None) is None  # not ready yet: the caller opens it
+    while not probes.ready():
+        assert time.monotonic() < end, "the probe process did not start"
         time.sleep(0.02)
-    raise AssertionError("the probe process did not start")
+    return probes
 
 
-def test_facts_come_from_another_process_once_it_has_started() -> None:
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_facts_come_from_another_process_once_enough_pdfs_came() -> None:
     data = pdf_bytes(["one", "two", "three"])
     probes = PdfProbes(start_after=2, cores=2, function=facts_and_pid)
     try:
         assert probes(data, "doc.pdf", None) is None  # the first PDF of a run: no process yet
-        assert probes.pid is None
-        facts = warm(probes, data)
+        assert probes._starter is None
+        assert probes(data, "doc.pdf", None) is None  # the second: the process starts
+        end = time.monotonic() + 60
+        while not probes.ready():
+            assert time.monotonic() < end, "the probe process did not start"
+            time.sleep(0.02)
+        facts = probes(data, "doc.pdf", None)
         assert facts is not None
         assert (facts.pages, facts.repaired, facts.encrypted) == (3, False, False)
-        assert facts.repair_notes != [str(os.getpid())]
+        assert facts.repair_notes == [str(probes.pid)] != [str(os.getpid())]
         assert probes.answered == 1
     finally:
         probes.close()
@@ -63,9 +78,9 @@ def test_facts_come_from_another_process_once_it_has_started() -> None:
 
 def test_a_damaged_pdf_gets_no_facts_and_the_process_goes_on() -> None:
     good = pdf_bytes(["one", "two"])
-    probes = PdfProbes(start_after=1, cores=2)
+    probes = started(PdfProbes(cores=2))
     try:
-        assert warm(probes, good) == pdf_facts(good, "doc.pdf")
+        assert probes(good, "doc.pdf", None) == pdf_facts(good, "doc.pdf")
         assert probes(hostile.truncated_pdf(["a", "b"]), "bad.pdf", None) is None
         repaired = probes(hostile.no_xref_pdf(["a", "b"]), "fixed.pdf", None)
         assert repaired is not None and repaired.repaired and repaired.repair_notes
@@ -75,27 +90,33 @@ def test_a_damaged_pdf_gets_no_facts_and_the_process_goes_on() -> None:
         probes.close()
 
 
+def test_a_pdf_over_max_bytes_is_not_copied_to_the_process() -> None:
+    probes = started(PdfProbes(cores=2))
+    try:
+        big = pdf_bytes(["one"]) + b"%" * probes_module.MAX_BYTES
+        assert probes(big, "big.pdf", None) is None
+        assert probes.answered == 0 and probes.ready()
+    finally:
+        probes.close()
+
+
 def test_a_stuck_probe_is_killed_and_the_pdf_is_left_to_the_caller() -> None:
     data = pdf_bytes(["one"])
-    probes = PdfProbes(start_after=1, cores=2, wait_s=0.5, function=stuck)
+    probes = started(PdfProbes(start_after=1, cores=2, wait_s=0.5, function=stuck))
     try:
-        assert warm(probes, data) is None  # the first call once ready: stuck, given up
-        assert probes.kills == 1 and probes.pid is None
-        end = time.monotonic() + 60
-        while not probes.ready():  # started again after start_after more PDFs
-            assert probes(data, "doc.pdf", None) is None
-            assert time.monotonic() < end, "the probe process did not start again"
-            time.sleep(0.02)
         pid = probes.pid
         assert pid is not None
-        process = probes._child.process if probes._child else None
-        started = time.monotonic()
-        assert probes(data, "doc.pdf", None) is None
-        assert time.monotonic() - started < 5
-        assert process is not None and not process.is_alive()  # killed and reaped
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
-        assert probes.kills == 2 and probes.pid is None
+        began = time.monotonic()
+        assert probes(data, "doc.pdf", None) is None  # stuck: given up after wait_s
+        assert time.monotonic() - began < 5
+        assert gone(pid)  # killed and reaped
+        assert probes.kills == 1 and probes.pid is None
+        assert probes(data, "doc.pdf", None) is None  # counts towards a new start
+        end = time.monotonic() + 60
+        while not probes.ready():
+            assert time.monotonic() < end, "the probe process did not start again"
+            time.sleep(0.02)
+        assert probes.pid not in (None, pid)
     finally:
         probes.close()
 
@@ -104,8 +125,47 @@ def test_after_max_kills_the_run_stops_probing(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(probes_module, "MAX_KILLS", 1)
     probes = PdfProbes(start_after=1, cores=2)
     probes.kills = 1
-    assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None
-    assert probes.pid is None
+    try:
+        for _ in range(3):
+            assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None
+        assert probes._starter is None and probes.pid is None
+    finally:
+        probes.close()
+
+
+def test_a_process_that_cannot_start_turns_probing_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_more_processes(function: Any) -> Any:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(probes_module, "_Child", no_more_processes)
+    probes = PdfProbes(start_after=1, cores=2)
+    try:
+        assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None
+        end = time.monotonic() + 10
+        while probes.enabled:
+            assert time.monotonic() < end
+            time.sleep(0.01)
+        assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None
+        assert probes._starter is None and probes.pid is None
+    finally:
+        probes.close()
+
+
+def test_the_process_outlives_the_thread_that_asked_for_it() -> None:
+    """PR_SET_PDEATHSIG kills a child when the thread that started it ends: a split thread whose
+    pool is replaced must not take the probe process with it."""
+    data = pdf_bytes(["one"])
+    probes = PdfProbes(cores=2)
+    try:
+        asker = threading.Thread(target=started, args=(probes,))  # ends once the child is ready
+        asker.start()
+        asker.join()
+        pid = probes.pid
+        time.sleep(0.5)
+        assert pid is not None and not gone(pid)
+        assert probes(data, "doc.pdf", None) == pdf_facts(data, "doc.pdf")
+    finally:
+        probes.close()
 
 
 def test_one_core_never_starts_a_process() -> None:
@@ -171,24 +231,30 @@ async def test_a_run_with_probes_writes_what_a_run_without_them_writes(
     server = await fake_server()
 
     made: list[PdfProbes] = []
+    pids: list[int | None] = []
+    opened_here: list[str] = []
+    real_open = split_module.open_pdf
+
+    def counting_open(data: bytes, rel: str, passwords: list[str] | None = None) -> Any:
+        opened_here.append(rel)
+        return real_open(data, rel, passwords)
 
     class StartedProbes(PdfProbes):
         def __init__(self) -> None:
-            super().__init__(start_after=1, cores=2)
-            made.append(self)
-            warm(self, pdf_bytes(["warm-up"]))
-            self.answered = 0
+            super().__init__(cores=2, wait_s=60)  # generous: a loaded machine must not fall back
+            made.append(started(self))
+            pids.append(self.pid)
 
+    monkeypatch.setattr(split_module, "open_pdf", counting_open)  # this process's opens only
     monkeypatch.setattr(split_pool_module, "PdfProbes", StartedProbes)
     with_probes = await run_pipeline(source, tmp_path / "with", server.url)
+    assert sorted(opened_here) == ["damaged.pdf", "repaired.pdf"]  # the forty were not
     monkeypatch.setattr(split_pool_module, "PdfProbes", lambda: PdfProbes(cores=1))
     without = await run_pipeline(source, tmp_path / "without", server.url)
 
     assert made and made[0].answered == 41  # the forty and the repaired one; not the damaged one
-    pid = made[0].pid
-    assert pid is not None and made[0]._closed
-    with pytest.raises(ProcessLookupError):  # the run killed its process at the end
-        os.kill(pid, 0)
+    assert made[0]._closed and made[0].pid is None and pids[0] is not None
+    assert gone(pids[0])  # the run killed its process at the end
     for report in (with_probes, without):
         assert (report.documents_done, report.documents_failed) == (41, 1)
     for name in ("doc07.pdf", "repaired.pdf"):
@@ -198,3 +264,48 @@ async def test_a_run_with_probes_writes_what_a_run_without_them_writes(
         for key in ("pages", "chunks", "repaired", "repair_notes"):
             assert a["source"][key] == b["source"][key], key
     assert load_json(tmp_path / "with" / "repaired.pdf.json")["source"].get("repaired") is True
+
+
+def spawned_children(pid: int) -> list[int]:
+    """Processes multiprocessing spawned for `pid` (not its resource tracker)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline:
+                found.append(int(child))
+    return found
+
+
+def dead(pid: int) -> bool:
+    """Gone, or a zombie waiting for an init that may never reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+async def test_a_run_killed_with_sigkill_leaves_no_probe_process(
+    tmp_path: Path, fake_server: Any
+) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    for i in range(200):
+        (source / f"doc{i:03d}.pdf").write_bytes(pdf_bytes([f"document {i}"]))
+    server = await fake_server(latency=1.0)
+    proc = await start_pipeline_process(run_args(source, tmp_path / "out", server.url),
+                                        pipeline_env())
+    try:
+        end = time.monotonic() + 60
+        while not (children := spawned_children(proc.pid)):
+            assert proc.returncode is None and time.monotonic() < end, "no probe process started"
+            await asyncio.sleep(0.05)
+    finally:
+        proc.kill()
+        await proc.communicate()
+    end = time.monotonic() + 10
+    while not all(dead(pid) for pid in children):
+        assert time.monotonic() < end, f"probe process {children} outlived its run"
+        await asyncio.sleep(0.05)
