@@ -43,7 +43,7 @@ _LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
 def _rewrite_links(markdown: str, renames: dict[str, str]) -> str:
     """Point `![alt](target)` and `[alt](target)` links at the renamed ids (the alt too, when it
     is the id)."""
-    if not renames:
+    if not renames or "](" not in markdown:
         return markdown
 
     def sub(m: re.Match[str]) -> str:

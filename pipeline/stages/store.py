@@ -112,6 +112,7 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
 
 
 _LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 
 @dataclass
@@ -133,7 +134,7 @@ class _Links:
                 return f"[{alt}]"
             return m.group(0)
 
-        return _LINK.sub(sub, text)
+        return _LINK.sub(sub, text) if "](" in text else text  # most text has no link at all
 
 
 def render_markdown(response: dict[str, Any], image_links: dict[str, str],
@@ -152,7 +153,9 @@ def render_markdown(response: dict[str, Any], image_links: dict[str, str],
         parts.append(links.rewrite(page.get("markdown") or "").strip())
         if show_footer and isinstance(page.get("footer"), str) and page["footer"].strip():
             parts.append(links.rewrite(page["footer"]).strip())
-        text = re.sub(r"\n{3,}", "\n\n", "\n\n".join(p for p in parts if p))
+        text = "\n\n".join(p for p in parts if p)
+        if "\n\n\n" in text:
+            text = _BLANK_LINES.sub("\n\n", text)
         out.append(f"<!-- page {page['index'] + 1} -->\n\n{text}\n")
     return "\n".join(out)
 
