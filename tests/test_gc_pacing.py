@@ -10,6 +10,7 @@ import contextlib
 import gc
 import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,6 +143,14 @@ async def test_the_fake_server_paces_its_own_collector_and_unfreezes_on_sigterm(
     from pipeline.fakeserver.options import FakeServerOptions
 
     monkeypatch.setattr(gc_pacing, "FREEZE_EVERY", 0.05)
+    made: list[CollectorPacing] = []
+
+    class Recorded(CollectorPacing):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(gc_pacing, "CollectorPacing", Recorded)
     assert gc.get_freeze_count() == 0
     server = asyncio.create_task(cli._serve(FakeServerOptions(), "127.0.0.1", 0))
     for _ in range(100):
@@ -150,6 +159,8 @@ async def test_the_fake_server_paces_its_own_collector_and_unfreezes_on_sigterm(
             break
     frozen = gc.get_freeze_count()
     assert frozen > 0 and not server.done()  # else no handler of its own takes the SIGTERM
+    # Its full pass is not the pipeline's every minute, which it met at the same second.
+    assert [p.full_every for p in made] == [cli.SERVER_FULL_EVERY] and cli.SERVER_FULL_EVERY >= 600
     os.kill(os.getpid(), signal.SIGTERM)  # the server's own handler stops it
     await asyncio.wait_for(server, 10)
     assert frozen > 0
