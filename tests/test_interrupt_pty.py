@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import REPO, pipeline_env
 from tests.local_fixtures import PARAGRAPHS, TITLES, prose_page, render, to_bytes
+from tests.processes import alive, multiprocessing_workers
 
 PAGES = 12  # enough for a few seconds of OCR on two cores
 
@@ -158,26 +159,6 @@ def test_ctrl_c_to_the_process_group_stops_cleanly_with_a_report_and_resumes(
     assert json.loads(status(out, "--json"))["documents"]["done"] == PAGES
 
 
-def _children(pid: int) -> set[int]:
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def test_ocr_workers_left_the_job_group_yet_die_with_a_killed_run(tmp_path: Path) -> None:
     """Out of the terminal's reach, the workers still never outlive their run (PR_SET_PDEATHSIG)."""
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -185,9 +166,7 @@ def test_ocr_workers_left_the_job_group_yet_die_with_a_killed_run(tmp_path: Path
     run = TerminalRun(run_args(inp, out))
     try:
         wait_for_first_output(run, out)
-        workers = {pid for pid in _children(run.proc.pid)
-                   if "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-                   and "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")}
+        workers = multiprocessing_workers(run.proc.pid)
         assert workers, "the local engine's worker processes were not found"
         assert all(os.getpgid(pid) != run.proc.pid for pid in workers), "workers still in the job's group"
         os.killpg(run.proc.pid, signal.SIGKILL)  # the main process only: workers are elsewhere
@@ -195,6 +174,6 @@ def test_ocr_workers_left_the_job_group_yet_die_with_a_killed_run(tmp_path: Path
     finally:
         run.kill()
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers), "OCR workers outlived the killed run"
+    assert not any(alive(pid) for pid in workers), "OCR workers outlived the killed run"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pipeline.stages.split import PdfFacts, iter_chunks, pdf_facts
 from tests import hostile
 from tests.conftest import load_json, pipeline_env, run_args, run_pipeline, start_pipeline_process
 from tests.pdfgen import pdf_bytes
+from tests.processes import alive, multiprocessing_workers, reaped
 
 
 def facts_and_pid(data: bytes, rel: str, passwords: list[str] | None) -> PdfFacts | None:
@@ -46,14 +46,6 @@ def started(probes: PdfProbes, deadline_s: float = 60) -> PdfProbes:
         assert time.monotonic() < end, "the probe process did not start"
         time.sleep(0.02)
     return probes
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_facts_come_from_another_process_once_enough_pdfs_came() -> None:
@@ -109,7 +101,7 @@ def test_a_stuck_probe_is_killed_and_the_pdf_is_left_to_the_caller() -> None:
         began = time.monotonic()
         assert probes(data, "doc.pdf", None) is None  # stuck: given up after wait_s
         assert time.monotonic() - began < 5
-        assert gone(pid)  # killed and reaped
+        assert reaped(pid)  # killed and reaped
         assert probes.kills == 1 and probes.pid is None
         assert probes(data, "doc.pdf", None) is None  # counts towards a new start
         end = time.monotonic() + 60
@@ -162,7 +154,7 @@ def test_the_process_outlives_the_thread_that_asked_for_it() -> None:
         asker.join()
         pid = probes.pid
         time.sleep(0.5)
-        assert pid is not None and not gone(pid)
+        assert pid is not None and not reaped(pid)
         assert probes(data, "doc.pdf", None) == pdf_facts(data, "doc.pdf")
     finally:
         probes.close()
@@ -254,7 +246,7 @@ async def test_a_run_with_probes_writes_what_a_run_without_them_writes(
 
     assert made and made[0].answered == 41  # the forty and the repaired one; not the damaged one
     assert made[0]._closed and made[0].pid is None and pids[0] is not None
-    assert gone(pids[0])  # the run killed its process at the end
+    assert reaped(pids[0])  # the run killed its process at the end
     for report in (with_probes, without):
         assert (report.documents_done, report.documents_failed) == (41, 1)
     for name in ("doc07.pdf", "repaired.pdf"):
@@ -266,27 +258,6 @@ async def test_a_run_with_probes_writes_what_a_run_without_them_writes(
     assert load_json(tmp_path / "with" / "repaired.pdf.json")["source"].get("repaired") is True
 
 
-def spawned_children(pid: int) -> list[int]:
-    """Processes multiprocessing spawned for `pid` (not its resource tracker)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"spawn_main" in cmdline:
-                found.append(int(child))
-    return found
-
-
-def dead(pid: int) -> bool:
-    """Gone, or a zombie waiting for an init that may never reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 async def test_a_run_killed_with_sigkill_leaves_no_probe_process(
     tmp_path: Path, fake_server: Any
 ) -> None:
@@ -299,13 +270,13 @@ async def test_a_run_killed_with_sigkill_leaves_no_probe_process(
                                         pipeline_env())
     try:
         end = time.monotonic() + 60
-        while not (children := spawned_children(proc.pid)):
+        while not (children := multiprocessing_workers(proc.pid)):
             assert proc.returncode is None and time.monotonic() < end, "no probe process started"
             await asyncio.sleep(0.05)
     finally:
         proc.kill()
         await proc.communicate()
     end = time.monotonic() + 10
-    while not all(dead(pid) for pid in children):
+    while any(alive(pid) for pid in children):
         assert time.monotonic() < end, f"probe process {children} outlived its run"
         await asyncio.sleep(0.05)

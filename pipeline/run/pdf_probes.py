@@ -145,7 +145,7 @@ class PdfProbes:
     def start(self) -> None:
         """Start the process now, whatever the count of PDFs (it answers once ready)."""
         with self._lock:
-            if self._starter is None and not self._closed and self.enabled:
+            if self._may_start():
                 self._begin()
 
     def __call__(self, data: bytes, rel: str, passwords: list[str] | None) -> PdfFacts | None:
@@ -183,14 +183,16 @@ class PdfProbes:
             self.enabled = False
             return None
 
+    def _may_start(self) -> bool:
+        """Under the lock: no process starting or started, and probing still on."""
+        return (self._starter is None and not self._closed and self.enabled
+                and self.kills < MAX_KILLS)
+
     def _count_towards_start(self) -> None:
-        if self._starter is not None or self._closed or not self.enabled:
-            return
-        if self.kills >= MAX_KILLS:
-            return
-        self._seen += 1
-        if self._seen >= self.start_after:
-            self._begin()
+        if self._may_start():
+            self._seen += 1
+            if self._seen >= self.start_after:
+                self._begin()
 
     def _begin(self) -> None:
         """Under the lock: a thread that starts the child and lives as long as the child may."""
