@@ -411,6 +411,10 @@ class Run:
         }
         if isinstance(self.transport, MultiEndpointTransport):
             r.requests["endpoints"] = self.transport.endpoint_figures()
+        if self._cluster is not None:
+            # The ticker samples the count now and then; a worker that joined and worked
+            # between two ticks (or after the last) is still one the run had.
+            r.workers = max(r.workers or 0, self._cluster.peak_workers)
         limiter = self._hosted_limiter()
         if limiter is not None:
             r.requests["rate_limit"] = limiter.summary()

@@ -81,6 +81,9 @@ class ClusterBackend(Protocol):
     def workers(self) -> int: ...  # Dask workers connected now
 
     @property
+    def peak_workers(self) -> int: ...  # the most connected at once during the run
+
+    @property
     def processes(self) -> int: ...  # their threads: the pages that can be read at once
 
 

@@ -72,6 +72,11 @@ class LocalBackend:
         """OCR processes here, or Dask workers connected now (progress, report, metrics)."""
         return self.executor.workers
 
+    @property
+    def peak_workers(self) -> int:
+        """The most workers at once during the run (the report's `workers`)."""
+        return self.executor.peak_workers
+
     async def _call(self, fn: Any, *args: Any) -> Any:
         try:
             outcome = await self.executor.run(fn, *args)

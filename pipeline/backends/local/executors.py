@@ -32,6 +32,11 @@ class PageExecutor(Protocol):
         """Worker processes (this machine's pool) or Dask workers connected now."""
         ...
 
+    @property
+    def peak_workers(self) -> int:
+        """The most `workers` at once so far (a cluster grows and shrinks during a run)."""
+        ...
+
     def share(self, data: bytes) -> Any:
         """A handle for `data` to pass to several calls (a chunk's bytes, read by every page)."""
         ...
@@ -61,6 +66,10 @@ class ProcessExecutor:
 
     @property
     def workers(self) -> int:
+        return self.processes
+
+    @property
+    def peak_workers(self) -> int:
         return self.processes
 
     def share(self, data: bytes) -> Any:
