@@ -199,7 +199,8 @@ class LocalSettings(Group):
     language: str = Field("eng", description="Tesseract languages, e.g. `eng` or `eng+deu`")
     dpi: int = Field(300, ge=50, le=1200, description="resolution scanned PDF pages are rendered at")
     force_ocr: bool = Field(False, description="OCR every page even when it has a text layer")
-    processes: int = Field(0, ge=0, description="OCR processes (0: one per core)")
+    processes: int = Field(0, ge=0, description="OCR processes (0: one per core the run may use, "
+                           "a container CPU quota included)")
     max_pixels: int = Field(200_000_000, ge=1, description="a page above this many pixels fails as"
                             " `too_large`")
     tessdata_path: str | None = Field(None, description="folder of `*.traineddata` (default:"

@@ -24,12 +24,12 @@ timeout governs; after `MAX_KILLS` of those the run stops probing. A process tha
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
 from pipeline.child_process import init_process, terminal_signals_blocked
+from pipeline.cpus import usable_cores
 from pipeline.stages.split import PdfFacts, PdfProbe, pdf_facts
 
 START_AFTER = 32
@@ -59,13 +59,6 @@ def serve(conn: Connection, function: PdfProbe) -> None:
         facts = function(data, rel, passwords)
         del data  # an idle process holds no document
         conn.send(facts)
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class _Child:
@@ -122,7 +115,7 @@ class PdfProbes:
                  cores: int | None = None, function: PdfProbe = facts_or_none) -> None:
         self.start_after = START_AFTER if start_after is None else start_after
         self.wait_s = WAIT_S if wait_s is None else wait_s
-        self.enabled = (available_cores() if cores is None else cores) > 1
+        self.enabled = (usable_cores() if cores is None else cores) > 1
         self.function = function
         self.answered = 0  # probes answered with facts (whatever the caller then does)
         self.kills = 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import signal
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 from pipeline.backends.base import Backend
 from pipeline.budget import Budget
 from pipeline.config import Settings
+from pipeline.cpus import usable_cores
 from pipeline.errors import ConfigError, FatalError
 from pipeline.gc_pacing import CollectorPacing
 from pipeline.logsetup import get_logger, redact
@@ -70,7 +70,7 @@ def fixed_workers(s: Settings) -> int | None:
     if s.limits.workers:
         return s.limits.workers
     if s.service.backend == "local":
-        return 2 * (s.local.processes or os.cpu_count() or 1)
+        return 2 * (s.local.processes or usable_cores())
     return None
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import CommandLine, RunSettings, Settings
+from pipeline.cpus import usable_cores
 from pipeline.errors import PipelineError
 from pipeline.logsetup import get_logger
 from pipeline.manifest import DocumentRow
@@ -159,7 +159,7 @@ def _pages(s: Settings, item: PlanItem) -> int:
 
 
 def local_processes(s: Settings) -> int:
-    return s.local.processes or os.cpu_count() or 1
+    return s.local.processes or usable_cores()
 
 
 def estimate(s: Settings, todo: Iterable[PlanItem], price: float) -> dict[str, Any]:

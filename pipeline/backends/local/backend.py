@@ -9,7 +9,6 @@ are separate tasks, so one chunk uses every core, and each worker holds one rend
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 from pipeline.backends.base import OCRResponse
@@ -17,6 +16,7 @@ from pipeline.backends.local import worker
 from pipeline.backends.local.executors import PageExecutor, ProcessExecutor
 from pipeline.backends.local.langdata import check_languages, has_osd, resolve_tessdata
 from pipeline.config import LocalSettings, OutputSettings
+from pipeline.cpus import usable_cores
 from pipeline.errors import Category, DocumentError, InputError, PipelineError
 from pipeline.models import Chunk
 from pipeline.reasons import exception_text
@@ -50,7 +50,7 @@ class LocalBackend:
             self.orientation_detection = has_osd(folder)
         self.tessdata = tessdata
         self.executor: PageExecutor = executor or ProcessExecutor(
-            settings.processes or os.cpu_count() or 1
+            settings.processes or usable_cores()
         )
         self._cfg = worker.WorkerConfig(
             tessdata=tessdata,
