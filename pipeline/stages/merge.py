@@ -18,6 +18,7 @@ from typing import Any
 from pipeline.models import Chunk
 from pipeline.stages.annotations import check_against, chunk_annotation
 from pipeline.stages.confidence import normalise_page
+from pipeline.stages.markdown_links import rewrite_links
 
 _SAFE_EXT = re.compile(r"\.([A-Za-z0-9]{1,5})$")
 TABLE_EXT = {"html": "html", "markdown": "md"}
@@ -37,20 +38,17 @@ def _safe_table_id(number: int, table: dict[str, Any]) -> str:
     return f"tbl-{number}.{ext}"
 
 
-_LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
-
-
 def _rewrite_links(markdown: str, renames: dict[str, str]) -> str:
     """Point `![alt](target)` and `[alt](target)` links at the renamed ids (the alt too, when it
     is the id)."""
-    if not renames or "](" not in markdown:
+    if not renames:
         return markdown
 
     def sub(m: re.Match[str]) -> str:
         bang, alt, target = m.groups()
         return f"{bang}[{renames.get(alt, alt)}]({renames.get(target, target)})"
 
-    return _LINK.sub(sub, markdown)
+    return rewrite_links(markdown, sub)
 
 
 def _usage_int(response: dict[str, Any], key: str, default: int) -> int:

@@ -23,6 +23,7 @@ from pipeline import crashpoints, jsonio
 from pipeline.config.groups import OutputSettings
 from pipeline.errors import Category, DocumentError
 from pipeline.stages.encode import decode_data_url
+from pipeline.stages.markdown_links import rewrite_links
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -111,7 +112,6 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
         fsync_dir(path.parent)
 
 
-_LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
@@ -134,7 +134,7 @@ class _Links:
                 return f"[{alt}]"
             return m.group(0)
 
-        return _LINK.sub(sub, text) if "](" in text else text  # most text has no link at all
+        return rewrite_links(text, sub)
 
 
 def render_markdown(response: dict[str, Any], image_links: dict[str, str],
