@@ -96,6 +96,23 @@ def test_a_small_pdf_is_sent_untouched(tmp_path: Path) -> None:
     assert (chunks[0].first_page, chunks[0].page_count) == (0, 3)
 
 
+def test_a_whole_document_takes_the_callers_hash_and_cut_chunks_their_own(tmp_path: Path) -> None:
+    """The job has hashed the file when it read it; a document sent whole is not hashed again.
+    A chunk cut from it is other bytes and gets its own hash; without the bytes, the caller's
+    hash is not trusted."""
+    small, long = tmp_path / "small.pdf", tmp_path / "long.pdf"
+    write_pdf(small, "small", 3)
+    write_pdf(long, "long", 5)
+    known = "ab" * 32  # not the real hash: shows which one the chunk carries
+    whole = chunks_of(small, max_pages=10, data=small.read_bytes(), data_sha256=known)
+    assert [c.sha256 for c in whole] == [known]
+    cut = chunks_of(long, max_pages=2, data=long.read_bytes(), data_sha256=known)
+    assert [c.sha256 for c in cut] == [hashlib.sha256(c.data).hexdigest() for c in cut]
+    assert len(cut) == 3
+    unread = chunks_of(small, max_pages=10, data_sha256=known)
+    assert [c.sha256 for c in unread] == [hashlib.sha256(small.read_bytes()).hexdigest()]
+
+
 def test_an_image_is_one_chunk_of_its_own_bytes(tmp_path: Path) -> None:
     path = tmp_path / "photo.png"
     noise_image(60, seed=3).save(path, format="PNG")

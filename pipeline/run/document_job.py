@@ -288,6 +288,7 @@ class DocumentJob:
             max_document_pages=limits.max_pages_per_document,
             on_open=opened,
             probe=self.ctx.splitter.probes,
+            data_sha256=self.sha or None,
         )
 
     async def _answer_all(self, data: bytes) -> _Cut:

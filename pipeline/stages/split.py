@@ -133,6 +133,7 @@ def iter_chunks(
     max_document_pages: int | None = None,
     on_open: Callable[[PdfFacts], None] | None = None,
     probe: PdfProbe | None = None,
+    data_sha256: str | None = None,
 ) -> Iterator[Chunk]:
     """Yield the chunks of one document in page order, building each only when asked for.
 
@@ -140,9 +141,16 @@ def iter_chunks(
     With `probe`, a PDF that another process finds sendable as it is never opened here (qpdf
     holds the GIL while it parses: ~1 ms per 50-page file, docs/performance.md); anything else
     (to cut, encrypted, damaged, or a probe that could not tell) is opened here as before.
+    `data_sha256` is the sha256 of `data` when the caller has it already (a document sent whole
+    is not hashed twice).
     """
     if data is None:
-        data = path.read_bytes()
+        data, data_sha256 = path.read_bytes(), None
+    whole = data
+
+    def whole_sha256() -> str:
+        return data_sha256 or hashlib.sha256(whole).hexdigest()
+
     if media_type == "image/tiff":
         for index, png in enumerate(frames_as_png(data, rel)):
             if len(png) > max_bytes:
@@ -159,7 +167,7 @@ def iter_chunks(
                 f"{rel}: image is {len(data):,} bytes, above the backend's {max_bytes:,} per request",
                 hint="downscale or recompress it, or raise max_bytes_per_request if the backend allows",
             )
-        yield Chunk(rel, 0, 0, 1, media_type, data, hashlib.sha256(data).hexdigest())
+        yield Chunk(rel, 0, 0, 1, media_type, data, whole_sha256())
         return
     if probe is not None and len(data) <= max_bytes:
         facts = probe(data, rel, passwords)
@@ -167,13 +175,14 @@ def iter_chunks(
                                                       max_document_pages):
             if on_open is not None:
                 on_open(facts)
-            yield Chunk(rel, 0, 0, facts.pages, PDF, data, hashlib.sha256(data).hexdigest())
+            yield Chunk(rel, 0, 0, facts.pages, PDF, data, whole_sha256())
             return
     opened = open_pdf(data, rel, passwords)
     try:
         if on_open is not None:
             on_open(opened)
-        yield from _pdf_chunks(opened, rel, data, max_pages, max_bytes, max_document_pages)
+        yield from _pdf_chunks(opened, rel, data, max_pages, max_bytes, max_document_pages,
+                               whole_sha256)
     finally:
         opened.pdf.close()
 
@@ -185,6 +194,7 @@ def _pdf_chunks(
     max_pages: int,
     max_bytes: int,
     max_document_pages: int | None,
+    whole_sha256: Callable[[], str],
 ) -> Iterator[Chunk]:
     total, pdf = opened.pages, opened.pdf
     if max_document_pages is not None and total > max_document_pages:
@@ -194,7 +204,7 @@ def _pdf_chunks(
         )
     if opened.sendable_as_is(len(data), max_pages, max_bytes, None):
         # Small enough as it is: send the original bytes untouched.
-        yield Chunk(rel, 0, 0, total, PDF, data, hashlib.sha256(data).hexdigest())
+        yield Chunk(rel, 0, 0, total, PDF, data, whole_sha256())
         return
     start, index = 0, 0
     while start < total:
