@@ -142,10 +142,11 @@ def select(patterns: list[str]) -> list[Cell]:
 
 
 # ---- one cell -------------------------------------------------------------------------------------
-def server_args(cell: Cell, stuck_seconds: float) -> list[str]:
+def server_args(cell: Cell, stuck_seconds: float, retry_after_style: str = "both") -> list[str]:
     args = ["--cheap", "--rate-limit-mode", "sliding-window", "--rps-limit", str(cell.rate),
             "--latency", f"{0.5 * cell.latency:g}", "--latency-max", f"{1.5 * cell.latency:g}",
-            "--seed", "1", "--ratelimit-headers" if cell.headers else "--no-ratelimit-headers"]
+            "--seed", "1", "--ratelimit-headers" if cell.headers else "--no-ratelimit-headers",
+            "--retry-after-style", retry_after_style]
     if cell.variant == "stuck":
         args += ["--stuck-first", "1", "--stuck-seconds", f"{stuck_seconds:g}"]
     return args
@@ -167,13 +168,14 @@ def pipeline_argv(cell: Cell, config: Path, inp: Path, out: Path) -> list[str]:
     return argv
 
 
-def measure(cell: Cell, inp: Path, quick: bool, window: float) -> dict[str, Any]:
+def measure(cell: Cell, inp: Path, quick: bool, window: float,
+            retry_after_style: str = "both") -> dict[str, Any]:
     warmup = cell.warmup(quick)
     out = fresh_dir(f"strict-{cell.name}")
     scratch = fresh_dir(f"strict-{cell.name}-conf")
     scratch.mkdir(parents=True)
     # The stuck request outlasts the steady window: what a clean stop does with it shows too.
-    with FakeServerProcess(*server_args(cell, warmup + window + 10)) as server:
+    with FakeServerProcess(*server_args(cell, warmup + window + 10, retry_after_style)) as server:
         config = write_config(scratch, server.url)
         argv = pipeline_argv(cell, config, inp, out)
         server_cpu0 = server.cpu_s()
@@ -291,6 +293,9 @@ def main() -> None:
     ap.add_argument("--cells", nargs="*", metavar="NAME",
                     help="cell names or shell patterns (see --list); default: all, or the quick set")
     ap.add_argument("--window", type=float, default=None, help="seconds of steady window")
+    ap.add_argument("--retry-after-style", choices=("both", "seconds", "http-date"), default="both",
+                    help="how the server's 429s say when to come back: whole seconds plus the"
+                    " exact retry-after-ms (both), or whole seconds only, as many gateways do")
     ap.add_argument("--list", action="store_true", help="print the cell names and exit")
     ap.add_argument("--json", help="write the figures here (for run_all.py)")
     args = ap.parse_args()
@@ -311,7 +316,7 @@ def main() -> None:
     res = Results("strict_matrix")
     rows = []
     for cell in cells:
-        row = measure(cell, trees[cell.pages], args.quick, window)
+        row = measure(cell, trees[cell.pages], args.quick, window, args.retry_after_style)
         rows.append(row)
         res.details.append(row)
         print(f"   {cell.name}: achieved/R {row['achieved/R']:.3f}, 429/100 {row['429/100']:.2f},"

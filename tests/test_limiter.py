@@ -10,6 +10,7 @@ limiter gives it, as `call_with_retry` does. Minutes of traffic run in well unde
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections import deque
 from collections.abc import Callable
@@ -41,6 +42,7 @@ class StrictServer:
     headers: bool = False
     jitter: float = 0.0
     stuck_first: float = 0.0  # the first admitted request takes this long more
+    whole_seconds: bool = False  # Retry-After rounded up to whole seconds, at least 1 (gateways)
     rng: random.Random = field(default_factory=lambda: random.Random(7))
     window: deque[float] = field(default_factory=deque)
     admitted: list[float] = field(default_factory=list)
@@ -59,6 +61,8 @@ class StrictServer:
             self.window.popleft()
         if len(self.window) >= self.per_second:
             wait = self.window[-self.per_second] + 1.0 - now
+            if self.whole_seconds:
+                wait = float(max(1, math.ceil(wait)))
             self.rejected += 1
             if self.headers:
                 self.limiter.observe(self._info(429, wait))
@@ -132,12 +136,12 @@ class Outcome:
 
 def simulate(rps: float | None, per_second: int, latency: float, total: int, *,
              headers: bool = False, jitter: float = 0.002, stuck_first: float = 0.0,
-             max_in_flight: int | None = None) -> Outcome:
+             max_in_flight: int | None = None, whole_seconds: bool = False) -> Outcome:
     async def main() -> Outcome:
         loop = asyncio.get_running_loop()
         limiter = RateLimiter(rps, max_in_flight, clock=loop.time)
         server = StrictServer(per_second, latency, limiter, headers=headers, jitter=jitter,
-                              stuck_first=stuck_first)
+                              stuck_first=stuck_first, whole_seconds=whole_seconds)
         await keep_pipe_full(limiter, total, lambda: one_request(limiter, server))
         return Outcome(server, limiter, total)
 
@@ -431,6 +435,75 @@ def test_clustered_429s_pause_everyone_until_the_window_frees() -> None:
     waits, delay = run_virtual(main())
     assert waits[:2] == [2.0, 2.0] and waits[2] == 0.0, "the third is held by the global pause"
     assert delay >= 1.8
+
+
+def _cluster_after_a_full_second(rps: float | None, retry_after: float) -> float:
+    """Fill the limiter's window (20 sends), refuse the next three with `retry_after` (a
+    cluster), and return how long after the third 429 the next request goes."""
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(rps, None, clock=loop.time)
+        for _ in range(20):
+            async with limiter.slot():
+                pass
+        for _ in range(3):
+            async with limiter.slot() as ticket:
+                limiter.rejected(ticket, retry_after)
+        refused_at = loop.time()
+        async with limiter.slot() as after:
+            pass
+        assert limiter.pauses == 1
+        return after.sent_at - refused_at
+
+    return run_virtual(main())
+
+
+def test_a_whole_second_retry_after_pauses_a_cluster_only_until_the_window_frees() -> None:
+    """Gateways round Retry-After up to whole seconds, at least 1, when the next place of a
+    sliding window frees in milliseconds. With the count known and our log holding it, a
+    cluster's pause ends when the log says a place frees (here at once: the three refused sends
+    are out of the log), plus the jitter margin, not a second later for everyone."""
+    delay = _cluster_after_a_full_second(20, 1.0)
+    assert delay <= CAP_MARGIN + 1.01 / 20 + 1e-6  # the margin, then at most one interval
+
+
+@pytest.mark.parametrize("retry_after", [1.5, 30.0])
+def test_a_retry_after_longer_than_the_window_is_obeyed_in_full(retry_after: float) -> None:
+    """A Retry-After longer than the window (a penalty, a per-minute quota) is what the server
+    wants."""
+    assert _cluster_after_a_full_second(20, retry_after) >= retry_after - 1e-6
+
+
+def test_with_no_count_known_a_whole_second_retry_after_is_obeyed() -> None:
+    """Refused from the first send (an exhausted quota): nothing to judge by, so everyone
+    waits the second the server asked for."""
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(None, None, clock=loop.time)
+        for _ in range(3):
+            async with limiter.slot() as ticket:
+                limiter.rejected(ticket, 1.0)
+        refused_at = loop.time()
+        async with limiter.slot() as after:
+            pass
+        assert limiter.windows == []
+        return after.sent_at - refused_at
+
+    assert run_virtual(main()) >= 1.0 - 1e-6
+
+
+def test_a_hard_cap_keeps_its_rate_when_429s_say_whole_seconds() -> None:
+    """`rps: 200` at the server's limit, sends arriving up to 30 ms late, every 429 saying
+    `Retry-After: 1` (virtual time). Before, each cluster of 429s stopped everyone for a
+    second: 0.89 of R on the strict server with 50-page documents."""
+    exact = simulate(200, 200, 2.0, 12_000, jitter=0.03)
+    whole = simulate(200, 200, 2.0, 12_000, jitter=0.03, whole_seconds=True)
+    assert whole.server.rejected > 0, "the jitter made 429s: the case is exercised"
+    assert steady_rate(whole.server.admitted, 20) >= 0.97 * 200
+    assert steady_rate(whole.server.admitted, 20) >= 0.99 * steady_rate(exact.server.admitted, 20)
+    assert whole.rejected_per_100 <= 0.5
 
 
 def test_after_a_pause_the_callers_behind_it_go_at_the_pace_not_all_at_once() -> None:
