@@ -16,7 +16,10 @@ Cells are named R{R}-L{L}-p{pages}-h{on|off}-{variant}:
            rps       the same plus `--rps R` (the operator knows the limit)
            stuck     defaults, and the server holds the first admitted request for the whole cell
 Server (own process): `python -m pipeline fake-server --cheap --rate-limit-mode sliding-window
---rps-limit R --latency 0.5L --latency-max 1.5L --seed 1 [--ratelimit-headers]`.
+--rps-limit R --latency 0.5L --latency-max 1.5L --seed 1 [--ratelimit-headers]
+--retry-after-style seconds`: its 429s say `Retry-After` in whole seconds, at least 1, and not
+the exact `retry-after-ms` (the server's lenient default, which hid what a whole second costs
+until 2026-12-07; `--retry-after-style both` brings it back).
 The server's counters are polled every 0.5 s; the steady window starts `warmup` = max(5, 3 L) s
 (quick: max(3, 2 L)) after the first answer and lasts `--window` s (30; quick 12), then the run
 is stopped with SIGTERM (clean, resumable). The input tree is sized so that a pipeline running
@@ -142,7 +145,7 @@ def select(patterns: list[str]) -> list[Cell]:
 
 
 # ---- one cell -------------------------------------------------------------------------------------
-def server_args(cell: Cell, stuck_seconds: float, retry_after_style: str = "both") -> list[str]:
+def server_args(cell: Cell, stuck_seconds: float, retry_after_style: str = "seconds") -> list[str]:
     args = ["--cheap", "--rate-limit-mode", "sliding-window", "--rps-limit", str(cell.rate),
             "--latency", f"{0.5 * cell.latency:g}", "--latency-max", f"{1.5 * cell.latency:g}",
             "--seed", "1", "--ratelimit-headers" if cell.headers else "--no-ratelimit-headers",
@@ -169,7 +172,7 @@ def pipeline_argv(cell: Cell, config: Path, inp: Path, out: Path) -> list[str]:
 
 
 def measure(cell: Cell, inp: Path, quick: bool, window: float,
-            retry_after_style: str = "both") -> dict[str, Any]:
+            retry_after_style: str = "seconds") -> dict[str, Any]:
     warmup = cell.warmup(quick)
     out = fresh_dir(f"strict-{cell.name}")
     scratch = fresh_dir(f"strict-{cell.name}-conf")
@@ -293,9 +296,11 @@ def main() -> None:
     ap.add_argument("--cells", nargs="*", metavar="NAME",
                     help="cell names or shell patterns (see --list); default: all, or the quick set")
     ap.add_argument("--window", type=float, default=None, help="seconds of steady window")
-    ap.add_argument("--retry-after-style", choices=("both", "seconds", "http-date"), default="both",
-                    help="how the server's 429s say when to come back: whole seconds plus the"
-                    " exact retry-after-ms (both), or whole seconds only, as many gateways do")
+    ap.add_argument("--retry-after-style", choices=("both", "seconds", "http-date"),
+                    default="seconds",
+                    help="how the server's 429s say when to come back: Retry-After in whole"
+                    " seconds only, at least 1, as the real service and most gateways do"
+                    " (default), or also the exact retry-after-ms (both), which is lenient")
     ap.add_argument("--list", action="store_true", help="print the cell names and exit")
     ap.add_argument("--json", help="write the figures here (for run_all.py)")
     args = ap.parse_args()
