@@ -37,6 +37,7 @@ from common import (  # noqa: E402
     CACHE,
     PY,
     ROOT,
+    WHOLE_SECOND_RETRY_AFTER,
     FakeServerProcess,
     Results,
     _publish,
@@ -70,7 +71,7 @@ def unique_tree(docs: int) -> Path:
 def server_args(latency: float, seed: int) -> list[str]:
     return ["--cheap", "--rate-limit-mode", "sliding-window", "--rps-limit", str(RATE),
             "--latency", f"{0.5 * latency:g}", "--latency-max", f"{1.5 * latency:g}",
-            "--no-ratelimit-headers", "--seed", str(seed)]
+            "--no-ratelimit-headers", "--seed", str(seed), *WHOLE_SECOND_RETRY_AFTER]
 
 
 def write_config(folder: Path, urls: list[str]) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import API_KEY, FakeServerProcess  # noqa: E402
+from common import API_KEY, WHOLE_SECOND_RETRY_AFTER, FakeServerProcess  # noqa: E402
 
 from pipeline.backends.mistral import MistralBackend  # noqa: E402
 from pipeline.config import load_settings  # noqa: E402
@@ -80,7 +80,8 @@ def main() -> None:
         for latency in args.latencies:
             flags = ["--cheap", "--rate-limit-mode", "sliding-window", "--rps-limit", str(rate),
                      "--latency", str(0.5 * latency), "--latency-max", str(1.5 * latency),
-                     "--seed", "1", "--ratelimit-headers" if args.headers else "--no-ratelimit-headers"]
+                     "--seed", "1", "--ratelimit-headers" if args.headers else "--no-ratelimit-headers",
+                     *WHOLE_SECOND_RETRY_AFTER]
             with FakeServerProcess(*flags) as server:
                 warmup = max(5.0, 2 * latency)
                 loop_task = run_cell(server.url, rate if args.rps else None, args.seconds)

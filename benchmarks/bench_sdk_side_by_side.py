@@ -203,6 +203,7 @@ def strict_side_by_side(json_path: str | None, docs: int = 400, rounds: int = 1)
     gather(40), `rounds` times, the order alternating (the SDK first in even rounds)."""
     from common import (
         PY,
+        WHOLE_SECOND_RETRY_AFTER,
         FakeServerProcess,
         Results,
         banner,
@@ -228,7 +229,7 @@ def strict_side_by_side(json_path: str | None, docs: int = 400, rounds: int = 1)
     with FakeServerProcess("--cheap", "--rate-limit-mode", "sliding-window", "--rps-limit",
                            str(rate), "--latency", "1", "--latency-max", "3",
                            "--latency-distribution", "uniform", "--no-ratelimit-headers",
-                           "--seed", "1") as server:
+                           "--seed", "1", *WHOLE_SECOND_RETRY_AFTER) as server:
         print(f"   mistralai {version}; server: {server.command()}; {docs} one-page PDFs;"
               f" {rounds} round(s), load {load():.1f}")
         for round_no in range(rounds):

@@ -31,6 +31,10 @@ PY = sys.executable
 CACHE = Path(os.environ.get("OCR_BENCH_CACHE", "/tmp/ocr-pipeline-bench-cache"))
 SCRATCH = Path(os.environ.get("OCR_BENCH_SCRATCH", "/tmp/ocr-pipeline-bench-scratch"))
 API_KEY = "bench"
+# The strict fake server's 429s say Retry-After in whole seconds only, at least 1, as the real
+# service and most gateways do; the server's default also sends the exact retry-after-ms, which
+# is lenient (a client that reads it never waits a whole second for a place freed in 3 ms).
+WHOLE_SECOND_RETRY_AFTER = ("--retry-after-style", "seconds")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
