@@ -139,6 +139,23 @@ def test_a_process_that_cannot_start_turns_probing_off(monkeypatch: pytest.Monke
             time.sleep(0.01)
         assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None
         assert probes._starter is None and probes.pid is None
+        assert probes.summary() == {
+            "answered": 0, "kills": 0,
+            "off": "could not start (BlockingIOError: [Errno 11] Resource temporarily unavailable)"}
+    finally:
+        probes.close()
+
+
+def test_the_last_kill_says_why_probing_went_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(probes_module, "MAX_KILLS", 1)
+    probes = started(PdfProbes(start_after=1, cores=2, wait_s=0.5, function=stuck))
+    try:
+        assert probes.summary()["off"] is None
+        assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None
+        assert probes.summary() == {"answered": 0, "kills": 1,
+                                    "off": "killed 1 times, each after 0.5 s without an answer"}
+        assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None  # no new process
+        assert probes._starter is None and probes.pid is None
     finally:
         probes.close()
 
@@ -165,6 +182,7 @@ def test_one_core_never_starts_a_process() -> None:
     for _ in range(5):
         assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None
     assert probes.pid is None
+    assert probes.summary() == {"answered": 0, "kills": 0, "off": "one core"}
 
 
 def test_a_pdf_the_probe_found_sendable_is_never_opened_here(
@@ -249,6 +267,9 @@ async def test_a_run_with_probes_writes_what_a_run_without_them_writes(
     assert reaped(pids[0])  # the run killed its process at the end
     for report in (with_probes, without):
         assert (report.documents_done, report.documents_failed) == (41, 1)
+        assert not [w for w in report.warnings if "probe" in w]
+    assert with_probes.pdf_probes == {"answered": 41, "kills": 0, "off": None}
+    assert without.pdf_probes == {"answered": 0, "kills": 0, "off": "one core"}
     for name in ("doc07.pdf", "repaired.pdf"):
         a = load_json(tmp_path / "with" / f"{name}.json")
         b = load_json(tmp_path / "without" / f"{name}.json")
@@ -256,6 +277,32 @@ async def test_a_run_with_probes_writes_what_a_run_without_them_writes(
         for key in ("pages", "chunks", "repaired", "repair_notes"):
             assert a["source"][key] == b["source"][key], key
     assert load_json(tmp_path / "with" / "repaired.pdf.json")["source"].get("repaired") is True
+
+
+async def test_a_run_whose_probe_process_cannot_start_says_so_and_goes_on(
+    tmp_path: Path, fake_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    for i in range(6):
+        (source / f"doc{i}.pdf").write_bytes(pdf_bytes([f"document {i}"]))
+    server = await fake_server()
+
+    def no_more_processes(function: Any) -> Any:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(probes_module, "_Child", no_more_processes)
+    monkeypatch.setattr(split_pool_module, "PdfProbes",
+                        lambda: PdfProbes(start_after=1, cores=2))
+    report = await run_pipeline(source, tmp_path / "out", server.url)
+    assert (report.documents_done, report.documents_failed) == (6, 0)
+    assert report.pdf_probes is not None and report.pdf_probes["off"].startswith("could not start")
+    warned = [w for w in report.warnings if "PDF probe process went off" in w]
+    assert warned == ["the PDF probe process went off (could not start (BlockingIOError: [Errno 11]"
+                      " Resource temporarily unavailable)); PDFs were opened in the run's own"
+                      " process from then on"]
+    saved = load_json(next((tmp_path / "out").glob("**/runs/*.json")))
+    assert saved["pdf_probes"] == report.pdf_probes
 
 
 async def test_a_run_killed_with_sigkill_leaves_no_probe_process(

@@ -116,6 +116,7 @@ class PdfProbes:
         self.start_after = START_AFTER if start_after is None else start_after
         self.wait_s = WAIT_S if wait_s is None else wait_s
         self.enabled = (usable_cores() if cores is None else cores) > 1
+        self.off_because: str | None = None if self.enabled else "one core"
         self.function = function
         self.answered = 0  # probes answered with facts (whatever the caller then does)
         self.kills = 0
@@ -153,6 +154,9 @@ class PdfProbes:
                 facts = child.ask((data, rel, passwords), self.wait_s)
             except TimeoutError:
                 self.kills += 1
+                if self.kills >= MAX_KILLS:
+                    self.off_because = (f"killed {self.kills} times, each after {self.wait_s:g} s"
+                                        " without an answer")
                 self._drop(child)
                 return None
             except (EOFError, OSError):  # it died: a crash in qpdf, the OOM killer, close()
@@ -174,7 +178,13 @@ class PdfProbes:
         except (EOFError, OSError):  # died while starting: no use trying again
             self._drop(child)
             self.enabled = False
+            self.off_because = "died while starting"
             return None
+
+    def summary(self) -> dict[str, Any]:
+        """What the run report keeps: PDFs the process answered for, its kills, and why
+        probing went off (None while on)."""
+        return {"answered": self.answered, "kills": self.kills, "off": self.off_because}
 
     def _may_start(self) -> bool:
         """Under the lock: no process starting or started, and probing still on."""
@@ -196,9 +206,10 @@ class PdfProbes:
     def _start_and_stay(self, stop: threading.Event) -> None:
         try:
             child = _Child(self.function)
-        except Exception:  # EAGAIN, EMFILE: run without probes
+        except Exception as exc:  # EAGAIN, EMFILE: run without probes
             with self._lock:
                 self.enabled = False
+                self.off_because = f"could not start ({type(exc).__name__}: {exc})"
                 if self._starter is stop:
                     self._starter = None
             return

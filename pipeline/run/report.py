@@ -57,6 +57,7 @@ class RunReport:
     cluster: str | None = None  # local engine on a Dask cluster: the scheduler's address
     workers: int | None = None  # local engine: the most workers (processes, Dask workers) seen
     batch: dict[str, Any] | None = None  # batch mode: jobs, requests, pending (docs/batch.md)
+    pdf_probes: dict[str, Any] | None = None  # PDFs opened in the probe process (pdf_probes.py)
     pages_low_confidence: int = 0  # pages under outputs.confidence_threshold
     low_confidence_pages: list[dict[str, Any]] = field(default_factory=list)  # the lowest, lowest first
     warnings: list[str] = field(default_factory=list)  # for a person to check; the run went on

@@ -390,6 +390,17 @@ class Run:
             self.transport.stop()
         self._cancel_all()
 
+    def _note_probes(self, r: RunReport) -> None:
+        """The PDF probe process in the report; a warning when it went off for a reason an
+        operator may want to look at (a PDF that takes qpdf over 5 s, a process limit)."""
+        probes = self.splitter.probes
+        r.pdf_probes = probes.summary()
+        reason = probes.off_because
+        if reason is not None and reason != "one core":
+            r.warnings.append(f"the PDF probe process went off ({reason}); PDFs were opened in"
+                              " the run's own process from then on")
+            r.warnings_total += 1
+
     def has_stuck_threads(self) -> bool:
         """True when a split abandoned after a timeout is still running (see cli.main)."""
         return self.splitter.has_stuck_threads()
@@ -418,6 +429,7 @@ class Run:
         limiter = self._hosted_limiter()
         if limiter is not None:
             r.requests["rate_limit"] = limiter.summary()
+        self._note_probes(r)
         outcome = decide_outcome(fatal=self.fatal is not None, stop=self.stop,
                                  failed_now=r.documents_failed,
                                  failed_earlier=0 if self.s.command.dry_run else r.failed_earlier)
