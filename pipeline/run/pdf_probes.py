@@ -115,8 +115,8 @@ class PdfProbes:
                  cores: int | None = None, function: PdfProbe = facts_or_none) -> None:
         self.start_after = START_AFTER if start_after is None else start_after
         self.wait_s = WAIT_S if wait_s is None else wait_s
-        self.enabled = (usable_cores() if cores is None else cores) > 1
-        self.off_because: str | None = None if self.enabled else "one core"
+        one_core = (usable_cores() if cores is None else cores) <= 1
+        self.off_because: str | None = "one core" if one_core else None  # None: probing is on
         self.function = function
         self.answered = 0  # probes answered with facts (whatever the caller then does)
         self.kills = 0
@@ -177,9 +177,13 @@ class PdfProbes:
             return child if child.poll_ready() else None
         except (EOFError, OSError):  # died while starting: no use trying again
             self._drop(child)
-            self.enabled = False
             self.off_because = "died while starting"
             return None
+
+    @property
+    def enabled(self) -> bool:
+        """Probing is on: more than one core, and the process has not been given up on."""
+        return self.off_because is None
 
     def summary(self) -> dict[str, Any]:
         """What the run report keeps: PDFs the process answered for, its kills, and why
@@ -208,7 +212,6 @@ class PdfProbes:
             child = _Child(self.function)
         except Exception as exc:  # EAGAIN, EMFILE: run without probes
             with self._lock:
-                self.enabled = False
                 self.off_because = f"could not start ({type(exc).__name__}: {exc})"
                 if self._starter is stop:
                     self._starter = None

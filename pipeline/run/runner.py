@@ -22,7 +22,6 @@ from typing import Any
 from pipeline.backends.base import Backend
 from pipeline.budget import Budget
 from pipeline.config import Settings
-from pipeline.cpus import usable_cores
 from pipeline.errors import ConfigError, FatalError
 from pipeline.gc_pacing import CollectorPacing
 from pipeline.logsetup import get_logger, redact
@@ -47,7 +46,14 @@ from pipeline.run.ticker import RunTicker
 from pipeline.run.transports import build_transport, cluster_backend
 from pipeline.stages.discover import Skipped
 from pipeline.stages.plan import Decision, PlanItem
-from pipeline.stages.planner import PlanEvent, PlanTally, Touch, plan_events, take
+from pipeline.stages.planner import (
+    PlanEvent,
+    PlanTally,
+    Touch,
+    local_processes,
+    plan_events,
+    take,
+)
 from pipeline.timefmt import iso
 from pipeline.transport.base import RunTransport
 from pipeline.transport.endpoints import MultiEndpointTransport
@@ -70,7 +76,7 @@ def fixed_workers(s: Settings) -> int | None:
     if s.limits.workers:
         return s.limits.workers
     if s.service.backend == "local":
-        return 2 * (s.local.processes or usable_cores())
+        return 2 * local_processes(s)
     return None
 
 

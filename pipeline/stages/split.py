@@ -146,11 +146,6 @@ def iter_chunks(
     """
     if data is None:
         data, data_sha256 = path.read_bytes(), None
-    whole = data
-
-    def whole_sha256() -> str:
-        return data_sha256 or hashlib.sha256(whole).hexdigest()
-
     if media_type == "image/tiff":
         for index, png in enumerate(frames_as_png(data, rel)):
             if len(png) > max_bytes:
@@ -167,7 +162,7 @@ def iter_chunks(
                 f"{rel}: image is {len(data):,} bytes, above the backend's {max_bytes:,} per request",
                 hint="downscale or recompress it, or raise max_bytes_per_request if the backend allows",
             )
-        yield Chunk(rel, 0, 0, 1, media_type, data, whole_sha256())
+        yield Chunk(rel, 0, 0, 1, media_type, data, _sha256(data, data_sha256))
         return
     if probe is not None and len(data) <= max_bytes:
         facts = probe(data, rel, passwords)
@@ -175,16 +170,21 @@ def iter_chunks(
                                                       max_document_pages):
             if on_open is not None:
                 on_open(facts)
-            yield Chunk(rel, 0, 0, facts.pages, PDF, data, whole_sha256())
+            yield Chunk(rel, 0, 0, facts.pages, PDF, data, _sha256(data, data_sha256))
             return
     opened = open_pdf(data, rel, passwords)
     try:
         if on_open is not None:
             on_open(opened)
         yield from _pdf_chunks(opened, rel, data, max_pages, max_bytes, max_document_pages,
-                               whole_sha256)
+                               data_sha256)
     finally:
         opened.pdf.close()
+
+
+def _sha256(data: bytes, known: str | None) -> str:
+    """`known` (the caller's hash of these bytes) or the hash computed now."""
+    return known or hashlib.sha256(data).hexdigest()
 
 
 def _pdf_chunks(
@@ -194,7 +194,7 @@ def _pdf_chunks(
     max_pages: int,
     max_bytes: int,
     max_document_pages: int | None,
-    whole_sha256: Callable[[], str],
+    data_sha256: str | None,
 ) -> Iterator[Chunk]:
     total, pdf = opened.pages, opened.pdf
     if max_document_pages is not None and total > max_document_pages:
@@ -204,7 +204,7 @@ def _pdf_chunks(
         )
     if opened.sendable_as_is(len(data), max_pages, max_bytes, None):
         # Small enough as it is: send the original bytes untouched.
-        yield Chunk(rel, 0, 0, total, PDF, data, whole_sha256())
+        yield Chunk(rel, 0, 0, total, PDF, data, _sha256(data, data_sha256))
         return
     start, index = 0, 0
     while start < total:

@@ -509,8 +509,5 @@ class RateLimiter:
         if not per_second or wait > 1.0:
             return until
         tightest = min(per_second, key=lambda w: w.count / w.seconds)
-        last = self._log.nth_last(tightest.count)
-        if last is None:
-            return until
-        margin = self._learner.margin
-        return min(until, max(now + margin, last + tightest.seconds + margin))
+        frees = self._window_frees(now, tightest.seconds, tightest.count, wait)
+        return min(until, max(now + self._learner.margin, frees))
