@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -100,11 +101,12 @@ async def _with_jobs(items: AsyncIterator[PlanItem], collector: Collector, db: A
         buffer.clear()
         return out
 
-    async for item in items:
-        buffer.append(item)
-        if len(buffer) >= group:
-            for ready in await flush():
-                yield ready
+    async with contextlib.aclosing(items) as planned:  # closed with this one (its planner)
+        async for item in planned:
+            buffer.append(item)
+            if len(buffer) >= group:
+                for ready in await flush():
+                    yield ready
     for ready in await flush():
         yield ready
 

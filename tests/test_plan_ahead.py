@@ -1,0 +1,110 @@
+"""The plan runs one batch ahead of the pool (run/runner.py, `planned_documents`): the next
+batch of files is walked, sniffed and recorded while the pool opens the current one's, so a
+slow trip to the planner's thread or to the manifest never leaves the pool with nothing to open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.models import SourceFile
+from pipeline.run.runner import PLAN_BATCH, Run
+from pipeline.stages.plan import Decision, PlanItem
+from pipeline.stages.planner import PlanEvent, PlanTally
+from tests.conftest import make_settings
+
+
+class RecordingManifest:
+    """The manifest calls planning makes, recorded (the pool's side is not exercised here)."""
+
+    def __init__(self) -> None:
+        self.recorded: list[list[str]] = []
+
+    async def record_plan(self, documents: list[Any], run_id: str) -> None:
+        await asyncio.sleep(0)
+        self.recorded.append([d.path for d in documents])
+
+    async def fail(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("no file of this plan is skipped")
+
+    async def touch_unchanged(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("no file of this plan is unchanged")
+
+
+def walk(count: int, taken: list[str], *, broken_at: int | None = None) -> Iterator[PlanEvent]:
+    """`count` new PDFs, each appended to `taken` as the planner's thread takes it."""
+    for n in range(count):
+        if n == broken_at:
+            raise OSError("the input folder went away")
+        rel = f"f/{n:05d}.pdf"
+        taken.append(rel)
+        yield PlanItem(SourceFile(Path("/in") / rel, rel, 1000, 0, "application/pdf"),
+                       Decision.NEW)
+
+
+async def settle(taken: list[str], expected: int) -> None:
+    """Wait (up to 5 s) until `expected` files were taken, then a little longer, so that a
+    planner running further ahead than it should would be caught."""
+    for _ in range(500):
+        if len(taken) >= expected:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Run:
+    (tmp_path / "in").mkdir()
+    return Run(make_settings(tmp_path / "in", tmp_path / "out", "http://127.0.0.1:9"))
+
+
+async def test_the_next_batch_is_planned_and_recorded_while_the_pool_opens_this_one(
+    run: Run,
+) -> None:
+    taken: list[str] = []
+    db = RecordingManifest()
+    planned = run.planned_documents(walk(3 * PLAN_BATCH + 10, taken), PlanTally(), db)  # type: ignore[arg-type]
+    first = await anext(planned)
+    assert first.source.rel == "f/00000.pdf"
+    await settle(taken, 2 * PLAN_BATCH)
+    # One batch ahead, and no more: the second batch is walked and recorded as pending while
+    # the pool has taken one document of the first; the third waits for the pool.
+    assert len(taken) == 2 * PLAN_BATCH
+    assert [len(b) for b in db.recorded] == [PLAN_BATCH, PLAN_BATCH]
+    rest = [item.source.rel async for item in planned]
+    assert [first.source.rel, *rest] == taken  # every file once, in the walk's order
+    assert len(taken) == 3 * PLAN_BATCH + 10
+    assert sum(len(b) for b in db.recorded) == len(taken)
+
+
+async def test_a_pool_that_stops_early_leaves_no_planner_behind(run: Run) -> None:
+    taken: list[str] = []
+    db = RecordingManifest()
+    planned = run.planned_documents(walk(10 * PLAN_BATCH, taken), PlanTally(), db)  # type: ignore[arg-type]
+    await anext(planned)
+    await settle(taken, 2 * PLAN_BATCH)
+    await planned.aclose()  # the pool stopped opening documents (a stop, a budget)
+    assert len(taken) == 2 * PLAN_BATCH
+    await asyncio.sleep(0.1)
+    assert len(taken) == 2 * PLAN_BATCH  # nothing walks on after the close
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert others == []
+
+
+async def test_an_error_of_the_walk_reaches_the_pool_after_the_batches_before_it(
+    run: Run,
+) -> None:
+    taken: list[str] = []
+    db = RecordingManifest()
+    planned = run.planned_documents(  # type: ignore[arg-type]
+        walk(3 * PLAN_BATCH, taken, broken_at=PLAN_BATCH + 5), PlanTally(), db)
+    got: list[str] = []
+    with pytest.raises(OSError, match="the input folder went away"):
+        async for item in planned:
+            got.append(item.source.rel)
+    assert len(got) == PLAN_BATCH  # the whole first batch, then the error
