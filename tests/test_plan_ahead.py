@@ -108,3 +108,31 @@ async def test_an_error_of_the_walk_reaches_the_pool_after_the_batches_before_it
         async for item in planned:
             got.append(item.source.rel)
     assert len(got) == PLAN_BATCH  # the whole first batch, then the error
+
+
+async def test_a_walk_that_hangs_does_not_hold_the_close(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that never returns (a dead network share) in the batch planned ahead: closing the
+    plan gives up on it after PLAN_CLOSE_WAIT_S instead of waiting with it."""
+    import time
+
+    import pipeline.run.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "PLAN_CLOSE_WAIT_S", 0.2)
+    taken: list[str] = []
+
+    def hanging() -> Iterator[PlanEvent]:
+        yield from walk(PLAN_BATCH, taken)
+        time.sleep(1.0)  # the second batch's first file
+        yield from walk(1, taken)
+
+    planned = run.planned_documents(hanging(), PlanTally(), RecordingManifest())  # type: ignore[arg-type]
+    await anext(planned)
+    await asyncio.sleep(0.05)  # the planner is in the second batch's trip
+    started = time.monotonic()
+    await planned.aclose()
+    assert time.monotonic() - started < 0.8
+    await asyncio.sleep(0)
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert others == []

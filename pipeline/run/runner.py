@@ -62,6 +62,7 @@ from pipeline.transport.retry import RetryStats
 from pipeline.transport.sync import SyncTransport
 
 PLAN_BATCH = 256  # files planned per trip to a thread
+PLAN_CLOSE_WAIT_S = 5.0  # a closed plan waits this long for the batch in hand (a hung read)
 CHUNKS_IN_FLIGHT_AUTO = 8  # requests of one document at once when workers/max_in_flight are auto
 BATCH_WORKERS = 32  # batch mode: documents cut into request lines at once
 
@@ -324,7 +325,13 @@ class Run:
         finally:
             closing = True
             wanted.set()
-            await asyncio.wait([planner])  # never two trips over `events` at once
+            # The batch in hand is finished, not cancelled: a walk cut mid-trip has its files
+            # neither recorded nor opened. A read that hangs (a dead network share) is given
+            # up on, as before plans ran ahead.
+            await asyncio.wait([planner], timeout=PLAN_CLOSE_WAIT_S)
+            planner.cancel()
+            if planner.done() and not planner.cancelled():
+                planner.exception()  # a plan that broke after the pool stopped: nothing to do
 
     async def _plan_batch(self, events: Iterator[PlanEvent], tally: PlanTally,
                           db: AsyncManifest) -> list[PlanItem] | None:
