@@ -293,9 +293,9 @@ class Run:
         the documents being opened; each batch is recorded as pending before its work starts.
 
         Why ahead: a batch's trip to a thread (walk, sniff, manifest lookups) and to the
-        manifest (record it) waits behind the run's other work. Planned only when the pool
-        had opened the last document of the one before, the pool waited up to 2 s at a time
-        for it with R = 200 and 50-page documents, and the pacer ran dry."""
+        manifest (record it) waits behind the run's other work. When a batch was planned only
+        after the pool had opened the last document of the one before, the pool waited for
+        it up to 2 s at a time with R = 200 and 50-page documents."""
         batches: asyncio.Queue[list[PlanItem] | None] = asyncio.Queue()
         wanted = asyncio.Event()  # the pool started on the last batch: plan the next one
         wanted.set()
