@@ -6,6 +6,9 @@ slow trip to the planner's thread or to the manifest never leaves the pool with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,10 @@ async def test_the_next_batch_is_planned_and_recorded_while_the_pool_opens_this_
     first = await anext(planned)
     assert first.source.rel == "f/00000.pdf"
     await settle(taken, 2 * PLAN_BATCH)
+    for _ in range(500):  # the second batch's record follows its walk
+        if len(db.recorded) == 2:
+            break
+        await asyncio.sleep(0.01)
     # One batch ahead, and no more: the second batch is walked and recorded as pending while
     # the pool has taken one document of the first; the third waits for the pool.
     assert len(taken) == 2 * PLAN_BATCH
@@ -115,24 +122,60 @@ async def test_a_walk_that_hangs_does_not_hold_the_close(
 ) -> None:
     """A read that never returns (a dead network share) in the batch planned ahead: closing the
     plan gives up on it after PLAN_CLOSE_WAIT_S instead of waiting with it."""
-    import time
-
     import pipeline.run.runner as runner_module
 
     monkeypatch.setattr(runner_module, "PLAN_CLOSE_WAIT_S", 0.2)
     taken: list[str] = []
+    hung = threading.Event()
 
     def hanging() -> Iterator[PlanEvent]:
         yield from walk(PLAN_BATCH, taken)
+        hung.set()
         time.sleep(1.0)  # the second batch's first file
         yield from walk(1, taken)
 
     planned = run.planned_documents(hanging(), PlanTally(), RecordingManifest())  # type: ignore[arg-type]
     await anext(planned)
-    await asyncio.sleep(0.05)  # the planner is in the second batch's trip
+    assert await asyncio.to_thread(hung.wait, 5)  # the planner is in the second batch's trip
     started = time.monotonic()
     await planned.aclose()
     assert time.monotonic() - started < 0.8
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert others == []
+
+
+async def test_a_consumer_cancelled_twice_while_closing_leaves_no_planner(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second cancel lands in the close's wait for the batch in hand: the planner is still
+    cancelled, not left to record a batch after the run has closed its manifest."""
+    import pipeline.run.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "PLAN_CLOSE_WAIT_S", 5.0)
+    taken: list[str] = []
+    hung = threading.Event()
+
+    def hanging() -> Iterator[PlanEvent]:
+        yield from walk(PLAN_BATCH, taken)
+        hung.set()
+        time.sleep(1.0)
+        yield from walk(1, taken)
+
+    planned = run.planned_documents(hanging(), PlanTally(), RecordingManifest())  # type: ignore[arg-type]
+
+    async def consume() -> None:
+        async with contextlib.aclosing(planned):
+            async for _ in planned:
+                await asyncio.sleep(3600)  # a pool with a document open
+
+    consumer = asyncio.create_task(consume())
+    assert await asyncio.to_thread(hung.wait, 5)
+    consumer.cancel()  # the close begins, and waits for the batch in hand
+    await asyncio.sleep(0.05)
+    consumer.cancel()  # the second cancel lands in that wait
+    await asyncio.wait([consumer], timeout=2)
+    assert consumer.done()
+    await asyncio.sleep(0.05)
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert others == []

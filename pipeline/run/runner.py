@@ -295,7 +295,7 @@ class Run:
         Why ahead: a batch's trip to a thread (walk, sniff, manifest lookups) and to the
         manifest (record it) waits behind the run's other work. When a batch was planned only
         after the pool had opened the last document of the one before, the pool waited for
-        it up to 2 s at a time with R = 200 and 50-page documents."""
+        it up to a second at a time with R = 200 and 50-page documents."""
         batches: asyncio.Queue[list[PlanItem] | None] = asyncio.Queue()
         wanted = asyncio.Event()  # the pool started on the last batch: plan the next one
         wanted.set()
@@ -328,8 +328,10 @@ class Run:
             # The batch in hand is finished, not cancelled: a walk cut mid-trip has its files
             # neither recorded nor opened. A read that hangs (a dead network share) is given
             # up on, as before plans ran ahead.
-            await asyncio.wait([planner], timeout=PLAN_CLOSE_WAIT_S)
-            planner.cancel()
+            try:
+                await asyncio.wait([planner], timeout=PLAN_CLOSE_WAIT_S)
+            finally:  # also when cancelled again while it waits
+                planner.cancel()
             if planner.done() and not planner.cancelled():
                 planner.exception()  # a plan that broke after the pool stopped: nothing to do
 
