@@ -50,6 +50,15 @@ def walk(count: int, taken: list[str], *, broken_at: int | None = None) -> Itera
                        Decision.NEW)
 
 
+def hanging_walk(hung: threading.Event) -> Iterator[PlanEvent]:
+    """A first batch of files, then a read that hangs for a second (a dead network share) as
+    the second batch's first file is taken; `hung` is set when the hang begins."""
+    yield from walk(PLAN_BATCH, [])
+    hung.set()
+    time.sleep(1.0)
+    yield from walk(1, [])
+
+
 async def settle(taken: list[str], expected: int) -> None:
     """Wait (up to 5 s) until `expected` files were taken, then a little longer, so that a
     planner running further ahead than it should would be caught."""
@@ -125,16 +134,8 @@ async def test_a_walk_that_hangs_does_not_hold_the_close(
     import pipeline.run.runner as runner_module
 
     monkeypatch.setattr(runner_module, "PLAN_CLOSE_WAIT_S", 0.2)
-    taken: list[str] = []
     hung = threading.Event()
-
-    def hanging() -> Iterator[PlanEvent]:
-        yield from walk(PLAN_BATCH, taken)
-        hung.set()
-        time.sleep(1.0)  # the second batch's first file
-        yield from walk(1, taken)
-
-    planned = run.planned_documents(hanging(), PlanTally(), RecordingManifest())  # type: ignore[arg-type]
+    planned = run.planned_documents(hanging_walk(hung), PlanTally(), RecordingManifest())  # type: ignore[arg-type]
     await anext(planned)
     assert await asyncio.to_thread(hung.wait, 5)  # the planner is in the second batch's trip
     started = time.monotonic()
@@ -153,16 +154,8 @@ async def test_a_consumer_cancelled_twice_while_closing_leaves_no_planner(
     import pipeline.run.runner as runner_module
 
     monkeypatch.setattr(runner_module, "PLAN_CLOSE_WAIT_S", 5.0)
-    taken: list[str] = []
     hung = threading.Event()
-
-    def hanging() -> Iterator[PlanEvent]:
-        yield from walk(PLAN_BATCH, taken)
-        hung.set()
-        time.sleep(1.0)
-        yield from walk(1, taken)
-
-    planned = run.planned_documents(hanging(), PlanTally(), RecordingManifest())  # type: ignore[arg-type]
+    planned = run.planned_documents(hanging_walk(hung), PlanTally(), RecordingManifest())  # type: ignore[arg-type]
 
     async def consume() -> None:
         async with contextlib.aclosing(planned):
