@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +59,18 @@ def hanging_walk(hung: threading.Event) -> Iterator[PlanEvent]:
     yield from walk(1, [])
 
 
-async def settle(taken: list[str], expected: int) -> None:
-    """Wait (up to 5 s) until `expected` files were taken, then a little longer, so that a
-    planner running further ahead than it should would be caught."""
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Wait (up to 5 s) until `condition()` holds."""
     for _ in range(500):
-        if len(taken) >= expected:
-            break
+        if condition():
+            return
         await asyncio.sleep(0.01)
+
+
+async def settle(taken: list[str], expected: int) -> None:
+    """Wait until `expected` files were taken, then a little longer, so that a planner running
+    further ahead than it should would be caught."""
+    await wait_until(lambda: len(taken) >= expected)
     await asyncio.sleep(0.1)
 
 
@@ -84,10 +89,7 @@ async def test_the_next_batch_is_planned_and_recorded_while_the_pool_opens_this_
     first = await anext(planned)
     assert first.source.rel == "f/00000.pdf"
     await settle(taken, 2 * PLAN_BATCH)
-    for _ in range(500):  # the second batch's record follows its walk
-        if len(db.recorded) == 2:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: len(db.recorded) == 2)  # the second batch's record follows its walk
     # One batch ahead, and no more: the second batch is walked and recorded as pending while
     # the pool has taken one document of the first; the third waits for the pool.
     assert len(taken) == 2 * PLAN_BATCH

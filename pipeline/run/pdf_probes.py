@@ -36,6 +36,7 @@ START_AFTER = 32
 WAIT_S = 5.0
 MAX_KILLS = 3
 MAX_BYTES = 4 * 1024 * 1024
+ONE_CORE = "one core"  # why probing is off on one core: by design, no warning
 
 
 def facts_or_none(data: bytes, rel: str, passwords: list[str] | None) -> PdfFacts | None:
@@ -116,7 +117,7 @@ class PdfProbes:
         self.start_after = START_AFTER if start_after is None else start_after
         self.wait_s = WAIT_S if wait_s is None else wait_s
         one_core = (usable_cores() if cores is None else cores) <= 1
-        self.off_because: str | None = "one core" if one_core else None  # None: probing is on
+        self.off_because: str | None = ONE_CORE if one_core else None  # None: probing is on
         self.function = function
         self.answered = 0  # probes answered with facts (whatever the caller then does)
         self.kills = 0

@@ -28,6 +28,7 @@ from pipeline.logsetup import get_logger, redact
 from pipeline.manifest import Manifest, PlannedDocument, manifest_path, state_dir
 from pipeline.manifest.writer import AsyncManifest
 from pipeline.pricing import batch_price, price_per_1000_pages
+from pipeline.run.batch_ahead import one_batch_ahead
 from pipeline.run.content_share import ContentShare
 from pipeline.run.document_job import (
     DocumentLimits,
@@ -38,6 +39,7 @@ from pipeline.run.document_job import (
 from pipeline.run.done_twin import options_sha256
 from pipeline.run.dry_run import dry_run_estimate
 from pipeline.run.outcome import Outcome, StopReason, StopRequest, decide_outcome, exit_code
+from pipeline.run.pdf_probes import ONE_CORE
 from pipeline.run.pool import DocumentPool, PoolHooks
 from pipeline.run.progress import ProgressDisplay, resolve_mode
 from pipeline.run.report import Failure, RunReport
@@ -287,53 +289,13 @@ class Run:
         self.report.failed_earlier = tally.failed_earlier
         self.report.ignored = [Failure(i.rel, i.category, i.reason) for i in tally.ignored]
 
-    async def planned_documents(self, events: Iterator[PlanEvent], tally: PlanTally,
-                                db: AsyncManifest) -> AsyncIterator[PlanItem]:
+    def planned_documents(self, events: Iterator[PlanEvent], tally: PlanTally,
+                          db: AsyncManifest) -> AsyncIterator[PlanItem]:
         """The documents to process, planned a batch of files at a time, one batch ahead of
-        the documents being opened; each batch is recorded as pending before its work starts.
-
-        Why ahead: a batch's trip to a thread (walk, sniff, manifest lookups) and to the
-        manifest (record it) waits behind the run's other work. When a batch was planned only
-        after the pool had opened the last document of the one before, the pool waited for
-        it up to a second at a time with R = 200 and 50-page documents."""
-        batches: asyncio.Queue[list[PlanItem] | None] = asyncio.Queue()
-        wanted = asyncio.Event()  # the pool started on the last batch: plan the next one
-        wanted.set()
-        closing = False
-
-        async def plan_ahead() -> None:
-            try:
-                while True:
-                    await wanted.wait()
-                    wanted.clear()
-                    if closing or self.stopping:
-                        return
-                    batch = await self._plan_batch(events, tally, db)
-                    if batch is None:
-                        return
-                    batches.put_nowait(batch)
-            finally:
-                batches.put_nowait(None)
-
-        planner = asyncio.create_task(plan_ahead())
-        try:
-            while (batch := await batches.get()) is not None:
-                wanted.set()
-                for item in batch:
-                    yield item
-            await planner  # its error, if it failed, is the plan's
-        finally:
-            closing = True
-            wanted.set()
-            # The batch in hand is finished, not cancelled: a walk cut mid-trip has its files
-            # neither recorded nor opened. A read that hangs (a dead network share) is given
-            # up on, as before plans ran ahead.
-            try:
-                await asyncio.wait([planner], timeout=PLAN_CLOSE_WAIT_S)
-            finally:  # also when cancelled again while it waits
-                planner.cancel()
-            if planner.done() and not planner.cancelled():
-                planner.exception()  # a plan that broke after the pool stopped: nothing to do
+        the documents being opened (run/batch_ahead.py); each batch is recorded as pending
+        before its work starts."""
+        return one_batch_ahead(lambda: self._plan_batch(events, tally, db),
+                               lambda: self.stopping, close_wait_s=PLAN_CLOSE_WAIT_S)
 
     async def _plan_batch(self, events: Iterator[PlanEvent], tally: PlanTally,
                           db: AsyncManifest) -> list[PlanItem] | None:
@@ -448,7 +410,7 @@ class Run:
         probes = self.splitter.probes
         r.pdf_probes = probes.summary()
         reason = probes.off_because
-        if reason is not None and reason != "one core":
+        if reason is not None and reason != ONE_CORE:
             r.warnings.append(f"the PDF probe process went off ({reason}); PDFs were opened in"
                               " the run's own process from then on")
             r.warnings_total += 1
