@@ -38,28 +38,36 @@ def stuck(data: bytes, rel: str, passwords: list[str] | None) -> PdfFacts | None
     return None
 
 
-def started(probes: PdfProbes, deadline_s: float = 60) -> PdfProbes:
-    """Start the process now and wait until it says it is ready (no call in between)."""
-    probes.start()
+def stuck_on_hostile(data: bytes, rel: str, passwords: list[str] | None) -> PdfFacts | None:
+    """Stuck on one file only; any other gets its facts."""
+    if rel == "hostile.pdf":
+        time.sleep(600)
+    return probes_module.facts_or_none(data, rel, passwords)
+
+
+async def until_ready(probes: PdfProbes, deadline_s: float = 60) -> PdfProbes:
     end = time.monotonic() + deadline_s
     while not probes.ready():
         assert time.monotonic() < end, "the probe process did not start"
-        time.sleep(0.02)
+        await asyncio.sleep(0.02)
     return probes
 
 
-def test_facts_come_from_another_process_once_enough_pdfs_came() -> None:
+async def started(probes: PdfProbes) -> PdfProbes:
+    """Start the process now and wait until it says it is ready (no call in between)."""
+    probes.start()
+    return await until_ready(probes)
+
+
+async def test_facts_come_from_another_process_once_enough_pdfs_came() -> None:
     data = pdf_bytes(["one", "two", "three"])
     probes = PdfProbes(start_after=2, cores=2, function=facts_and_pid)
     try:
-        assert probes(data, "doc.pdf", None) is None  # the first PDF of a run: no process yet
+        assert await probes.facts(data, "doc.pdf", None) is None  # the first PDF: no process yet
         assert probes._starter is None
-        assert probes(data, "doc.pdf", None) is None  # the second: the process starts
-        end = time.monotonic() + 60
-        while not probes.ready():
-            assert time.monotonic() < end, "the probe process did not start"
-            time.sleep(0.02)
-        facts = probes(data, "doc.pdf", None)
+        assert await probes.facts(data, "doc.pdf", None) is None  # the second: the process starts
+        await until_ready(probes)
+        facts = await probes.facts(data, "doc.pdf", None)
         assert facts is not None
         assert (facts.pages, facts.repaired, facts.encrypted) == (3, False, False)
         assert facts.repair_notes == [str(probes.pid)] != [str(os.getpid())]
@@ -68,76 +76,134 @@ def test_facts_come_from_another_process_once_enough_pdfs_came() -> None:
         probes.close()
 
 
-def test_a_damaged_pdf_gets_no_facts_and_the_process_goes_on() -> None:
+async def test_a_damaged_pdf_gets_no_facts_and_the_process_goes_on() -> None:
     good = pdf_bytes(["one", "two"])
-    probes = started(PdfProbes(cores=2))
+    probes = await started(PdfProbes(cores=2))
     try:
-        assert probes(good, "doc.pdf", None) == pdf_facts(good, "doc.pdf")
-        assert probes(hostile.truncated_pdf(["a", "b"]), "bad.pdf", None) is None
-        repaired = probes(hostile.no_xref_pdf(["a", "b"]), "fixed.pdf", None)
+        assert await probes.facts(good, "doc.pdf", None) == pdf_facts(good, "doc.pdf")
+        assert await probes.facts(hostile.truncated_pdf(["a", "b"]), "bad.pdf", None) is None
+        repaired = await probes.facts(hostile.no_xref_pdf(["a", "b"]), "fixed.pdf", None)
         assert repaired is not None and repaired.repaired and repaired.repair_notes
-        assert probes(good, "doc.pdf", None) == pdf_facts(good, "doc.pdf")
+        assert await probes.facts(good, "doc.pdf", None) == pdf_facts(good, "doc.pdf")
         assert probes.kills == 0
     finally:
         probes.close()
 
 
-def test_a_pdf_over_max_bytes_is_not_copied_to_the_process() -> None:
-    probes = started(PdfProbes(cores=2))
+async def test_calls_on_the_way_together_each_get_their_own_answer() -> None:
+    """More calls at once than may be on the way, of different PDFs, some damaged: each answer
+    reaches the call that asked, whatever the order the callers wait in."""
+    pdfs = [pdf_bytes([f"page {p}" for p in range(1 + i % 5)]) if i % 4 else
+            hostile.truncated_pdf(["a", "b"]) for i in range(4 * probes_module.IN_FLIGHT)]
+    probes = await started(PdfProbes(cores=2))
+    try:
+        answers = await asyncio.gather(*(probes.facts(d, f"doc{i}.pdf", None)
+                                         for i, d in enumerate(pdfs)))
+        assert [a.pages if a else None for a in answers] == [
+            1 + i % 5 if i % 4 else None for i in range(len(pdfs))]
+        assert probes.answered == 3 * probes_module.IN_FLIGHT and probes.kills == 0
+    finally:
+        probes.close()
+
+
+async def test_a_call_cancelled_on_the_way_leaves_the_next_answers_in_order() -> None:
+    three, five = pdf_bytes(["a", "b", "c"]), pdf_bytes(["a", "b", "c", "d", "e"])
+    probes = await started(PdfProbes(cores=2))
+    try:
+        first = asyncio.create_task(probes.facts(three, "three.pdf", None))
+        await asyncio.sleep(0)
+        assert probes._child is not None and len(probes._child.waiting) == 1  # sent
+        first.cancel()
+        facts = await probes.facts(five, "five.pdf", None)
+        assert facts is not None and facts.pages == 5
+        assert (await probes.facts(three, "three.pdf", None)).pages == 3  # type: ignore[union-attr]
+        assert first.cancelled()
+    finally:
+        probes.close()
+
+
+async def test_a_pdf_over_max_bytes_is_not_copied_to_the_process() -> None:
+    probes = await started(PdfProbes(cores=2))
     try:
         big = pdf_bytes(["one"]) + b"%" * probes_module.MAX_BYTES
-        assert probes(big, "big.pdf", None) is None
+        assert await probes.facts(big, "big.pdf", None) is None
         assert probes.answered == 0 and probes.ready()
     finally:
         probes.close()
 
 
-def test_a_stuck_probe_is_killed_and_the_pdf_is_left_to_the_caller() -> None:
+async def test_a_stuck_probe_is_killed_and_the_pdf_is_left_to_the_caller() -> None:
     data = pdf_bytes(["one"])
-    probes = started(PdfProbes(start_after=1, cores=2, wait_s=0.5, function=stuck))
+    probes = await started(PdfProbes(start_after=1, cores=2, wait_s=0.5, function=stuck))
     try:
         pid = probes.pid
         assert pid is not None
         began = time.monotonic()
-        assert probes(data, "doc.pdf", None) is None  # stuck: given up after wait_s
+        assert await probes.facts(data, "doc.pdf", None) is None  # stuck: given up after wait_s
         assert time.monotonic() - began < 5
         assert reaped(pid)  # killed and reaped
         assert probes.kills == 1 and probes.pid is None
-        assert probes(data, "doc.pdf", None) is None  # counts towards a new start
-        end = time.monotonic() + 60
-        while not probes.ready():
-            assert time.monotonic() < end, "the probe process did not start again"
-            time.sleep(0.02)
+        assert await probes.facts(data, "doc.pdf", None) is None  # counts towards a new start
+        await until_ready(probes)
         assert probes.pid not in (None, pid)
     finally:
         probes.close()
 
 
-def test_after_max_kills_the_run_stops_probing(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_calls_behind_a_stuck_one_are_left_to_their_callers_with_one_kill() -> None:
+    good = pdf_bytes(["one", "two"])
+    probes = await started(PdfProbes(cores=2, wait_s=0.5, function=stuck_on_hostile))
+    try:
+        began = time.monotonic()
+        answers = await asyncio.gather(probes.facts(good, "hostile.pdf", None),
+                                       *(probes.facts(good, f"doc{i}.pdf", None) for i in range(3)))
+        assert answers == [None] * 4
+        assert time.monotonic() - began < 5
+        assert probes.kills == 1 and probes.pid is None and probes.answered == 0
+    finally:
+        probes.close()
+
+
+async def test_a_process_that_dies_answers_its_calls_with_none() -> None:
+    data = pdf_bytes(["one"])
+    probes = await started(PdfProbes(cores=2, function=stuck))
+    try:
+        pid = probes.pid
+        assert pid is not None
+        calls = [asyncio.create_task(probes.facts(data, "doc.pdf", None)) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        os.kill(pid, 9)  # the OOM killer, say
+        assert await asyncio.wait_for(asyncio.gather(*calls), 10) == [None] * 3
+        assert probes.kills == 0 and probes.pid is None and probes.enabled
+    finally:
+        probes.close()
+
+
+async def test_after_max_kills_the_run_stops_probing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(probes_module, "MAX_KILLS", 1)
     probes = PdfProbes(start_after=1, cores=2)
     probes.kills = 1
     try:
         for _ in range(3):
-            assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None
+            assert await probes.facts(pdf_bytes(["one"]), "doc.pdf", None) is None
         assert probes._starter is None and probes.pid is None
     finally:
         probes.close()
 
 
-def test_a_process_that_cannot_start_turns_probing_off(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_process_that_cannot_start_turns_probing_off(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_more_processes(function: Any) -> Any:
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
     monkeypatch.setattr(probes_module, "_Child", no_more_processes)
     probes = PdfProbes(start_after=1, cores=2)
     try:
-        assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None
+        assert await probes.facts(pdf_bytes(["one"]), "doc.pdf", None) is None
         end = time.monotonic() + 10
         while probes.enabled:
             assert time.monotonic() < end
-            time.sleep(0.01)
-        assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None
+            await asyncio.sleep(0.01)
+        assert await probes.facts(pdf_bytes(["one"]), "doc.pdf", None) is None
         assert probes._starter is None and probes.pid is None
         assert probes.summary() == {
             "answered": 0, "kills": 0,
@@ -146,41 +212,44 @@ def test_a_process_that_cannot_start_turns_probing_off(monkeypatch: pytest.Monke
         probes.close()
 
 
-def test_the_last_kill_says_why_probing_went_off(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_last_kill_says_why_probing_went_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(probes_module, "MAX_KILLS", 1)
-    probes = started(PdfProbes(start_after=1, cores=2, wait_s=0.5, function=stuck))
+    probes = await started(PdfProbes(start_after=1, cores=2, wait_s=0.5, function=stuck))
     try:
         assert probes.summary()["off"] is None
-        assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None
+        assert await probes.facts(pdf_bytes(["one"]), "doc.pdf", None) is None
         assert probes.summary() == {"answered": 0, "kills": 1,
                                     "off": "killed 1 times, each after 0.5 s without an answer"}
-        assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None  # no new process
+        assert await probes.facts(pdf_bytes(["one"]), "doc.pdf", None) is None  # no new process
         assert probes._starter is None and probes.pid is None
     finally:
         probes.close()
 
 
-def test_the_process_outlives_the_thread_that_asked_for_it() -> None:
-    """PR_SET_PDEATHSIG kills a child when the thread that started it ends: a split thread whose
-    pool is replaced must not take the probe process with it."""
+async def test_the_process_outlives_the_thread_that_asked_for_it() -> None:
+    """PR_SET_PDEATHSIG kills a child when the thread that started it ends: the process is
+    started from a thread that lives as long as it, whichever thread or task asked."""
     data = pdf_bytes(["one"])
     probes = PdfProbes(cores=2)
     try:
-        asker = threading.Thread(target=started, args=(probes,))  # ends once the child is ready
-        asker.start()
-        asker.join()
+        await asyncio.create_task(started(probes))  # the asking task has ended
         pid = probes.pid
-        time.sleep(0.5)
-        assert pid is not None and not reaped(pid)
-        assert probes(data, "doc.pdf", None) == pdf_facts(data, "doc.pdf")
+        starters = [t for t in threading.enumerate() if t.name == "ocr-pdf-probe"]
+        await asyncio.sleep(0.5)
+        assert pid is not None and not reaped(pid) and starters
+        assert await probes.facts(data, "doc.pdf", None) == pdf_facts(data, "doc.pdf")
     finally:
         probes.close()
+    end = time.monotonic() + 5
+    while any(t.is_alive() for t in starters):  # closing lets the starter thread end
+        assert time.monotonic() < end
+        await asyncio.sleep(0.02)
 
 
-def test_one_core_never_starts_a_process() -> None:
+async def test_one_core_never_starts_a_process() -> None:
     probes = PdfProbes(start_after=1, cores=1)
     for _ in range(5):
-        assert probes(pdf_bytes(["one"]), "doc.pdf", None) is None
+        assert await probes.facts(pdf_bytes(["one"]), "doc.pdf", None) is None
     assert probes.pid is None
     assert probes.summary() == {"answered": 0, "kills": 0, "off": "one core"}
 
@@ -197,13 +266,13 @@ def test_a_pdf_the_probe_found_sendable_is_never_opened_here(
     monkeypatch.setattr(split_module, "open_pdf", no_open)
     chunks = list(iter_chunks(tmp_path / "doc.pdf", "doc.pdf", PDF, max_pages=8, max_bytes=10**6,
                               data=data, on_open=told.append,
-                              probe=lambda d, rel, pw: PdfFacts(2, False, False)))
+                              known=PdfFacts(2, False, False)))
     assert [(c.first_page, c.page_count, c.data) for c in chunks] == [(0, 2, data)]
     assert [f.pages for f in told] == [2]
 
 
 @pytest.mark.parametrize("facts", [
-    None,  # the probe could not tell
+    None,  # no facts (the probe could not tell)
     PdfFacts(2, False, True),  # encrypted: decrypted here before it is sent
     PdfFacts(2, True, False, ["xref rebuilt"]),  # repaired: rewritten here
     PdfFacts(9, False, False),  # more pages than a request takes: cut here
@@ -222,7 +291,7 @@ def test_anything_but_a_sendable_pdf_is_opened_here(
     monkeypatch.setattr(split_module, "open_pdf", counting_open)
     max_pages = 1 if facts is not None and facts.pages > 2 else 8
     chunks = list(iter_chunks(tmp_path / "doc.pdf", "doc.pdf", PDF, max_pages=max_pages,
-                              max_bytes=10**6, data=data, probe=lambda d, rel, pw: facts))
+                              max_bytes=10**6, data=data, known=facts))
     assert opened == ["here"]
     assert sum(c.page_count for c in chunks) == 2
 
@@ -231,7 +300,8 @@ async def test_a_run_with_probes_writes_what_a_run_without_them_writes(
     tmp_path: Path, fake_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Forty PDFs, one repaired, one damaged: the same outputs and failures either way, and
-    with the process started before the run, the sendable PDFs are not opened by the run."""
+    with the process waited for (not left to start after 32 PDFs), the sendable PDFs are not
+    opened by the run."""
     source = tmp_path / "in"
     source.mkdir()
     for i in range(40):
@@ -252,8 +322,14 @@ async def test_a_run_with_probes_writes_what_a_run_without_them_writes(
     class StartedProbes(PdfProbes):
         def __init__(self) -> None:
             super().__init__(cores=2, wait_s=60)  # generous: a loaded machine must not fall back
-            made.append(started(self))
-            pids.append(self.pid)
+            made.append(self)
+
+        async def facts(self, data: bytes, rel: str,
+                        passwords: list[str] | None) -> PdfFacts | None:
+            if not self.ready():  # the first PDFs wait for the process: no fallback here
+                await started(self)
+                pids.append(self.pid)
+            return await super().facts(data, rel, passwords)
 
     monkeypatch.setattr(split_module, "open_pdf", counting_open)  # this process's opens only
     monkeypatch.setattr(split_pool_module, "PdfProbes", StartedProbes)

@@ -269,7 +269,15 @@ class DocumentJob:
                                 hint="it will be picked up by the next run")
         return data, sha, st
 
-    def _chunks(self, data: bytes, cut: _Cut) -> Iterator[Chunk]:
+    async def _probed_facts(self, data: bytes) -> PdfFacts | None:
+        """A PDF small enough to go out whole: its facts from the probe process, if it can
+        tell (then this process need not open it)."""
+        limits = self.ctx.limits
+        if self.src.media_type != PDF or len(data) > limits.max_bytes_per_request:
+            return None
+        return await self.ctx.splitter.probes.facts(data, self.src.rel, list(limits.pdf_passwords))
+
+    def _chunks(self, data: bytes, cut: _Cut, known: PdfFacts | None) -> Iterator[Chunk]:
         limits = self.ctx.limits
         # Known page count: the loop stops after the last chunk without one more hop to the
         # split pool. Unknown for PDF and TIFF (frames) until the file is open.
@@ -287,7 +295,7 @@ class DocumentJob:
             data=data,
             max_document_pages=limits.max_pages_per_document,
             on_open=opened,
-            probe=self.ctx.splitter.probes,
+            known=known,
             data_sha256=self.sha or None,
         )
 
@@ -296,7 +304,7 @@ class DocumentJob:
         run's checkpoint when there is one, else through the transport, at most
         `chunks_in_flight` at once (so memory holds that many chunks, whatever the PDF's size)."""
         cut, gate = self.cut, self.gate
-        chunks = self._chunks(data, cut)
+        chunks = self._chunks(data, cut, await self._probed_facts(data))
         sending: list[asyncio.Task[None]] = []
         try:
             while await self._next_slot(sending):

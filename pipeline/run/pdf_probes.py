@@ -5,38 +5,59 @@ PDFs take three times as long as one. At 200 documents a second that parse alone
 loop and every other thread of the run waiting (50-page documents at R = 200: 0.59-0.76 of the
 rate; docs/performance.md). So a run that meets many PDFs starts one process that opens each PDF
 small enough to be sent whole and says what it found (`PdfFacts`); the run's own process then
-only hashes the bytes and sends them. The split threads talk to it over one pipe, a call at a
-time: a `ProcessPoolExecutor`'s two helper threads cost the run more GIL time than they saved.
-A PDF to cut, to decrypt or to repair, one over `MAX_BYTES` (copying it costs what its parse
-would), or one the process could not tell about, is opened here as before, with the same checks
-and errors.
+only hashes the bytes and sends them. A PDF to cut, to decrypt or to repair, one over `MAX_BYTES`
+(copying it costs what its parse would), or one the process could not tell about, is opened here
+as before, with the same checks and errors.
+
+The event loop asks the process itself, over a socket, with up to `IN_FLIGHT` calls on the way:
+the frames are `multiprocessing.connection`'s (a 4-byte length, then a pickle), so the process
+reads them with a plain `Connection` and answers in order. Asking from the split threads, a call
+at a time under one lock, made PDFs queue for seconds at R = 200 on a slow machine: each call
+took the GIL back and forth between threads (docs/performance.md).
 
 The process starts once a run has met `START_AFTER` PDFs (a start costs ~0.3 s of CPU and ~40 MB;
 a small run does not need it), only on a machine with more than one core, and is used once it has
 said it is ready. It is started from a thread of its own that lives as long as the probes: Linux
-kills a child whose *starting thread* ends (PR_SET_PDEATHSIG, `pipeline/child_process.py`), and a
-split thread may end when its pool is replaced. A probe that takes longer than `WAIT_S` (a hostile
-file) is given up: the process is killed and the PDF opened here, where the document's own
-timeout governs; after `MAX_KILLS` of those the run stops probing. A process that cannot start
-(no more processes or files allowed) turns probing off for the run; nothing else changes.
+kills a child whose *starting thread* ends (PR_SET_PDEATHSIG, `pipeline/child_process.py`). A
+call not answered within `WAIT_S` (a hostile file) is given up: the process is killed, and that
+PDF and any others on the way are opened here, where the document's own timeout governs; after
+`MAX_KILLS` of those the run stops probing. A process that cannot start (no more processes or
+files allowed) turns probing off for the run; nothing else changes.
+
+One `PdfProbes` belongs to one event loop: every method but the starter thread's runs on it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import multiprocessing
+import os
+import pickle
+import socket
+import struct
 import threading
+from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from pipeline.child_process import init_process, terminal_signals_blocked
 from pipeline.cpus import usable_cores
-from pipeline.stages.split import PdfFacts, PdfProbe, pdf_facts
+from pipeline.stages.split import PdfFacts, pdf_facts
 
 START_AFTER = 32
 WAIT_S = 5.0
 MAX_KILLS = 3
 MAX_BYTES = 4 * 1024 * 1024
+IN_FLIGHT = 8  # calls sent and not answered: at most this many pickled PDFs wait in the socket
 ONE_CORE = "one core"  # why probing is off on one core: by design, no warning
+
+# What the probe process runs on a PDF: its facts, or None when it cannot tell.
+PdfProbe = Callable[[bytes, str, list[str] | None], PdfFacts | None]
+
+_LENGTH = struct.Struct("!i")  # multiprocessing.connection's frame header (MAX_BYTES < 2**31)
 
 
 def facts_or_none(data: bytes, rel: str, passwords: list[str] | None) -> PdfFacts | None:
@@ -49,7 +70,7 @@ def facts_or_none(data: bytes, rel: str, passwords: list[str] | None) -> PdfFact
 
 
 def serve(conn: Connection, function: PdfProbe) -> None:
-    """The probe process: say it is ready, then answer calls until the pipe closes."""
+    """The probe process: say it is ready, then answer calls in order until the socket closes."""
     init_process()
     conn.send(True)
     while True:
@@ -62,55 +83,82 @@ def serve(conn: Connection, function: PdfProbe) -> None:
         conn.send(facts)
 
 
+def _frame(message: Any) -> tuple[bytes, memoryview]:
+    """A message as `Connection.send` frames it: its length, then its pickle."""
+    payload = ForkingPickler.dumps(message)
+    return _LENGTH.pack(len(payload)), payload
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> Any:
+    """The next message the process sent (IncompleteReadError, an EOFError, once it is gone)."""
+    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+    return pickle.loads(await reader.readexactly(length))
+
+
 class _Child:
-    """One spawned probe process and the run's end of its pipe."""
+    """One spawned probe process, and the calls the loop has sent it, oldest first."""
 
     def __init__(self, function: PdfProbe) -> None:
         # spawn, not fork: the run has an event loop and threads; forking those is unsafe. The
         # terminal's signals are blocked while it starts, so it is born deaf to a Ctrl-C meant
         # for the run (`init_process`).
         context = multiprocessing.get_context("spawn")
-        self.conn, far_end = context.Pipe()
+        conn, far_end = context.Pipe()
         try:
             self.process = context.Process(target=serve, args=(far_end, function), daemon=True,
                                            name="ocr-pdf-probe")
             with terminal_signals_blocked():
                 self.process.start()
-        except BaseException:
-            self.conn.close()
-            raise
+            # The loop's end of the socket pair; the Connection that held it is closed, so
+            # nothing else reads the socket or minds that the loop makes it non-blocking.
+            self.sock = socket.socket(fileno=os.dup(conn.fileno()))
         finally:
+            conn.close()
             far_end.close()
         self.ready = False
+        self.writer: asyncio.StreamWriter | None = None
+        self.waiting: deque[asyncio.Future[PdfFacts | None]] = deque()
+        self.talker: asyncio.Task[None] | None = None
 
-    def poll_ready(self) -> bool:
-        if not self.ready and self.conn.poll(0):
-            self.ready = bool(self.conn.recv())
-        return self.ready
+    def send(self, message: Any) -> asyncio.Future[PdfFacts | None]:
+        """Send a call; its answer arrives in order, in the future returned."""
+        assert self.writer is not None
+        answer: asyncio.Future[PdfFacts | None] = asyncio.get_running_loop().create_future()
+        self.waiting.append(answer)
+        for part in _frame(message):
+            self.writer.write(part)
+        return answer
 
-    def ask(self, call: tuple[Any, ...], wait_s: float) -> Any:
-        """The answer, or TimeoutError after `wait_s`; EOFError/OSError when the process died."""
-        self.conn.send(call)
-        if not self.conn.poll(wait_s):
-            raise TimeoutError
-        return self.conn.recv()
-
-    def signal_kill(self) -> None:
-        """SIGKILL, from any thread: a thread waiting on the pipe then sees it close."""
-        if self.process.exitcode is None:
-            self.process.kill()
+    async def talk(self) -> None:
+        """Wait for the process to say it is ready, then hand each answer to its call."""
+        reader, self.writer = await asyncio.open_unix_connection(sock=self.sock)
+        self.ready = bool(await _read_frame(reader))
+        while True:
+            answer = await _read_frame(reader)
+            call = self.waiting.popleft()
+            if not call.done():  # not cancelled with the document that asked
+                call.set_result(answer)
 
     def reap(self) -> None:
-        """Under the probes' lock only: kill, wait for the exit, close both handles."""
-        self.signal_kill()
+        """Kill (it may be deep in a hostile file), wait for the exit, close the socket, and
+        answer every call on the way with None (the callers then open their PDFs)."""
+        if self.process.exitcode is None:
+            self.process.kill()
         self.process.join(2)
-        self.conn.close()
         if self.process.exitcode is not None:
             self.process.close()
+        if self.writer is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                self.writer.transport.abort()
+        self.sock.close()
+        while self.waiting:
+            call = self.waiting.popleft()
+            if not call.done():
+                call.set_result(None)
 
 
 class PdfProbes:
-    """Called from the split threads as a `PdfProbe`: facts from the probe process, or None."""
+    """Facts about a PDF from the probe process (`facts`), or None: the caller opens it."""
 
     def __init__(self, *, start_after: int | None = None, wait_s: float | None = None,
                  cores: int | None = None, function: PdfProbe = facts_or_none) -> None:
@@ -122,15 +170,15 @@ class PdfProbes:
         self.answered = 0  # probes answered with facts (whatever the caller then does)
         self.kills = 0
         self._seen = 0
-        self._lock = threading.Lock()  # one call on the pipe at a time; guards _child
+        self._slots = asyncio.Semaphore(IN_FLIGHT)
         self._child: _Child | None = None
         self._starter: threading.Event | None = None  # set: the starter thread may end
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     def ready(self) -> bool:
         """The probe process has started and answers calls."""
-        with self._lock:
-            return self._ready_child() is not None
+        return self._child is not None and self._child.ready and not self._closed
 
     @property
     def pid(self) -> int | None:
@@ -139,47 +187,38 @@ class PdfProbes:
 
     def start(self) -> None:
         """Start the process now, whatever the count of PDFs (it answers once ready)."""
-        with self._lock:
-            if self._may_start():
-                self._begin()
+        if self._may_start():
+            self._begin()
 
-    def __call__(self, data: bytes, rel: str, passwords: list[str] | None) -> PdfFacts | None:
-        if len(data) > MAX_BYTES or not self._lock.acquire(timeout=self.wait_s):
+    async def facts(self, data: bytes, rel: str, passwords: list[str] | None) -> PdfFacts | None:
+        """What the process found in this PDF; None when there is no ready process, it could
+        not tell, or it took longer than `wait_s` (the process is then killed)."""
+        if len(data) > MAX_BYTES:
             return None
-        try:
-            child = self._ready_child()
+        child = self._child
+        if child is None or not self.ready():
             if child is None:
                 self._count_towards_start()
-                return None
-            try:
-                facts = child.ask((data, rel, passwords), self.wait_s)
-            except TimeoutError:
+            return None
+        sent = False
+        try:
+            async with asyncio.timeout(self.wait_s), self._slots:
+                if child is not self._child:  # killed or dead while this call waited its turn
+                    return None
+                answer = child.send((data, rel, passwords))
+                sent = True
+                facts = await answer
+        except TimeoutError:
+            if sent and child is self._child:
                 self.kills += 1
                 if self.kills >= MAX_KILLS:
                     self.off_because = (f"killed {self.kills} times, each after {self.wait_s:g} s"
                                         " without an answer")
                 self._drop(child)
-                return None
-            except (EOFError, OSError):  # it died: a crash in qpdf, the OOM killer, close()
-                self._drop(child)
-                return None
-            if facts is not None:
-                self.answered += 1
-            return facts
-        finally:
-            self._lock.release()
-
-    def _ready_child(self) -> _Child | None:
-        """Under the lock: the child when it has said it is ready."""
-        child = self._child
-        if child is None or self._closed:
             return None
-        try:
-            return child if child.poll_ready() else None
-        except (EOFError, OSError):  # died while starting: no use trying again
-            self._drop(child)
-            self.off_because = "died while starting"
-            return None
+        if facts is not None:
+            self.answered += 1
+        return facts
 
     @property
     def enabled(self) -> bool:
@@ -192,7 +231,7 @@ class PdfProbes:
         return {"answered": self.answered, "kills": self.kills, "off": self.off_because}
 
     def _may_start(self) -> bool:
-        """Under the lock: no process starting or started, and probing still on."""
+        """No process starting or started, and probing still on."""
         return (self._starter is None and not self._closed and self.enabled
                 and self.kills < MAX_KILLS)
 
@@ -203,30 +242,56 @@ class PdfProbes:
                 self._begin()
 
     def _begin(self) -> None:
-        """Under the lock: a thread that starts the child and lives as long as the child may."""
+        """A thread that starts the child and lives as long as the child may."""
+        self._loop = asyncio.get_running_loop()
         self._starter = threading.Event()
-        threading.Thread(target=self._start_and_stay, args=(self._starter,), name="ocr-pdf-probe",
-                         daemon=True).start()
+        threading.Thread(target=self._start_and_stay, args=(self._loop, self._starter),
+                         name="ocr-pdf-probe", daemon=True).start()
 
-    def _start_and_stay(self, stop: threading.Event) -> None:
+    def _start_and_stay(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+        """The starter thread: start the child, hand it to the loop, wait to be let go."""
         try:
             child = _Child(self.function)
         except Exception as exc:  # EAGAIN, EMFILE: run without probes
-            with self._lock:
-                self.off_because = f"could not start ({type(exc).__name__}: {exc})"
-                if self._starter is stop:
-                    self._starter = None
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to tell
+                loop.call_soon_threadsafe(self._could_not_start, stop, exc)
             return
-        with self._lock:
-            if self._closed or stop.is_set():
-                child.reap()
-                return
-            self._child = child
+        try:
+            loop.call_soon_threadsafe(self._adopt, child, stop)
+        except RuntimeError:  # the loop has closed
+            child.reap()
+            return
         stop.wait()
 
+    def _could_not_start(self, stop: threading.Event, exc: Exception) -> None:
+        self.off_because = f"could not start ({type(exc).__name__}: {exc})"
+        if self._starter is stop:
+            self._starter = None
+
+    def _adopt(self, child: _Child, stop: threading.Event) -> None:
+        """On the loop: the started child becomes the run's, unless the run moved on."""
+        if self._closed or self._starter is not stop:
+            child.reap()
+            stop.set()
+            return
+        self._child = child
+        child.talker = asyncio.get_running_loop().create_task(self._talk(child))
+
+    async def _talk(self, child: _Child) -> None:
+        try:
+            await child.talk()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # EOF or a broken socket: it died (a crash in qpdf, the OOM killer)
+            if not child.ready and self._child is child:
+                self.off_because = "died while starting"
+            self._drop(child)
+
     def _drop(self, child: _Child) -> None:
-        """Under the lock: end this child and its starter thread; later PDFs count again."""
+        """End this child and its starter thread; later PDFs count towards a new start."""
         child.reap()
+        if child.talker is not None and child.talker is not asyncio.current_task():
+            child.talker.cancel()
         if self._child is child:
             self._child, self._seen = None, 0
             if self._starter is not None:
@@ -234,19 +299,9 @@ class PdfProbes:
             self._starter = None
 
     def close(self) -> None:
-        """Kill the process (it may be deep in a hostile file). Waits at most a few seconds:
-        the kill frees a split thread waiting on the pipe, which then lets go of the lock."""
+        """Kill the process and let its starter thread end; calls on the way get None."""
         self._closed = True
-        child = self._child
-        if child is not None:
-            child.signal_kill()
-        if self._lock.acquire(timeout=self.wait_s):
-            try:
-                if self._child is not None:
-                    self._drop(self._child)
-                if self._starter is not None:
-                    self._starter.set()
-            finally:
-                self._lock.release()
-        elif self._starter is not None:
+        if self._child is not None:
+            self._drop(self._child)
+        if self._starter is not None:
             self._starter.set()

@@ -2,8 +2,9 @@
 
 qpdf (through pikepdf) is CPU work and may, on a hostile file, never return. A thread cannot be
 killed: a split abandoned after a timeout gets a fresh pool beside it, and the process exits
-without waiting for the stuck thread (see `has_stuck_threads`). The threads ask `probes` (another
-process) first whether a PDF can go out as it is (run/pdf_probes.py).
+without waiting for the stuck thread (see `has_stuck_threads`). The pool owns the run's `probes`
+(another process, run/pdf_probes.py), which the event loop asks whether a PDF can go out as it
+is before it is given to a thread.
 """
 
 from __future__ import annotations

@@ -49,10 +49,6 @@ class OpenedPdf(PdfFacts):
     pdf: pikepdf.Pdf = field(kw_only=True)
 
 
-# Asks another process for a PDF's facts; None when it could not tell (the caller opens the file).
-PdfProbe = Callable[[bytes, str, list[str] | None], PdfFacts | None]
-
-
 def _damaged(rel: str, exc: Exception) -> InputError:
     return InputError(
         f"{rel}: PDF is damaged and cannot be read, even after an attempt to repair it"
@@ -132,15 +128,16 @@ def iter_chunks(
     data: bytes | None = None,
     max_document_pages: int | None = None,
     on_open: Callable[[PdfFacts], None] | None = None,
-    probe: PdfProbe | None = None,
+    known: PdfFacts | None = None,
     data_sha256: str | None = None,
 ) -> Iterator[Chunk]:
     """Yield the chunks of one document in page order, building each only when asked for.
 
     A PDF of more than `max_document_pages` pages fails as too_large before any chunk is made.
-    With `probe`, a PDF that another process finds sendable as it is never opened here (qpdf
-    holds the GIL while it parses: ~1 ms per 50-page file, docs/performance.md); anything else
-    (to cut, encrypted, damaged, or a probe that could not tell) is opened here as before.
+    A PDF whose `known` facts (found by another process, run/pdf_probes.py) say it can be sent
+    as it is is never opened here (qpdf holds the GIL while it parses: ~1 ms per 50-page file,
+    docs/performance.md); anything else (to cut, encrypted, damaged, or no facts) is opened
+    here.
     `data_sha256` is the sha256 of `data` when the caller has it already (a document sent whole
     is not hashed twice).
     """
@@ -164,14 +161,12 @@ def iter_chunks(
             )
         yield Chunk(rel, 0, 0, 1, media_type, data, _sha256(data, data_sha256))
         return
-    if probe is not None and len(data) <= max_bytes:
-        facts = probe(data, rel, passwords)
-        if facts is not None and facts.sendable_as_is(len(data), max_pages, max_bytes,
-                                                      max_document_pages):
-            if on_open is not None:
-                on_open(facts)
-            yield Chunk(rel, 0, 0, facts.pages, PDF, data, _sha256(data, data_sha256))
-            return
+    if known is not None and known.sendable_as_is(len(data), max_pages, max_bytes,
+                                                  max_document_pages):
+        if on_open is not None:
+            on_open(known)
+        yield Chunk(rel, 0, 0, known.pages, PDF, data, _sha256(data, data_sha256))
+        return
     opened = open_pdf(data, rel, passwords)
     try:
         if on_open is not None:
