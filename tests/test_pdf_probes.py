@@ -90,34 +90,85 @@ async def test_a_damaged_pdf_gets_no_facts_and_the_process_goes_on() -> None:
         probes.close()
 
 
-async def test_calls_on_the_way_together_each_get_their_own_answer() -> None:
-    """More calls at once than may be on the way, of different PDFs, some damaged: each answer
-    reaches the call that asked, whatever the order the callers wait in."""
+async def test_calls_on_the_way_together_each_get_their_own_answer(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty calls at once, of different PDFs, some damaged, with room for two or three on the
+    way: the rest wait their turn, and each answer reaches the call that asked."""
     pdfs = [pdf_bytes([f"page {p}" for p in range(1 + i % 5)]) if i % 4 else
-            hostile.truncated_pdf(["a", "b"]) for i in range(4 * probes_module.IN_FLIGHT)]
+            hostile.truncated_pdf(["a", "b"]) for i in range(40)]
+    monkeypatch.setattr(probes_module, "IN_FLIGHT_BYTES", 3 * min(len(d) for d in pdfs))
     probes = await started(PdfProbes(cores=2))
     try:
-        answers = await asyncio.gather(*(probes.facts(d, f"doc{i}.pdf", None)
-                                         for i, d in enumerate(pdfs)))
+        calls = [asyncio.create_task(probes.facts(d, f"doc{i}.pdf", None))
+                 for i, d in enumerate(pdfs)]
+        await asyncio.sleep(0)
+        child = probes._child
+        assert child is not None and 1 <= len(child.sent) <= 3 and child.unsent
+        assert child.bytes_on_the_way <= probes_module.IN_FLIGHT_BYTES
+        answers = await asyncio.gather(*calls)
         assert [a.pages if a else None for a in answers] == [
             1 + i % 5 if i % 4 else None for i in range(len(pdfs))]
-        assert probes.answered == 3 * probes_module.IN_FLIGHT and probes.kills == 0
+        assert probes.answered == 30 and probes.kills == 0
+        assert not child.sent and not child.unsent and child.bytes_on_the_way == 0
     finally:
         probes.close()
 
 
-async def test_a_call_cancelled_on_the_way_leaves_the_next_answers_in_order() -> None:
+CALLS_SEEN = 0
+
+
+def numbered(data: bytes, rel: str, passwords: list[str] | None) -> PdfFacts | None:
+    """Runs in the probe process: facts whose notes say how many calls it has had."""
+    global CALLS_SEEN
+    CALLS_SEEN += 1
+    time.sleep(0.05)
+    facts = probes_module.facts_or_none(data, rel, passwords)
+    if facts is not None:
+        facts.repair_notes = [str(CALLS_SEEN)]
+    return facts
+
+
+async def test_a_call_cancelled_on_the_way_leaves_the_next_answers_in_order(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One call out at a time: a call cancelled once sent still has its answer read (and
+    dropped); one cancelled before it went out is never sent."""
+    monkeypatch.setattr(probes_module, "IN_FLIGHT_BYTES", 1)
     three, five = pdf_bytes(["a", "b", "c"]), pdf_bytes(["a", "b", "c", "d", "e"])
-    probes = await started(PdfProbes(cores=2))
+    probes = await started(PdfProbes(cores=2, function=numbered))
     try:
-        first = asyncio.create_task(probes.facts(three, "three.pdf", None))
+        sent = asyncio.create_task(probes.facts(three, "three.pdf", None))
+        queued = asyncio.create_task(probes.facts(three, "three.pdf", None))
+        last = asyncio.create_task(probes.facts(five, "five.pdf", None))
         await asyncio.sleep(0)
-        assert probes._child is not None and len(probes._child.waiting) == 1  # sent
-        first.cancel()
-        facts = await probes.facts(five, "five.pdf", None)
-        assert facts is not None and facts.pages == 5
-        assert (await probes.facts(three, "three.pdf", None)).pages == 3  # type: ignore[union-attr]
-        assert first.cancelled()
+        child = probes._child
+        assert child is not None and len(child.sent) == 1 and len(child.unsent) == 2
+        sent.cancel()
+        queued.cancel()
+        facts = await last
+        assert facts is not None and (facts.pages, facts.repair_notes) == (5, ["2"])
+        assert sent.cancelled() and queued.cancelled()
+        again = await probes.facts(three, "three.pdf", None)
+        assert again is not None and (again.pages, again.repair_notes) == (3, ["3"])
+    finally:
+        probes.close()
+
+
+def slow(data: bytes, rel: str, passwords: list[str] | None) -> PdfFacts | None:
+    time.sleep(0.2)
+    return probes_module.facts_or_none(data, rel, passwords)
+
+
+async def test_a_process_busy_with_many_calls_is_not_taken_for_a_stuck_one() -> None:
+    """wait_s bounds the time spent on one PDF, not a queue's: eight calls of 0.2 s each
+    (1.6 s together) with wait_s = 0.5 are all answered, and nothing is killed."""
+    data = pdf_bytes(["one"])
+    probes = await started(PdfProbes(cores=2, wait_s=0.5, function=slow))
+    try:
+        answers = await asyncio.gather(*(probes.facts(data, "doc.pdf", None) for _ in range(8)))
+        assert [a.pages if a else None for a in answers] == [1] * 8
+        assert probes.kills == 0 and probes.ready()
     finally:
         probes.close()
 
@@ -244,6 +295,15 @@ async def test_the_process_outlives_the_thread_that_asked_for_it() -> None:
     while any(t.is_alive() for t in starters):  # closing lets the starter thread end
         assert time.monotonic() < end
         await asyncio.sleep(0.02)
+
+
+def test_closed_after_its_loop_has_ended_the_process_is_still_killed() -> None:
+    probes = PdfProbes(cores=2)
+    asyncio.run(started(probes))
+    pid = probes.pid
+    assert pid is not None and not reaped(pid)
+    probes.close()  # no running loop: nothing left to cancel on it, but the process must go
+    assert reaped(pid) and probes.pid is None
 
 
 async def test_one_core_never_starts_a_process() -> None:

@@ -9,9 +9,9 @@ only hashes the bytes and sends them. A PDF to cut, to decrypt or to repair, one
 (copying it costs what its parse would), or one the process could not tell about, is opened here
 as before, with the same checks and errors.
 
-The event loop asks the process itself, over a socket, with up to `IN_FLIGHT` calls on the way:
-the frames are `multiprocessing.connection`'s (a 4-byte length, then a pickle), so the process
-reads them with a plain `Connection` and answers in order. Asking from the split threads, a call
+The event loop asks the process itself, over a socket, with up to `IN_FLIGHT_BYTES` of PDFs on the
+way: the frames are `multiprocessing.connection`'s (a 4-byte length, then a pickle), so the
+process reads them with a plain `Connection` and answers in order. Asking from the split threads, a call
 at a time under one lock, made PDFs queue for seconds at R = 200 on a slow machine: each call
 took the GIL back and forth between threads (docs/performance.md).
 
@@ -19,8 +19,8 @@ The process starts once a run has met `START_AFTER` PDFs (a start costs ~0.3 s o
 a small run does not need it), only on a machine with more than one core, and is used once it has
 said it is ready. It is started from a thread of its own that lives as long as the probes: Linux
 kills a child whose *starting thread* ends (PR_SET_PDEATHSIG, `pipeline/child_process.py`). A
-call not answered within `WAIT_S` (a hostile file) is given up: the process is killed, and that
-PDF and any others on the way are opened here, where the document's own timeout governs; after
+process that spends more than `WAIT_S` on one PDF (a hostile file) is killed, and that PDF and
+any others on the way are opened here, where the document's own timeout governs; after
 `MAX_KILLS` of those the run stops probing. A process that cannot start (no more processes or
 files allowed) turns probing off for the run; nothing else changes.
 
@@ -51,7 +51,7 @@ START_AFTER = 32
 WAIT_S = 5.0
 MAX_KILLS = 3
 MAX_BYTES = 4 * 1024 * 1024
-IN_FLIGHT = 8  # calls sent and not answered: at most this many pickled PDFs wait in the socket
+IN_FLIGHT_BYTES = 8 * 1024 * 1024  # PDFs sent and not answered (at least one), in bytes
 ONE_CORE = "one core"  # why probing is off on one core: by design, no warning
 
 # What the probe process runs on a PDF: its facts, or None when it cannot tell.
@@ -95,8 +95,22 @@ async def _read_frame(reader: asyncio.StreamReader) -> Any:
     return pickle.loads(await reader.readexactly(length))
 
 
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop: close() after the run
+        return None
+
+
+_Message = tuple[bytes, str, list[str] | None]  # a PDF's bytes, its name, the passwords to try
+_Answer = asyncio.Future[PdfFacts | None]
+
+
 class _Child:
-    """One spawned probe process, and the calls the loop has sent it, oldest first."""
+    """One spawned probe process; the calls sent to it, oldest first, and those waiting to be
+    sent. Calls go out while the bytes on the way stay within `IN_FLIGHT_BYTES` (always one),
+    and each answer lets more go at once, so the process need not wait for the callers' tasks
+    to run before it has its next PDF."""
 
     def __init__(self, function: PdfProbe) -> None:
         # spawn, not fork: the run has an event loop and threads; forking those is unsafe. The
@@ -117,31 +131,61 @@ class _Child:
             far_end.close()
         self.ready = False
         self.writer: asyncio.StreamWriter | None = None
-        self.waiting: deque[asyncio.Future[PdfFacts | None]] = deque()
+        self.sent: deque[tuple[_Answer, int]] = deque()  # with each call's bytes
+        self.unsent: deque[tuple[_Message, _Answer]] = deque()
+        self.bytes_on_the_way = 0
+        self.busy_since = 0.0  # when the process began the oldest call not yet answered
         self.talker: asyncio.Task[None] | None = None
+        self.watchdog: asyncio.TimerHandle | None = None
 
-    def send(self, message: Any) -> asyncio.Future[PdfFacts | None]:
-        """Send a call; its answer arrives in order, in the future returned."""
-        assert self.writer is not None
-        answer: asyncio.Future[PdfFacts | None] = asyncio.get_running_loop().create_future()
-        self.waiting.append(answer)
-        for part in _frame(message):
-            self.writer.write(part)
+    def ask(self, message: _Message) -> _Answer:
+        """Queue a call; its answer arrives in the future returned (None once the process is
+        gone)."""
+        loop = asyncio.get_running_loop()
+        answer: _Answer = loop.create_future()
+        self.unsent.append((message, answer))
+        self._send_more(loop.time())
         return answer
+
+    def _send_more(self, now: float) -> None:
+        assert self.writer is not None
+        while self.unsent:
+            size = len(self.unsent[0][0][0])
+            if self.sent and self.bytes_on_the_way + size > IN_FLIGHT_BYTES:
+                return
+            message, answer = self.unsent.popleft()
+            if answer.done():  # cancelled with its document before it went out
+                continue
+            if not self.sent:
+                self.busy_since = now
+            for part in _frame(message):
+                self.writer.write(part)
+            self.sent.append((answer, size))
+            self.bytes_on_the_way += size
+
+    def busy_for(self, now: float) -> float:
+        """How long the process has spent on the call it is answering (0 when idle)."""
+        return now - self.busy_since if self.sent else 0.0
 
     async def talk(self) -> None:
         """Wait for the process to say it is ready, then hand each answer to its call."""
         reader, self.writer = await asyncio.open_unix_connection(sock=self.sock)
         self.ready = bool(await _read_frame(reader))
+        loop = asyncio.get_running_loop()
         while True:
-            answer = await _read_frame(reader)
-            call = self.waiting.popleft()
-            if not call.done():  # not cancelled with the document that asked
-                call.set_result(answer)
+            facts = await _read_frame(reader)
+            answer, size = self.sent.popleft()
+            self.bytes_on_the_way -= size
+            self.busy_since = loop.time()
+            if not answer.done():  # not cancelled with the document that asked
+                answer.set_result(facts)
+            self._send_more(self.busy_since)
 
     def reap(self) -> None:
         """Kill (it may be deep in a hostile file), wait for the exit, close the socket, and
-        answer every call on the way with None (the callers then open their PDFs)."""
+        answer every call with None (the callers then open their PDFs)."""
+        if self.watchdog is not None:
+            self.watchdog.cancel()
         if self.process.exitcode is None:
             self.process.kill()
         self.process.join(2)
@@ -151,10 +195,12 @@ class _Child:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 self.writer.transport.abort()
         self.sock.close()
-        while self.waiting:
-            call = self.waiting.popleft()
-            if not call.done():
-                call.set_result(None)
+        answers = [answer for answer, _ in self.sent] + [answer for _, answer in self.unsent]
+        self.sent.clear()
+        self.unsent.clear()
+        for answer in answers:
+            if not answer.done():
+                answer.set_result(None)
 
 
 class PdfProbes:
@@ -170,7 +216,6 @@ class PdfProbes:
         self.answered = 0  # probes answered with facts (whatever the caller then does)
         self.kills = 0
         self._seen = 0
-        self._slots = asyncio.Semaphore(IN_FLIGHT)
         self._child: _Child | None = None
         self._starter: threading.Event | None = None  # set: the starter thread may end
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -192,7 +237,7 @@ class PdfProbes:
 
     async def facts(self, data: bytes, rel: str, passwords: list[str] | None) -> PdfFacts | None:
         """What the process found in this PDF; None when there is no ready process, it could
-        not tell, or it took longer than `wait_s` (the process is then killed)."""
+        not tell, or it was killed first (it spent more than `wait_s` on one PDF)."""
         if len(data) > MAX_BYTES:
             return None
         child = self._child
@@ -200,22 +245,7 @@ class PdfProbes:
             if child is None:
                 self._count_towards_start()
             return None
-        sent = False
-        try:
-            async with asyncio.timeout(self.wait_s), self._slots:
-                if child is not self._child:  # killed or dead while this call waited its turn
-                    return None
-                answer = child.send((data, rel, passwords))
-                sent = True
-                facts = await answer
-        except TimeoutError:
-            if sent and child is self._child:
-                self.kills += 1
-                if self.kills >= MAX_KILLS:
-                    self.off_because = (f"killed {self.kills} times, each after {self.wait_s:g} s"
-                                        " without an answer")
-                self._drop(child)
-            return None
+        facts = await child.ask((data, rel, passwords))
         if facts is not None:
             self.answered += 1
         return facts
@@ -276,6 +306,22 @@ class PdfProbes:
             return
         self._child = child
         child.talker = asyncio.get_running_loop().create_task(self._talk(child))
+        self._watch(child)
+
+    def _watch(self, child: _Child) -> None:
+        """Every quarter of `wait_s`: kill a process that has spent more than `wait_s` on one
+        PDF (a hostile file); its calls then get None."""
+        if child is not self._child:
+            return
+        loop = asyncio.get_running_loop()
+        if child.busy_for(loop.time()) > self.wait_s:
+            self.kills += 1
+            if self.kills >= MAX_KILLS:
+                self.off_because = (f"killed {self.kills} times, each after {self.wait_s:g} s"
+                                    " without an answer")
+            self._drop(child)
+            return
+        child.watchdog = loop.call_later(self.wait_s / 4, self._watch, child)
 
     async def _talk(self, child: _Child) -> None:
         try:
@@ -290,8 +336,9 @@ class PdfProbes:
     def _drop(self, child: _Child) -> None:
         """End this child and its starter thread; later PDFs count towards a new start."""
         child.reap()
-        if child.talker is not None and child.talker is not asyncio.current_task():
-            child.talker.cancel()
+        if child.talker is not None and child.talker is not _current_task():
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                child.talker.cancel()
         if self._child is child:
             self._child, self._seen = None, 0
             if self._starter is not None:
