@@ -239,6 +239,74 @@ def test_sends_a_stalled_loop_missed_are_made_up_within_the_windows(stall: float
     assert during >= 9 * n / (1 + CAP_MARGIN) - 2, f"{during} sends in 9 s around a {stall} s stall"
 
 
+@pytest.mark.parametrize("turn", [0.004, 0.008, 0.012])
+def test_a_loop_whose_every_turn_takes_milliseconds_still_sends_at_the_cap(turn: float) -> None:
+    """A busy run's event loop takes 4-12 ms a turn (hundreds of documents at R = 200). A
+    pacer that handed over to the next caller once per turn sent at most one request a turn:
+    83-250 a second, whatever the cap. Granting the slots that are due in one turn keeps the
+    cap, and the windows still hold."""
+    n = 200
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(n, None, clock=loop.time)
+        sends: list[float] = []
+        done = False
+
+        async def caller() -> None:
+            async with limiter.slot() as ticket:
+                sends.append(ticket.sent_at)
+
+        async def busy() -> None:
+            while not done:
+                loop.stall(turn)  # every turn of the loop costs this much
+                await asyncio.sleep(0)
+
+        spinner = asyncio.create_task(busy())
+        await asyncio.gather(*(caller() for _ in range(n * 12)))
+        done = True
+        await spinner
+        return sends
+
+    sends = run_virtual(main())
+    assert max_in_any_window(sends) <= n
+    assert max_in_any_window(sends, 1.009) <= n
+    rate = steady_rate(sends, skip=1.0)
+    assert rate >= 0.95 * n, f"{rate:.1f} a second with {turn * 1000:g} ms a turn"
+
+
+@pytest.mark.parametrize("when", ["in line", "just made the holder"])
+def test_a_caller_cancelled_while_waiting_for_the_pacer_holds_nobody_up(when: str) -> None:
+    """Four callers at rps 1: the third is cancelled while in line, or just as the pacer is
+    handed to it; the fourth takes its place on the schedule."""
+
+    async def main() -> tuple[list[tuple[str, float]], bool]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(1, None, clock=loop.time)
+        sends: list[tuple[str, float]] = []
+        tasks: dict[str, asyncio.Task[None]] = {}
+
+        async def caller(name: str) -> None:
+            async with limiter.slot() as ticket:
+                sends.append((name, ticket.sent_at))
+                if name == "second" and when == "just made the holder":
+                    tasks["third"].cancel()  # the pacer was passed to it a moment ago
+
+        for name in ("first", "second", "third", "fourth"):
+            tasks[name] = asyncio.create_task(caller(name))
+            await asyncio.sleep(0)
+        if when == "in line":
+            tasks["third"].cancel()
+        await asyncio.wait(tasks.values())
+        return sends, tasks["third"].cancelled()
+
+    sends, cancelled = run_virtual(main())
+    start = sends[0][1]
+    assert cancelled
+    assert [(name, round(t - start, 2)) for name, t in sends] == [
+        ("first", 0.0), ("second", 1.01), ("fourth", 2.02)]
+
+
 @pytest.mark.parametrize(("per_second", "latency"), [(10, 2.0), (50, 0.3), (200, 8.0)])
 def test_at_a_hard_cap_equal_to_the_servers_limit_it_runs_at_99_percent_with_no_429(
         per_second: int, latency: float) -> None:
