@@ -275,6 +275,37 @@ def test_a_loop_whose_every_turn_takes_milliseconds_still_sends_at_the_cap(turn:
     assert rate >= 0.95 * n, f"{rate:.1f} a second with {turn * 1000:g} ms a turn"
 
 
+def test_while_no_count_is_known_a_busy_loop_still_sends_one_at_a_time() -> None:
+    """Auto mode's ramp (no count configured, announced or learned yet): sends that shared a
+    timestamp would hide from the count of what the server admitted before a 429, so the
+    pacer grants no slots ahead, however slow the loop's turns."""
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(None, None, clock=loop.time, initial_rps=500)
+        sends: list[float] = []
+        done = False
+
+        async def caller() -> None:
+            async with limiter.slot() as ticket:
+                sends.append(ticket.sent_at)
+
+        async def busy() -> None:
+            while not done:
+                loop.stall(0.012)
+                await asyncio.sleep(0)
+
+        spinner = asyncio.create_task(busy())
+        await asyncio.gather(*(caller() for _ in range(300)))
+        assert limiter.limit_source == "ramp"
+        done = True
+        await spinner
+        return sends
+
+    sends = run_virtual(main())
+    assert len(set(sends)) == len(sends) == 300
+
+
 @pytest.mark.parametrize("when", ["in line", "just made the holder"])
 def test_a_caller_cancelled_while_waiting_for_the_pacer_holds_nobody_up(when: str) -> None:
     """Four callers at rps 1: the third is cancelled while in line, or just as the pacer is

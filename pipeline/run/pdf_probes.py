@@ -10,8 +10,9 @@ only hashes the bytes and sends them. A PDF to cut, to decrypt or to repair, one
 as before, with the same checks and errors.
 
 The event loop asks the process itself, over a socket, with up to `IN_FLIGHT_BYTES` of PDFs on the
-way: the frames are `multiprocessing.connection`'s (a 4-byte length, then a pickle), so the
-process reads them with a plain `Connection` and answers in order. Asking from the split threads, a call
+way: the frames are `multiprocessing.connection`'s (a 4-byte length, then a pickle, or the PDF's
+own bytes, which are not copied into a pickle), so the process reads them with a plain
+`Connection` and answers in order. Asking from the split threads, a call
 at a time under one lock, made PDFs queue for seconds at R = 200 on a slow machine: each call
 took the GIL back and forth between threads (docs/performance.md).
 
@@ -57,6 +58,8 @@ ONE_CORE = "one core"  # why probing is off on one core: by design, no warning
 # What the probe process runs on a PDF: its facts, or None when it cannot tell.
 PdfProbe = Callable[[bytes, str, list[str] | None], PdfFacts | None]
 
+_Message = tuple[bytes, str, list[str] | None]  # a PDF's bytes, its name, the passwords to try
+_Answer = asyncio.Future[PdfFacts | None]
 _LENGTH = struct.Struct("!i")  # multiprocessing.connection's frame header (MAX_BYTES < 2**31)
 
 
@@ -75,7 +78,8 @@ def serve(conn: Connection, function: PdfProbe) -> None:
     conn.send(True)
     while True:
         try:
-            data, rel, passwords = conn.recv()
+            rel, passwords = conn.recv()
+            data = conn.recv_bytes()  # sent as it is: no pickled copy on either side
         except (EOFError, OSError):
             return
         facts = function(data, rel, passwords)
@@ -83,10 +87,12 @@ def serve(conn: Connection, function: PdfProbe) -> None:
         conn.send(facts)
 
 
-def _frame(message: Any) -> tuple[bytes, memoryview]:
-    """A message as `Connection.send` frames it: its length, then its pickle."""
-    payload = ForkingPickler.dumps(message)
-    return _LENGTH.pack(len(payload)), payload
+def _frames(message: _Message) -> tuple[bytes, memoryview, bytes, bytes]:
+    """A call as `serve` reads it: the name and passwords as `Connection.send` frames them
+    (length, pickle), then the PDF's bytes as `send_bytes` does (length, the bytes)."""
+    data, rel, passwords = message
+    meta = ForkingPickler.dumps((rel, passwords))
+    return _LENGTH.pack(len(meta)), meta, _LENGTH.pack(len(data)), data
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> Any:
@@ -100,10 +106,6 @@ def _current_task() -> asyncio.Task[Any] | None:
         return asyncio.current_task()
     except RuntimeError:  # no running loop: close() after the run
         return None
-
-
-_Message = tuple[bytes, str, list[str] | None]  # a PDF's bytes, its name, the passwords to try
-_Answer = asyncio.Future[PdfFacts | None]
 
 
 class _Child:
@@ -158,7 +160,7 @@ class _Child:
                 continue
             if not self.sent:
                 self.busy_since = now
-            for part in _frame(message):
+            for part in _frames(message):
                 self.writer.write(part)
             self.sent.append((answer, size))
             self.bytes_on_the_way += size

@@ -455,14 +455,17 @@ class RateLimiter:
             # to wait: after a pause the schedule restarts from now (else every caller
             # behind the pause would go at once when it ends).
             self._next_slot = (now if paused else slot) + interval
-            if not paused:
+            if not paused and self.windows:  # a count known: see `_grant_due`
                 self._grant_due(now, interval)
             self._gate.admit()  # the ramp or the latency may have raised the target
             return now
 
     def _grant_due(self, now: float, interval: float) -> None:
         """Callers in line whose slots are already due (the schedule is behind) get them now,
-        at most GRANTS_PER_TURN - 1 of them: each slot logged at `now`, within every window."""
+        at most GRANTS_PER_TURN - 1 of them: each slot logged at `now`, within every window.
+        Only once a per-window count is known (configured, announced or learned): while the
+        first count is learned from a 429, sends that share a timestamp hide from the count of
+        what the server admitted before the refused one (`SendLog.admitted_before`)."""
         granted = 1
         while self._line and granted < GRANTS_PER_TURN:
             if max(self._next_slot, self._paused_until, self._window_free_at()) > now + TIME_EPSILON:
