@@ -87,3 +87,58 @@ def test_a_run_caps_the_arenas_of_its_threads(tmp_path) -> None:
     own MALLOC_ARENA_MAX=8 (the cap is not set) the same run lists more."""
     assert arenas_after_a_run(tmp_path / "capped", {}) == 2
     assert arenas_after_a_run(tmp_path / "operator", {"MALLOC_ARENA_MAX": "8"}) > 2
+
+
+TRIM_PROGRAM = """
+import asyncio
+from pipeline.gc_pacing import resident_bytes
+from pipeline.malloc_arenas import FreePageTrim
+# 60 MB of 30 KB blocks (above Python's small-object allocator: glibc's heap), one in ten kept:
+# the freed nine sit between live blocks, where shrinking the heap's top cannot reach them.
+blocks = [bytes(30_000) + bytes([i % 256]) for i in range(2_000)]
+kept = blocks[::10]
+del blocks
+before = resident_bytes()
+async def main():
+    trim = FreePageTrim(every=0.05)
+    task = asyncio.create_task(trim.run())
+    while trim.trims == 0:
+        await asyncio.sleep(0.01)
+    task.cancel()
+asyncio.run(main())
+print(before // 2**20, resident_bytes() // 2**20)
+"""
+
+
+def test_freed_pages_between_live_blocks_go_back_to_the_system() -> None:
+    """What a run at R = 200 does to glibc's heap, in miniature: with `FreePageTrim` running,
+    the freed blocks' pages leave the resident set though live blocks lie between them."""
+    proc = subprocess.run([sys.executable, "-c", TRIM_PROGRAM], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=True)
+    before, after = map(int, proc.stdout.split())
+    assert before >= 60
+    assert after < before - 40, (before, after)
+
+
+async def test_the_trim_runs_every_so_often_off_the_loop_until_cancelled() -> None:
+    import asyncio
+    import threading
+
+    from pipeline.malloc_arenas import FreePageTrim
+
+    calls: list[tuple[int, str]] = []
+
+    def trim(pad: int) -> int:
+        calls.append((pad, threading.current_thread().name))
+        return 1
+
+    task = asyncio.create_task(FreePageTrim(every=0.02, trim=trim).run())
+    await asyncio.sleep(0.15)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    count = len(calls)
+    assert 3 <= count <= 8
+    assert all(pad == 0 and name != threading.current_thread().name for pad, name in calls)
+    await asyncio.sleep(0.05)
+    assert len(calls) == count  # cancelled: no more

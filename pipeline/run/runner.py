@@ -25,6 +25,7 @@ from pipeline.config import Settings
 from pipeline.errors import ConfigError, FatalError
 from pipeline.gc_pacing import CollectorPacing
 from pipeline.logsetup import get_logger, redact
+from pipeline.malloc_arenas import FreePageTrim
 from pipeline.manifest import Manifest, PlannedDocument, manifest_path, state_dir
 from pipeline.manifest.writer import AsyncManifest
 from pipeline.pricing import batch_price, price_per_1000_pages
@@ -243,6 +244,7 @@ class Run:
             db.start()
             ticker = asyncio.create_task(self.ticker.tick_forever(db))
             collector = asyncio.create_task(CollectorPacing().run())  # no full-GC stalls
+            trimmer = asyncio.create_task(FreePageTrim().run())  # freed pages back to the system
             try:
                 if self.s.service.mode == "batch":  # collect, submit, wait: docs/batch.md
                     from pipeline.run.batch_run import run_batch
@@ -253,8 +255,11 @@ class Run:
             finally:
                 ticker.cancel()
                 collector.cancel()  # before any await: a failed ticker must not leave it on
+                trimmer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await collector
+                with contextlib.suppress(asyncio.CancelledError):
+                    await trimmer
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker
                 self.progress.clear()
