@@ -239,17 +239,14 @@ def test_sends_a_stalled_loop_missed_are_made_up_within_the_windows(stall: float
     assert during >= 9 * n / (1 + CAP_MARGIN) - 2, f"{during} sends in 9 s around a {stall} s stall"
 
 
-@pytest.mark.parametrize("turn", [0.004, 0.008, 0.012])
-def test_a_loop_whose_every_turn_takes_milliseconds_still_sends_at_the_cap(turn: float) -> None:
-    """A busy run's event loop takes 4-12 ms a turn (hundreds of documents at R = 200). A
-    pacer that handed over to the next caller once per turn sent at most one request a turn:
-    83-250 a second, whatever the cap. Granting the slots that are due in one turn keeps the
-    cap, and the windows still hold."""
-    n = 200
+def sends_on_a_slow_loop(make: Callable[[Callable[[], float]], RateLimiter], callers: int,
+                         turn: float) -> tuple[list[float], RateLimiter]:
+    """The send times of `callers` requests through the limiter `make(clock)` builds, on a
+    virtual loop whose every turn takes `turn` seconds."""
 
-    async def main() -> list[float]:
+    async def main() -> tuple[list[float], RateLimiter]:
         loop = asyncio.get_running_loop()
-        limiter = RateLimiter(n, None, clock=loop.time)
+        limiter = make(loop.time)
         sends: list[float] = []
         done = False
 
@@ -263,12 +260,22 @@ def test_a_loop_whose_every_turn_takes_milliseconds_still_sends_at_the_cap(turn:
                 await asyncio.sleep(0)
 
         spinner = asyncio.create_task(busy())
-        await asyncio.gather(*(caller() for _ in range(n * 12)))
+        await asyncio.gather(*(caller() for _ in range(callers)))
         done = True
         await spinner
-        return sends
+        return sends, limiter
 
-    sends = run_virtual(main())
+    return run_virtual(main())
+
+
+@pytest.mark.parametrize("turn", [0.004, 0.008, 0.012])
+def test_a_loop_whose_every_turn_takes_milliseconds_still_sends_at_the_cap(turn: float) -> None:
+    """A busy run's event loop takes 4-12 ms a turn (hundreds of documents at R = 200). A
+    pacer that handed over to the next caller once per turn sent at most one request a turn:
+    83-250 a second, whatever the cap. Granting the slots that are due in one turn keeps the
+    cap, and the windows still hold."""
+    n = 200
+    sends, _ = sends_on_a_slow_loop(lambda clock: RateLimiter(n, None, clock=clock), n * 12, turn)
     assert max_in_any_window(sends) <= n
     assert max_in_any_window(sends, 1.009) <= n
     rate = steady_rate(sends, skip=1.0)
@@ -279,30 +286,9 @@ def test_while_no_count_is_known_a_busy_loop_still_sends_one_at_a_time() -> None
     """Auto mode's ramp (no count configured, announced or learned yet): sends that shared a
     timestamp would hide from the count of what the server admitted before a 429, so the
     pacer grants no slots ahead, however slow the loop's turns."""
-
-    async def main() -> list[float]:
-        loop = asyncio.get_running_loop()
-        limiter = RateLimiter(None, None, clock=loop.time, initial_rps=500)
-        sends: list[float] = []
-        done = False
-
-        async def caller() -> None:
-            async with limiter.slot() as ticket:
-                sends.append(ticket.sent_at)
-
-        async def busy() -> None:
-            while not done:
-                loop.stall(0.012)
-                await asyncio.sleep(0)
-
-        spinner = asyncio.create_task(busy())
-        await asyncio.gather(*(caller() for _ in range(300)))
-        assert limiter.limit_source == "ramp"
-        done = True
-        await spinner
-        return sends
-
-    sends = run_virtual(main())
+    sends, limiter = sends_on_a_slow_loop(
+        lambda clock: RateLimiter(None, None, clock=clock, initial_rps=500), 300, 0.012)
+    assert limiter.limit_source == "ramp"
     assert len(set(sends)) == len(sends) == 300
 
 
