@@ -11,8 +11,8 @@ above what Python's small-object allocator handles) two hundred times a second, 
 objects that live for seconds. glibc keeps the freed memory inside its heap: at L = 8 s with
 50-page documents the peak resident set grew from 250 to 320-365 MiB over a minute while the
 live Python objects stayed level. `FreePageTrim` asks glibc every TRIM_EVERY s to give the free
-pages back (`malloc_trim`, 5 ms in a thread, 25 at most): the same run then peaked at 287
-(docs/performance.md).
+pages back (`malloc_trim`, 5 ms in a thread, 25 at most): the same run then peaked at 287-305
+over six runs, still at or just over the 300 MiB target in two (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -229,7 +229,6 @@ class PdfProbes:
         self._seen = 0
         self._child: _Child | None = None
         self._starter: threading.Event | None = None  # set: the starter thread may end
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     def ready(self) -> bool:
@@ -284,9 +283,9 @@ class PdfProbes:
 
     def _begin(self) -> None:
         """A thread that starts the child and lives as long as the child may."""
-        self._loop = asyncio.get_running_loop()
         self._starter = threading.Event()
-        threading.Thread(target=self._start_and_stay, args=(self._loop, self._starter),
+        threading.Thread(target=self._start_and_stay,
+                         args=(asyncio.get_running_loop(), self._starter),
                          name="ocr-pdf-probe", daemon=True).start()
 
     def _start_and_stay(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:

@@ -373,6 +373,10 @@ class RateLimiter:
             interval = 1.0 / ramp
         return interval
 
+    def _due_at(self, slot: float) -> float:
+        """When a send for `slot` may go: its slot, after any pause, within every window."""
+        return max(slot, self._paused_until, self._window_free_at())
+
     def _window_free_at(self) -> float:
         """The earliest time a send keeps every window within its count."""
         free = -math.inf
@@ -443,7 +447,7 @@ class RateLimiter:
             # restarts from now. The windows, not the schedule, guarantee the counts.
             slot = self._next_slot if self._next_slot >= now - max(0.5 * interval, CATCH_UP) \
                 else now
-            at = max(slot, self._paused_until, self._window_free_at())
+            at = self._due_at(slot)
             if at > now + TIME_EPSILON:
                 limited = True
                 paused = paused or self._paused_until > slot + TIME_EPSILON
@@ -468,7 +472,7 @@ class RateLimiter:
         what the server admitted before the refused one (`SendLog.admitted_before`)."""
         granted = 1
         while self._line and granted < GRANTS_PER_TURN:
-            if max(self._next_slot, self._paused_until, self._window_free_at()) > now + TIME_EPSILON:
+            if self._due_at(self._next_slot) > now + TIME_EPSILON:
                 return
             turn = self._line.popleft()
             if turn.done():  # cancelled while in line
