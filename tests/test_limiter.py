@@ -20,6 +20,7 @@ import pytest
 from multidict import CIMultiDict
 
 from pipeline.errors import StopRequested
+from pipeline.transport.limit_learner import SendLog
 from pipeline.transport.ratelimit import (
     CAP_MARGIN,
     RateInfo,
@@ -206,6 +207,48 @@ def test_a_late_caller_does_not_take_an_earlier_slot() -> None:
     assert max_in_any_window(sends) <= 4
     gaps = [b - a for a, b in zip(sends, sends[1:], strict=False)]
     assert min(gaps) > 0.1, "evenly spaced: no two sends back to back"
+
+
+def test_a_send_that_leaves_late_counts_when_it_left() -> None:
+    """The backend says when a request's bytes leave (`went_out`), and the windows count that
+    time, not the pacer's: here the first request leaves 0.3 s after its slot (a busy loop, a
+    connection being made). Counted at its slot, the 11th send went out 1.01 s after it and a
+    server that counts arrivals saw 11 in one second."""
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(10, None, clock=loop.time)
+        arrivals: list[float] = []
+
+        async def caller(held: float) -> None:
+            async with limiter.slot() as ticket:
+                await asyncio.sleep(held)
+                limiter.went_out(ticket)
+                limiter.went_out(ticket)  # only the first word counts
+                arrivals.append(loop.time())
+
+        late = asyncio.ensure_future(caller(0.3))
+        await asyncio.sleep(0)
+        await asyncio.gather(late, *(caller(0.0) for _ in range(30)))
+        return arrivals
+
+    arrivals = run_virtual(main())
+    assert len(arrivals) == 31
+    assert max_in_any_window(arrivals) <= 10
+    assert max_in_any_window(arrivals, 1.009) <= 10
+
+
+def test_the_send_log_keeps_the_time_a_send_left_in_order() -> None:
+    log = SendLog()
+    for t in (1.0, 1.1, 1.2, 1.3):
+        log.add(t)
+    log.went_out(1.1, 1.25)
+    assert list(log.times) == [1.0, 1.2, 1.25, 1.3]
+    log.refused(1.3)
+    log.went_out(1.3, 1.4)  # refused meanwhile: no longer counted, not put back
+    log.went_out(0.5, 1.6)  # pruned: likewise
+    assert list(log.times) == [1.0, 1.2, 1.25]
+    assert log.count == 4
 
 
 @pytest.mark.parametrize("stall", [0.1, 0.3, 0.45])

@@ -29,6 +29,7 @@ from pipeline.errors import (
     StopRequested,
 )
 from pipeline.models import Chunk
+from pipeline.transport import on_wire
 from pipeline.transport.ratelimit import RateInfo, RateLimiter
 from pipeline.transport.retry import EndpointHealth, RetryPolicy, RetryStats, call_with_retry
 from tests.conftest import serve_app
@@ -462,6 +463,55 @@ async def test_backend_reads_a_real_answer_from_the_fake_server(fake_server) -> 
     for i in range(2):
         assert page_text("doc.pdf", i) in answer["pages"][i]["markdown"]
     assert server.stats.answered_ok == 1
+
+
+async def test_backend_tells_the_limiter_once_as_the_body_leaves() -> None:
+    """The HTTP backend tells whom `on_wire` names as it writes the request, once: after the
+    call began and before the server read the body."""
+    arrivals: list[float] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        arrivals.append(time.monotonic())
+        return web.json_response(good_answer(2))
+
+    app = web.Application(client_max_size=10 * 1024 * 1024)
+    app.router.add_post("/{tail:.*}", handle)
+    told: list[float] = []
+    async with serve_app(app) as url:
+        backend = backend_for(url)
+        try:
+            for _ in range(3):
+                began = time.monotonic()
+                with on_wire.telling(lambda: told.append(time.monotonic())):
+                    await backend.ocr(make_chunk(2))
+                assert began <= told[-1] <= arrivals[-1]
+            await backend.ocr(make_chunk(2))  # nobody to tell: nothing told
+        finally:
+            await backend.close()
+    assert len(told) == 3 and len(arrivals) == 4
+
+
+async def test_a_request_that_leaves_late_holds_the_next_window_back(vt: VirtualTime) -> None:
+    """Through `call_with_retry`, what the backend tells moves the send in the limiter's log:
+    at one a second, a request that left 0.4 s after its slot holds the next one until a
+    second after it left, not after its slot."""
+    limiter = RateLimiter(1, None, clock=vt.clock)
+    sent: list[float] = []
+
+    def leave_late() -> None:
+        if not sent:
+            vt.now += 0.4  # the first request leaves 0.4 s after its slot
+        tell = on_wire.listener()
+        assert tell is not None
+        tell()
+        sent.append(vt.now)
+
+    backend = ScriptedBackend([good_answer(), good_answer()], on_call=leave_late)
+    await retry(backend, attempts=1, limiter=limiter)
+    await retry(backend, attempts=1, limiter=limiter)
+    assert sent[1] - sent[0] == pytest.approx(1.0 + limiter.margin)
+    assert on_wire.listener() is None
 
 
 async def test_backend_sends_a_bearer_key_and_the_document_as_a_data_url(capture_server) -> None:

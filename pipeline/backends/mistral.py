@@ -31,6 +31,7 @@ from pipeline.errors import (
 )
 from pipeline.models import Chunk
 from pipeline.stages.encode import document_field
+from pipeline.transport import on_wire
 from pipeline.transport.ratelimit import IN_FLIGHT_CEILING, RateListener, rate_info_from_headers
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -104,6 +105,21 @@ def error_detail(body: str) -> str:
             )
         return _short(str(detail))
     return _short(str(data))
+
+
+def _on_wire_trace() -> aiohttp.TraceConfig:
+    """Tell the rate limiter as a request's body is written (`pipeline.transport.on_wire`):
+    aiohttp calls `on_request_chunk_sent` just before each write, and the listener counts only
+    the first."""
+
+    async def chunk_sent(_session: aiohttp.ClientSession, context: Any, _params: Any) -> None:
+        listener = context.trace_request_ctx
+        if listener is not None:
+            listener()
+
+    config = aiohttp.TraceConfig()
+    config.on_request_chunk_sent.append(chunk_sent)
+    return config
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, where: str) -> bytes:
@@ -196,7 +212,8 @@ class MistralBackend:
                 total=svc.request_timeout, sock_connect=svc.connect_timeout, connect=None
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=timeout, headers=self._headers()
+                connector=connector, timeout=timeout, headers=self._headers(),
+                trace_configs=[_on_wire_trace()],
             )
         return self._session
 
@@ -230,7 +247,8 @@ class MistralBackend:
         try:
             # No redirects: aiohttp would carry Azure's `api-key` header to whatever host a
             # redirect names.
-            async with session.post(self.url, data=payload, allow_redirects=False) as resp:
+            async with session.post(self.url, data=payload, allow_redirects=False,
+                                    trace_request_ctx=on_wire.listener()) as resp:
                 if (resp.content_length or 0) > MAX_ANSWER_BYTES:
                     raise RetryableError(f"{where}: answer of {resp.content_length:,} bytes refused")
                 body = await _read_capped(resp, where)

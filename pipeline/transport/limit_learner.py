@@ -6,6 +6,7 @@ while nothing is known, and the jitter margin (docs/rate-limits.md, "rps: auto")
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 from collections import deque
@@ -47,6 +48,18 @@ class SendLog:
     def add(self, now: float) -> None:
         self.times.append(now)
         self.count += 1
+
+    def went_out(self, logged: float, on_wire: float) -> None:
+        """A send logged at `logged` (when the pacer let it go) left at `on_wire`: keep that
+        time instead, in order. Nothing when it is no longer logged (refused, pruned)."""
+        times = self.times
+        for i in range(len(times) - 1, -1, -1):  # from the newest: it was sent just now
+            if times[i] == logged:
+                del times[i]
+                bisect.insort(times, on_wire)
+                return
+            if times[i] < logged:
+                return
 
     def refused(self, sent_at: float) -> None:
         """A refused request does not count at the server."""

@@ -117,14 +117,16 @@ def rate_info_from_headers(status: int, headers: Mapping[str, str],
 
 
 class Ticket:
-    """One request's pass through the limiter: when it was sent, and whether it was refused."""
+    """One request's pass through the limiter: when it was sent (when the pacer let it go, then
+    when its bytes left if the backend says so), and whether it was refused."""
 
-    __slots__ = ("sent_at", "rejected", "done")
+    __slots__ = ("sent_at", "rejected", "done", "on_wire")
 
     def __init__(self, sent_at: float) -> None:
         self.sent_at = sent_at
         self.rejected = False
         self.done = False
+        self.on_wire = False  # the backend said when it left (`RateLimiter.went_out`)
 
 
 @dataclass(frozen=True)
@@ -361,6 +363,21 @@ class RateLimiter:
             ticket.done = True
             self._latency.ended(ticket, answered and not ticket.rejected)
             self._gate.leave()
+
+    def went_out(self, ticket: Ticket) -> None:
+        """The request of `ticket` is leaving now (the backend tells, through `on_wire`): its
+        send is logged at this time instead of when the pacer let it go, so that the windows
+        count what the server will see. A busy loop sends a request a turn or two after its
+        slot, by a varying amount; with the pacer's times in the log, a stall of more than the
+        jitter margin let 201 sends reach the server within a second. Only the first call
+        counts; a later time only ever moves a send later (the windows hold either way)."""
+        if ticket.on_wire or ticket.done:
+            return
+        ticket.on_wire = True
+        now = self._clock()
+        if now > ticket.sent_at:
+            self._log.went_out(ticket.sent_at, now)
+            ticket.sent_at = now
 
     # ---- pacing ---------------------------------------------------------------------------
 

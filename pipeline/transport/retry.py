@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from pipeline.backends.base import Backend, OCRResponse, check_response
 from pipeline.errors import FatalError, RejectedError, RetryableError
 from pipeline.models import Chunk
+from pipeline.transport import on_wire
 from pipeline.transport.ratelimit import RateLimiter
 
 # Statuses that, when every request so far got them, mean the configuration is wrong (endpoint
@@ -134,7 +136,8 @@ class _Call:
         async with self.limiter.slot() as ticket:
             stats.attempts += 1
             try:
-                response = check_response(self.chunk, await self.backend.ocr(self.chunk))
+                with on_wire.telling(functools.partial(self.limiter.went_out, ticket)):
+                    response = check_response(self.chunk, await self.backend.ocr(self.chunk))
             except RetryableError as exc:
                 stats.count(str(exc.status) if exc.status else "error")
                 if exc.status == 429:
