@@ -23,6 +23,7 @@ from pipeline.errors import StopRequested
 from pipeline.transport.limit_learner import SendLog
 from pipeline.transport.ratelimit import (
     CAP_MARGIN,
+    READY_SECONDS,
     RateInfo,
     RateLimiter,
     rate_info_from_headers,
@@ -497,6 +498,34 @@ def test_the_in_flight_target_follows_latency() -> None:
     assert 1.7 <= ratio <= 2.2, (short.target_in_flight, long.target_in_flight)
     # rate x latency x 1.25 + a few
     assert short.target_in_flight == pytest.approx(50 / 1.02 * short.latency * 1.25 + 4, abs=2)
+
+
+def test_at_long_latency_half_a_second_of_sends_waits_ready_not_a_quarter_of_the_latency() -> None:
+    """R = 200 and 8 s of latency: ~1,600 in flight. Little's law's headroom (x 1.25) alone kept
+    ~400 more requests waiting for the pacer, each with its document open; READY_SECONDS keeps
+    half a second's worth (100 + a few), and the rate holds."""
+
+    async def main() -> tuple[int, list[float]]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(200, None, clock=loop.time)
+        server = StrictServer(200, 8.0, limiter, jitter=0.002)
+        most_waiting = 0
+
+        async def watch() -> None:
+            nonlocal most_waiting
+            await asyncio.sleep(20.0)  # the latency is known by then
+            while True:
+                most_waiting = max(most_waiting, limiter.waiting)
+                await asyncio.sleep(0.05)
+
+        watcher = asyncio.create_task(watch())
+        await keep_pipe_full(limiter, 200 * 40, lambda: one_request(limiter, server))
+        watcher.cancel()
+        return most_waiting, server.admitted
+
+    most_waiting, admitted = run_virtual(main())
+    assert most_waiting <= math.ceil(200 / (1 + CAP_MARGIN) * READY_SECONDS) + 4 + 2, most_waiting
+    assert steady_rate(admitted, 20) >= 0.97 * 200
 
 
 def test_max_in_flight_is_a_hard_cap_and_demand_counts_waiters() -> None:

@@ -45,6 +45,7 @@ UNLIMITED_IN_FLIGHT = 64  # in flight with no rate at all (rps 0, nothing learne
 CLUSTER_COUNT = 3  # this many 429s within CLUSTER_SECONDS pause everyone
 CLUSTER_SECONDS = 1.0
 GRANTS_PER_TURN = 4  # slots a pacer that is behind may grant in one turn of the loop
+READY_SECONDS = 0.5  # requests kept ready beyond those in flight: this long of sends, at most
 
 
 # ---- what the server said ---------------------------------------------------------------------
@@ -282,8 +283,18 @@ class RateLimiter:
         return max(min(self.min_in_flight, self.ceiling), min(target, self.ceiling))
 
     def demand(self) -> int:
-        """How many more requests the runner should have ready: target - in flight - waiting."""
-        return max(0, self.target_in_flight - self.in_flight - self._waiting)
+        """How many more requests the runner should have ready: target - in flight - waiting,
+        but no more waiting than READY_SECONDS of sends at the pace (+ a few).
+
+        Why the cap: the headroom of Little's law is a share of rate x latency, and what is
+        not in flight waits in line for the pacer, each with its document open. At R = 200
+        and L = 8 s that was ~400 documents ready for two seconds of sends, where half a
+        second covers the time to open one (read, claim, probe: tens of ms)."""
+        room = self.target_in_flight - self.in_flight
+        rate = self.rate
+        if rate > 0:
+            room = min(room, math.ceil(rate * READY_SECONDS) + self.extra_in_flight)
+        return max(0, room - self._waiting)
 
     def snapshot(self) -> LimiterSnapshot:
         return LimiterSnapshot(self.rate, self.limit_source, self.target_in_flight, self.in_flight,
