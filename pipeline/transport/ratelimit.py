@@ -2,8 +2,9 @@
 concurrency gate sized by Little's law.
 
 - `rps=N` is a HARD cap: no window of 1 s (plus a small jitter margin) ever holds more than N
-  of our sends. Sends are spaced evenly and checked against a log of the actual send times,
-  so a caller that wakes late never takes an earlier slot and never makes N + 1.
+  of our sends. Sends are spaced evenly and checked against a log of the actual send times
+  (when the body left, once the backend says so: `went_out`), so a caller that wakes late never
+  takes an earlier slot and never makes N + 1.
 - `rps=None` (auto) learns the limit: from `x-ratelimit-*` headers when the server sends them
   (`observe(RateInfo)`, called by the backend for every answer), else from 429s: the number
   of our sends the server admitted in the second before a rejection IS its window; we keep
@@ -379,9 +380,9 @@ class RateLimiter:
         """The request of `ticket` is leaving now (the backend tells, through `on_wire`): its
         send is logged at this time instead of when the pacer let it go, so that the windows
         count what the server will see. A busy loop sends a request a turn or two after its
-        slot, by a varying amount; with the pacer's times in the log, a stall of more than the
-        jitter margin let 201 sends reach the server within a second. Only the first call
-        counts; a later time only ever moves a send later (the windows hold either way)."""
+        slot, by a varying amount (0.2-60 ms at R = 200): with the pacer's times in the log,
+        that lateness used up the jitter margin at times, leaving none for the network's and
+        the server's own. Only the first call counts (aiohttp may write a body in pieces)."""
         if ticket.on_wire or ticket.done:
             return
         ticket.on_wire = True
