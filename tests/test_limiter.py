@@ -225,8 +225,11 @@ def test_a_send_that_leaves_late_counts_when_it_left() -> None:
             async with limiter.slot() as ticket:
                 await asyncio.sleep(held)
                 limiter.went_out(ticket)
-                limiter.went_out(ticket)  # only the first word counts
                 arrivals.append(loop.time())
+                left = ticket.sent_at
+                await asyncio.sleep(0.05)
+                limiter.went_out(ticket)  # only the first word counts (a body in pieces)
+                assert ticket.sent_at == left
 
         late = asyncio.ensure_future(caller(0.3))
         await asyncio.sleep(0)
@@ -246,10 +249,23 @@ def test_the_send_log_keeps_the_time_a_send_left_in_order() -> None:
     log.went_out(1.1, 1.25)
     assert list(log.times) == [1.0, 1.2, 1.25, 1.3]
     log.refused(1.3)
-    log.went_out(1.3, 1.4)  # refused meanwhile: no longer counted, not put back
-    log.went_out(0.5, 1.6)  # pruned: likewise
+    log.went_out(1.3, 1.4)  # refused meanwhile: the server did not count it, nor do we
     assert list(log.times) == [1.0, 1.2, 1.25]
+    log.prune(2.1, 1.0)
+    log.went_out(1.0, 2.05)  # pruned while it waited for a connection: it arrives now
+    assert list(log.times) == [1.2, 1.25, 2.05]
     assert log.count == 4
+
+
+def test_sends_granted_at_one_time_leave_one_by_one() -> None:
+    """The pacer grants a few due slots at one timestamp (`_grant_due`); each send moves on
+    its own, and the log keeps every one of them, in order."""
+    log = SendLog()
+    for t in (1.0, 2.0, 2.0, 2.0, 2.5):
+        log.add(t)
+    log.went_out(2.0, 2.7)
+    log.went_out(2.0, 2.01)
+    assert list(log.times) == [1.0, 2.0, 2.01, 2.5, 2.7]
 
 
 @pytest.mark.parametrize("stall", [0.1, 0.3, 0.45])

@@ -514,6 +514,32 @@ async def test_a_request_that_leaves_late_holds_the_next_window_back(vt: Virtual
     assert on_wire.listener() is None
 
 
+async def test_after_a_429_the_retry_tells_for_its_own_send(vt: VirtualTime) -> None:
+    """A refused try leaves the `on_wire` block by its exception; the retry gets a listener of
+    its own, and the time it left is the one the next window counts from."""
+    limiter = RateLimiter(1, None, clock=vt.clock)
+    sent: list[float] = []
+    listeners: list[object] = []
+
+    lateness = [0.2, 0.3, 0.0]  # the refused try, its retry, the next request
+
+    def leave_late() -> None:
+        vt.now += lateness[len(sent)]
+        tell = on_wire.listener()
+        assert tell is not None
+        listeners.append(tell)
+        tell()
+        sent.append(vt.now)
+
+    backend = ScriptedBackend([status_error(429, retry_after=0.0), good_answer(), good_answer()],
+                              on_call=leave_late)
+    await retry(backend, attempts=1, limiter=limiter)
+    assert on_wire.listener() is None
+    await retry(backend, attempts=1, limiter=limiter)
+    assert len(set(map(id, listeners))) == 3
+    assert sent[2] - sent[1] == pytest.approx(1.0 + limiter.margin)
+
+
 async def test_backend_sends_a_bearer_key_and_the_document_as_a_data_url(capture_server) -> None:
     url, seen = capture_server
     backend = backend_for(url)

@@ -51,15 +51,16 @@ class SendLog:
 
     def went_out(self, logged: float, on_wire: float) -> None:
         """A send logged at `logged` (when the pacer let it go) left at `on_wire`: keep that
-        time instead, in order. Nothing when it is no longer logged (refused, pruned)."""
+        time instead, in order. A send pruned meanwhile (it waited seconds for a connection) is
+        logged again: it reaches the server now. One refused meanwhile is not."""
         times = self.times
         for i in range(len(times) - 1, -1, -1):  # from the newest: it was sent just now
             if times[i] == logged:
                 del times[i]
-                bisect.insort(times, on_wire)
-                return
+                break
             if times[i] < logged:
-                return
+                return  # not in the log, though younger than its oldest: refused
+        bisect.insort(times, on_wire)
 
     def refused(self, sent_at: float) -> None:
         """A refused request does not count at the server."""
