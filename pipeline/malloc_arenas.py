@@ -12,7 +12,8 @@ objects that live for seconds. glibc keeps the freed memory inside its heap: at 
 50-page documents the peak resident set grew from 250 to 320-365 MiB over a minute while the
 live Python objects stayed level. `FreePageTrim` asks glibc every TRIM_EVERY s to give the free
 pages back (`malloc_trim`, 5 ms in a thread, 25 at most): the same run then peaked at 287-305
-over six runs, still at or just over the 300 MiB target in two (docs/performance.md).
+over six runs. (Keeping fewer documents open for the pacer, `READY_SECONDS` in the rate
+limiter, later took it to 226-256: docs/performance.md.)
 """
 
 from __future__ import annotations

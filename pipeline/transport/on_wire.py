@@ -2,12 +2,12 @@
 
 The limiter logs a send when its pacer lets the request go. On a busy event loop the bytes
 leave a turn or two later: the caller's task resumes, a connection is taken, aiohttp writes the
-body from a task of its own. That delay varies (0-25 ms at R = 200), and a strict
+body from a task of its own. That delay varies (0.2-60 ms at R = 200), and a strict
 sliding-window server counts arrivals: two sends 200 apart whose delays differ by more than
 the jitter margin reach it inside one second. So the limiter keeps the later time.
 
 The retry loop says whom to tell for the request it is making (`telling`); the HTTP backend
-tells (`tell`) as it writes the body. A context variable, because the backend interface
+looks it up (`listener`) and tells it as it writes the body. A context variable, because the backend interface
 (`ocr(chunk)`) knows nothing of the limiter's tickets, and most backends (the local engine)
 have nothing to tell.
 """
