@@ -15,7 +15,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -310,20 +310,27 @@ class Run:
         if not batch:
             return None  # the planner said "plan" when its walk ended
         todo = [e for e in batch if isinstance(e, PlanItem)]
+        # Every write of the batch is queued at once, so the manifest's thread commits them
+        # together (group commit); awaited one by one, each skipped or touched file was a
+        # transaction and a disk sync of its own (a re-copied archive: one per file).
+        writes: list[Awaitable[None]] = []
         for event in batch:
             if isinstance(event, Skipped):
                 message = f"{event.rel}: {event.reason}"
-                await db.fail(event.rel, event.category, message, size=event.size,
-                              mtime_ns=event.mtime_ns)
+                writes.append(db.fail(event.rel, event.category, message, size=event.size,
+                                      mtime_ns=event.mtime_ns))
                 self.record_failure(Failure(event.rel, event.category, message))
             elif isinstance(event, Touch):
-                await db.touch_unchanged(event.rel, event.size, event.mtime_ns)
+                writes.append(db.touch_unchanged(event.rel, event.size, event.mtime_ns))
         if todo:
-            await db.record_plan([
+            writes.append(db.record_plan([
                 PlannedDocument(i.source.rel, i.source.size, i.source.mtime_ns,
                                 i.source.media_type)
                 for i in todo
-            ], self.run_id)
+            ], self.run_id))
+        for outcome in await asyncio.gather(*writes, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome  # the first failed write; the others were still made
         self.ticker.documents_total = tally.todo + tally.bad
         return todo
 
