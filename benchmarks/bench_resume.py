@@ -80,6 +80,8 @@ def main() -> None:
             rows.append(row)
             res.details.append(row | {"command": shown(argv)})
         if args.profile:
+            if args.touched:
+                touch_every_file(inp)
             print("   py-spy profile of a second run:")
             print(py_spy_top(argv, SCRATCH / f"resume-{docs}"))
     print(table(rows, list(rows[0])))

@@ -28,15 +28,12 @@ class RecordingManifest:
     def __init__(self) -> None:
         self.recorded: list[list[str]] = []
 
-    async def record_plan(self, documents: list[Any], run_id: str) -> None:
+    async def record_plan_batch(self, documents: list[Any], run_id: str, *,
+                                skipped: Any = (), restated: Any = ()) -> None:
+        assert not skipped, "no file of this plan is skipped"
+        assert not restated, "no file of this plan is unchanged"
         await asyncio.sleep(0)
         self.recorded.append([d.path for d in documents])
-
-    async def fail(self, *args: Any, **kwargs: Any) -> None:
-        raise AssertionError("no file of this plan is skipped")
-
-    async def touch_unchanged(self, *args: Any, **kwargs: Any) -> None:
-        raise AssertionError("no file of this plan is unchanged")
 
 
 def walk(count: int, taken: list[str], *, broken_at: int | None = None) -> Iterator[PlanEvent]:

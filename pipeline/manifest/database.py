@@ -19,14 +19,20 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline import jsonio
 from pipeline.errors import FatalError
 from pipeline.manifest.batch_ledger import BatchLedger
-from pipeline.manifest.rows import DOCUMENT_COLUMNS, DocumentRow, PlannedDocument
+from pipeline.manifest.rows import (
+    DOCUMENT_COLUMNS,
+    DocumentRow,
+    NewStat,
+    PlannedDocument,
+    SkippedFile,
+)
 from pipeline.manifest.states import (
     BatchJobState,
     ChunkState,
@@ -175,11 +181,11 @@ class Manifest(BatchLedger):
     def batch(self) -> Iterator[None]:
         """Run several calls in one transaction: one commit (and one fsync) for all of them."""
         with self._write():
-            self._in_batch = True
+            outer, self._in_batch = self._in_batch, True  # a batch inside a batch joins it
             try:
                 yield
             finally:
-                self._in_batch = False
+                self._in_batch = outer
 
     def _tx(self, sql: str, params: Iterable[Any] = ()) -> None:
         with self._write() as db:
@@ -222,6 +228,21 @@ class Manifest(BatchLedger):
                 [(d.path, d.size, d.mtime_ns, d.media_type, DocState.PENDING, run_id, now, now)
                  for d in todo],
             )
+
+    def record_plan_batch(self, todo: list[PlannedDocument], run_id: str, *,
+                          skipped: Sequence[SkippedFile] = (),
+                          restated: Sequence[NewStat] = ()) -> None:
+        """One batch of the plan in one transaction: the files it skips (failed), the unchanged
+        ones whose stat moved, and the documents to work on (pending). One commit for the
+        batch, not one per file: a tree copied again moves every file's mtime."""
+        with self.batch():
+            for skip in skipped:
+                self.fail(skip.path, skip.category, skip.message, size=skip.size,
+                          mtime_ns=skip.mtime_ns)
+            for stat in restated:
+                self.touch_unchanged(stat.path, stat.size, stat.mtime_ns)
+            if todo:
+                self.record_plan(todo, run_id)
 
     def touch_unchanged(self, path: str, size: int, mtime_ns: int) -> None:
         """A file whose mtime moved but whose content hash did not: remember the new stat."""

@@ -35,3 +35,23 @@ class PlannedDocument:
     size: int
     mtime_ns: int
     media_type: str | None
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file the plan will not process: failed at planning, with the reason."""
+
+    path: str
+    category: str
+    message: str
+    size: int = 0
+    mtime_ns: int = 0
+
+
+@dataclass(frozen=True)
+class NewStat:
+    """An unchanged file (same hash) whose size or mtime moved: its stat to remember."""
+
+    path: str
+    size: int
+    mtime_ns: int

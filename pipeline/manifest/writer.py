@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from pipeline.manifest.database import Manifest, PlannedDocument
+from pipeline.manifest.rows import NewStat, SkippedFile
 from pipeline.manifest.states import EnqueueVerdict
 
 P = ParamSpec("P")
@@ -116,11 +117,12 @@ class AsyncManifest:
     async def stop(self) -> None:
         await self._writer.stop()
 
-    async def record_plan(self, todo: list[PlannedDocument], run_id: str) -> None:
-        await self._writer.run(self.manifest.record_plan, todo, run_id)
-
-    async def touch_unchanged(self, path: str, size: int, mtime_ns: int) -> None:
-        await self._writer.run(self.manifest.touch_unchanged, path, size, mtime_ns)
+    async def record_plan_batch(self, todo: list[PlannedDocument], run_id: str, *,
+                                skipped: Sequence[SkippedFile] = (),
+                                restated: Sequence[NewStat] = ()) -> None:
+        """One batch of the plan, one transaction (`Manifest.record_plan_batch`)."""
+        await self._writer.run(self.manifest.record_plan_batch, todo, run_id, skipped=skipped,
+                               restated=restated)
 
     async def claim(self, path: str, sha256: str, run_id: str, *, size: int | None = None,
                     mtime_ns: int | None = None, twins: int = 0) -> list[tuple[str, float]]:

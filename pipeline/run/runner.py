@@ -15,7 +15,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ from pipeline.gc_pacing import CollectorPacing
 from pipeline.logsetup import get_logger, redact
 from pipeline.malloc_arenas import FreePageTrim
 from pipeline.manifest import Manifest, PlannedDocument, manifest_path, state_dir
+from pipeline.manifest.rows import NewStat, SkippedFile
 from pipeline.manifest.writer import AsyncManifest
 from pipeline.pricing import batch_price, price_per_1000_pages
 from pipeline.run.batch_ahead import one_batch_ahead
@@ -310,27 +311,25 @@ class Run:
         if not batch:
             return None  # the planner said "plan" when its walk ended
         todo = [e for e in batch if isinstance(e, PlanItem)]
-        # Every write of the batch is queued at once, so the manifest's thread commits them
-        # together (group commit); awaited one by one, each skipped or touched file was a
-        # transaction and a disk sync of its own (a re-copied archive: one per file).
-        writes: list[Awaitable[None]] = []
+        skipped: list[SkippedFile] = []
+        restated: list[NewStat] = []
         for event in batch:
             if isinstance(event, Skipped):
-                message = f"{event.rel}: {event.reason}"
-                writes.append(db.fail(event.rel, event.category, message, size=event.size,
-                                      mtime_ns=event.mtime_ns))
-                self.record_failure(Failure(event.rel, event.category, message))
+                skipped.append(SkippedFile(event.rel, event.category,
+                                           f"{event.rel}: {event.reason}", event.size,
+                                           event.mtime_ns))
             elif isinstance(event, Touch):
-                writes.append(db.touch_unchanged(event.rel, event.size, event.mtime_ns))
-        if todo:
-            writes.append(db.record_plan([
+                restated.append(NewStat(event.rel, event.size, event.mtime_ns))
+        if todo or skipped or restated:
+            # One transaction for the batch: one per skipped or touched file was a disk sync
+            # each (a tree copied again moves every file's mtime).
+            await db.record_plan_batch([
                 PlannedDocument(i.source.rel, i.source.size, i.source.mtime_ns,
                                 i.source.media_type)
                 for i in todo
-            ], self.run_id))
-        for outcome in await asyncio.gather(*writes, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome  # the first failed write; the others were still made
+            ], self.run_id, skipped=skipped, restated=restated)
+        for skip in skipped:
+            self.record_failure(Failure(skip.path, skip.category, skip.message))
         self.ticker.documents_total = tally.todo + tally.bad
         return todo
 
