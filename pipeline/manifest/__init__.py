@@ -3,12 +3,13 @@
 from pathlib import Path
 
 from pipeline.manifest.database import DocumentRow, Manifest, ManifestError, PlannedDocument
+from pipeline.manifest.rows import NewStat, SkippedFile
 
 STATE_DIR = ".ocr-pipeline"  # in the output folder; hidden, so a walk of the output skips it
 MANIFEST_NAME = "manifest.sqlite3"
 
-__all__ = ["DocumentRow", "MANIFEST_NAME", "Manifest", "ManifestError", "PlannedDocument",
-           "manifest_path", "state_dir"]
+__all__ = ["DocumentRow", "MANIFEST_NAME", "Manifest", "ManifestError", "NewStat",
+           "PlannedDocument", "SkippedFile", "manifest_path", "state_dir"]
 
 
 def state_dir(output: Path) -> Path:

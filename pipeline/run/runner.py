@@ -26,8 +26,14 @@ from pipeline.errors import ConfigError, FatalError
 from pipeline.gc_pacing import CollectorPacing
 from pipeline.logsetup import get_logger, redact
 from pipeline.malloc_arenas import FreePageTrim
-from pipeline.manifest import Manifest, PlannedDocument, manifest_path, state_dir
-from pipeline.manifest.rows import NewStat, SkippedFile
+from pipeline.manifest import (
+    Manifest,
+    NewStat,
+    PlannedDocument,
+    SkippedFile,
+    manifest_path,
+    state_dir,
+)
 from pipeline.manifest.writer import AsyncManifest
 from pipeline.pricing import batch_price, price_per_1000_pages
 from pipeline.run.batch_ahead import one_batch_ahead

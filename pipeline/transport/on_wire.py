@@ -7,9 +7,9 @@ sliding-window server counts arrivals: two sends 200 apart whose delays differ b
 the jitter margin reach it inside one second. So the limiter keeps the later time.
 
 The retry loop says whom to tell for the request it is making (`telling`); the HTTP backend
-looks it up (`listener`) and tells it as it writes the body. A context variable, because the backend interface
-(`ocr(chunk)`) knows nothing of the limiter's tickets, and most backends (the local engine)
-have nothing to tell.
+looks it up (`listener`) and tells it as it writes the body. A context variable, because the
+backend interface (`ocr(chunk)`) knows nothing of the limiter's tickets, and most backends (the
+local engine) have nothing to tell.
 """
 
 from __future__ import annotations
